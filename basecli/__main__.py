@@ -1,0 +1,3 @@
+from basecli.cli import main
+
+main()

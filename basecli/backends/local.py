@@ -1,0 +1,120 @@
+"""A model on this machine: transformers' model code driven by basecli's own decode loop."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Iterator, Sequence
+
+from basecli import models
+from basecli.config import SamplingParams
+from basecli.errors import UsageError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def pick_device(name: str = "auto") -> str:
+    import torch
+
+    if name not in DEVICES and not name.startswith("cuda:"):
+        raise UsageError(f"unknown --device {name!r}; choose one of: {', '.join(DEVICES)}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps was asked for but is not available; use --device cpu")
+    return name
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmuls (AVX512-BF16 or AMX on x86; bf16 on recent Arm)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return any(flag in flags for flag in (" avx512_bf16", " amx_bf16", " bf16"))
+
+
+def pick_dtype(name: str, device: str):
+    import torch
+
+    if name not in DTYPES:
+        raise UsageError(f"unknown --dtype {name!r}; choose one of: {', '.join(DTYPES)}")
+    if name != "auto":
+        return getattr(torch, name)
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if device == "cpu" and cpu_has_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+class LocalBackend:
+    def __init__(self, model: str | None = None, *, device: str = "auto", dtype: str = "auto",
+                 trust_remote_code: bool = False, allow_pickle: bool = False):
+        t0 = time.perf_counter()
+        self.source = models.resolve(model)
+        self.folder = models.model_dir(self.source, allow_pickle=allow_pickle)
+        self.name = self.source.name
+        self.tokenizer = models.tokenizer_for(self.folder, self.name)
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self.model = load_weights(self.folder, self.dtype, self.device, trust_remote_code, allow_pickle)
+        cfg = self.model.config
+        self.context_length = int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 1024))
+        self.load_seconds = time.perf_counter() - t0
+
+    def encode(self, text: str, *, truncate: bool = False, reserve: int = 1) -> list[int]:
+        """Prompt ids as the model sees them; too long is an error, or cut from the left with --truncate."""
+        ids = self.tokenizer.prefix_ids + self.tokenizer.encode(text)
+        if not ids:  # an empty prompt: start a fresh document
+            ids = [self.tokenizer.bos_id if self.tokenizer.bos_id is not None else min(self.tokenizer.eos_ids)]
+        room = self.context_length - reserve
+        if len(ids) > room:
+            if not truncate:
+                raise UsageError(
+                    f"the prompt is {len(ids)} tokens but {self.name}'s context window is {self.context_length} "
+                    f"(with {reserve} kept for the answer); shorten it or pass --truncate to cut it from the left"
+                )
+            print(f"basecli: warning: prompt cut from {len(ids)} to its last {room} tokens to fit the context window",
+                  file=sys.stderr)
+            ids = ids[len(ids) - room :]
+        return ids
+
+    def stream(self, prompts: Sequence[str], params: Sequence[SamplingParams], *, alternatives: int = 0,
+               entropy: bool = False, seeds: Sequence[int] | None = None, truncate: bool = False) -> Iterator:
+        from basecli.engine.loop import generate
+
+        encoded = [self.encode(p, truncate=truncate) for p in prompts]
+        # a row never runs past the context window: it ends with finish_reason "length" there
+        params = [p.with_(max_tokens=max(1, min(p.max_tokens, self.context_length - len(ids)))) for p, ids in zip(params, encoded)]
+        return generate(self.model, self.tokenizer, encoded, params, alternatives=alternatives, entropy=entropy, seeds=seeds)
+
+
+def load_weights(folder, dtype, device: str, trust_remote_code: bool, allow_pickle: bool):
+    import logging
+
+    from transformers import AutoModelForCausalLM
+
+    logging.getLogger("transformers").setLevel(logging.ERROR)  # load reports are noise on a CLI
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder), dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True
+        )
+    except ValueError as e:
+        msg = str(e).splitlines()[0]
+        if "trust_remote_code" in msg:
+            raise UsageError(f"this model needs its own code from the hub; pass --trust-remote-code if you trust it") from None
+        raise UsageError(f"cannot load the model in {folder}: {msg[:200]}") from None
+    except OSError as e:
+        msg = str(e).splitlines()[0]
+        hint = " (pass --allow-pickle to load .bin weights)" if not allow_pickle else ""
+        raise UsageError(f"cannot load the model in {folder}: {msg[:200]}{hint}") from None
+    return model.to(device).eval()

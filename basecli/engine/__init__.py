@@ -1,0 +1,1 @@
+"""The sampler: logits processors and the KV-cached decode loop. Imports torch."""

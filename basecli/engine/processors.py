@@ -1,0 +1,107 @@
+"""Logits processors with one value per batch row, so a sweep of settings runs as one batch.
+
+Order as in transformers: repetition penalty, temperature, top-k, top-p, min-p.
+Each takes and returns (B, V) float logits; filtered-out tokens become -inf.
+A processor is applied only when some row uses a non-neutral value.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from basecli.config import SamplingParams
+
+
+class RowParams:
+    """The sampling settings of every row as tensors on the model's device."""
+
+    def __init__(self, params: Sequence[SamplingParams], device):
+        f = lambda xs: torch.tensor(xs, dtype=torch.float32, device=device)  # noqa: E731
+        self.temperature = f([p.temperature if p.temperature > 0 else 1.0 for p in params])
+        self.greedy = torch.tensor([p.greedy for p in params], device=device)
+        self.top_k = torch.tensor([p.top_k for p in params], dtype=torch.long, device=device)
+        self.top_p = f([p.top_p for p in params])
+        self.min_p = f([p.min_p for p in params])
+        self.penalty = f([p.repetition_penalty for p in params])
+        self.use_penalty = any(p.repetition_penalty != 1.0 for p in params)
+        self.use_temperature = any(p.temperature not in (0.0, 1.0) for p in params)
+        self.use_top_k = any(p.top_k > 0 for p in params)
+        self.use_top_p = any(p.top_p < 1.0 for p in params)
+        self.use_min_p = any(p.min_p > 0 for p in params)
+
+    def select(self, rows: torch.Tensor) -> "RowParams":
+        """Keep only `rows` (finished rows leave the batch)."""
+        out = object.__new__(RowParams)
+        for k, v in vars(self).items():
+            setattr(out, k, v.index_select(0, rows) if isinstance(v, torch.Tensor) else v)
+        return out
+
+
+def repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    """CTRL (Keskar et al. 2019): a seen token's logit is divided by p if positive, multiplied if negative."""
+    p = penalty[:, None]
+    penalised = torch.where(logits > 0, logits / p, logits * p)
+    return torch.where(seen, penalised, logits)
+
+
+def temperature(logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return logits / t[:, None]
+
+
+def top_k(logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Keep the k highest logits of each row (ties at the k-th value are kept); k = 0 keeps all."""
+    kmax = int(k.max())
+    kmax = min(kmax, logits.shape[-1])
+    top = torch.topk(logits, kmax, dim=-1).values  # (B, kmax), descending
+    kth = top.gather(1, (k.clamp(1, kmax) - 1)[:, None])
+    kth = torch.where(k[:, None] > 0, kth, torch.full_like(kth, -float("inf")))
+    return logits.masked_fill(logits < kth, -float("inf"))
+
+
+def top_p(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Nucleus sampling: keep the smallest set of most likely tokens whose mass reaches p."""
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    mass_before = probs.cumsum(-1) - probs  # mass of the strictly more likely tokens
+    drop_sorted = mass_before >= p[:, None]
+    drop_sorted[:, 0] = False  # the most likely token always stays
+    drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+    return logits.masked_fill(drop, -float("inf"))
+
+
+def min_p(logits: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Keep tokens whose probability is at least min_p times the top token's (Nguyen et al. 2024)."""
+    probs = logits.softmax(-1)
+    threshold = m[:, None] * probs.max(-1, keepdim=True).values
+    return logits.masked_fill(probs < threshold, -float("inf"))
+
+
+def process(logits: torch.Tensor, rows: RowParams, seen: torch.Tensor | None) -> torch.Tensor:
+    """All processors in order. Greedy rows go through them too: argmax is unchanged by them."""
+    if rows.use_penalty and seen is not None:
+        logits = repetition_penalty(logits, seen, rows.penalty)
+    if rows.use_temperature:
+        logits = temperature(logits, rows.temperature)
+    if rows.use_top_k:
+        logits = top_k(logits, rows.top_k)
+    if rows.use_top_p:
+        logits = top_p(logits, rows.top_p)
+    if rows.use_min_p:
+        logits = min_p(logits, rows.min_p)
+    return logits
+
+
+def sample(logits: torch.Tensor, greedy: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """One token per row: argmax for greedy rows, else a draw from softmax(logits).
+
+    The draw is argmax(p / E) with E ~ Exp(1) from the row's own generator (equivalent to
+    multinomial sampling), so each row's randomness depends only on its seed, not on its batch.
+    """
+    probs = logits.softmax(-1)
+    noise = torch.empty_like(probs)
+    for i, g in enumerate(generators):
+        noise[i].exponential_(generator=g)
+    sampled = (probs / noise).argmax(-1)
+    return torch.where(greedy, logits.argmax(-1), sampled)
