@@ -72,3 +72,8 @@ def config_dir() -> Path:
 
 def default_model() -> str:
     return os.environ.get("BASECLI_MODEL") or DEFAULT_MODEL
+
+
+def fresh_seed() -> int:
+    """A random seed, recorded so that any sampled run can be repeated with --seed."""
+    return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF

@@ -104,6 +104,9 @@ def load_weights(folder, dtype, device: str, trust_remote_code: bool, allow_pick
     from transformers import AutoModelForCausalLM
 
     logging.getLogger("transformers").setLevel(logging.ERROR)  # load reports are noise on a CLI
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(folder), dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True

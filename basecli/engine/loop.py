@@ -7,27 +7,14 @@ Event per row per step; rows that finish leave the batch so they stop costing co
 from __future__ import annotations
 
 import codecs
-import os
-from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import torch
 
 from basecli.config import SamplingParams
 from basecli.engine.processors import RowParams, process, sample
-
-
-@dataclass
-class Event:
-    row: int  # which prompt/sample of the batch
-    step: int  # 0 for the first generated token
-    token_id: int
-    token_text: str  # this token alone (may be a partial UTF-8 character, shown with U+FFFD)
-    text: str  # new text that is safe to print now: whole characters, stop strings held back
-    logprob: float  # log p(token) under the model's own distribution, before any processor
-    alternatives: list[tuple[int, float]] = field(default_factory=list)  # top (id, logprob), same distribution
-    finish_reason: str | None = None  # "stop", "eos" or "length" on a row's last event
-    entropy: float | None = None  # nats, of the distribution actually sampled from (when asked)
+from basecli.events import Event
+from basecli.config import fresh_seed
 
 
 class TextStream:
@@ -72,10 +59,6 @@ def make_generator(seed: int, device) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(seed)
     return g
-
-
-def fresh_seed() -> int:
-    return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
 
 
 def select_cache(cache, rows: torch.Tensor) -> None:

@@ -1,0 +1,79 @@
+"""The basecli command line: a thin Typer layer; each command lives in basecli/commands/."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from basecli import __version__
+from basecli.commands.complete import complete
+
+app = typer.Typer(
+    name="basecli",
+    help="A playground for base language models: tokenize, complete, resample, sweep, few-shot, chat, score.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool):
+    if value:
+        print(f"basecli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = None,
+):
+    """A playground for base language models: how text becomes tokens, how a model continues it."""
+
+
+app.command("complete")(complete)
+
+
+def main() -> None:
+    """Entry point: one clear line on stderr for anything the user can fix, never a traceback."""
+    import click
+
+    from basecli.errors import BasecliError
+
+    try:
+        code = app(standalone_mode=False)
+    except BasecliError as e:
+        _say(f"basecli: error: {e}")
+        code = e.exit_code
+    except click.ClickException as e:
+        e.show()
+        code = e.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        _say("\nbasecli: interrupted")
+        code = 130
+    except BrokenPipeError:
+        code = 0
+    if code == 0 or code is None:
+        _close_stdout()
+        sys.exit(0)
+    _close_stdout()
+    sys.exit(code if isinstance(code, int) else 1)
+
+
+def _say(line: str) -> None:
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (BrokenPipeError, OSError):
+        pass
+
+
+def _close_stdout() -> None:
+    """A closed pipe (| head) must end quietly, including the flush at exit."""
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())

@@ -1,0 +1,116 @@
+"""Shared fixtures: tiny random GPT-2 and Llama models with a small byte-level BPE tokenizer,
+saved as real model directories so every test goes through the same loading path as users.
+No network: everything is built here."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. " * 3,
+    "Here's my top-10 list of the top landmarks to see in Paris: the Eiffel Tower, the Louvre, Notre-Dame.",
+    "English: teacher\nKorean: 선생님\nEnglish: cat\nKorean: 고양이\n",
+    "Hello world! 안녕하세요 세계 😀 emoji and ünïcödé text.\n\tTabs and  double  spaces.",
+    "def add(a, b):\n    return a + b\n",
+]
+
+
+def build_tokenizer(path: Path) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(CORPUS * 5, trainer=trainer)
+    tok.save(str(path / "tokenizer.json"))
+    return path / "tokenizer.json"
+
+
+def build_model(kind: str, path: Path) -> Path:
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    path.mkdir(parents=True, exist_ok=True)
+    build_tokenizer(path)
+    vocab = Tokenizer.from_file(str(path / "tokenizer.json")).get_vocab_size()
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        cfg = GPT2Config(vocab_size=vocab, n_positions=128, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0)
+        model = GPT2LMHeadModel(cfg)
+    else:
+        cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, max_position_embeddings=128, bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
+        model = LlamaForCausalLM(cfg)
+    # Random weights give a near-uniform distribution; scaling the head makes the model opinionated,
+    # so greedy and sampled paths really differ and ties are not a worry.
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(8.0)
+    model.save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    return {kind: build_model(kind, root / kind) for kind in ("gpt2", "llama")}
+
+
+@pytest.fixture(params=["gpt2", "llama"])
+def tiny_dir(request, tiny_dirs) -> Path:
+    return tiny_dirs[request.param]
+
+
+@pytest.fixture(scope="session")
+def tiny_backends(tiny_dirs):
+    from basecli.backends.local import LocalBackend
+
+    return {kind: LocalBackend(str(d), device="cpu", dtype="float32") for kind, d in tiny_dirs.items()}
+
+
+@pytest.fixture(params=["gpt2", "llama"])
+def tiny_backend(request, tiny_backends):
+    return tiny_backends[request.param]
+
+
+REAL_HOME = Path(os.environ.get("BASECLI_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "basecli")
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch, request):
+    """Each test gets its own BASECLI_HOME, except tests marked `slow`, which use the real cache
+    (where README's set-up converted the embedded model) so the model is not converted again."""
+    if "real_model" in request.fixturenames:
+        monkeypatch.setenv("BASECLI_HOME", str(REAL_HOME))
+    else:
+        monkeypatch.setenv("BASECLI_HOME", str(tmp_path / "basecli-home"))
+    monkeypatch.delenv("BASECLI_MODEL", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("NO_COLOR", "1")
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    """The embedded SmolLM2-135M-Instruct, loaded once for the session."""
+    os.environ["BASECLI_HOME"] = str(REAL_HOME)
+    from basecli.backends.local import LocalBackend
+
+    return LocalBackend(None, device="cpu", dtype="float32")
+
+
+def run_cli(*args: str, input: str | None = None, env: dict | None = None, timeout: float = 300):
+    """Run the real `python -m basecli` in a subprocess: exit codes, stdout/stderr split and pipes as users see them."""
+    import subprocess
+    import sys
+
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "basecli", *args], input=input, capture_output=True, text=True,
+                          env=full_env, timeout=timeout)
