@@ -16,3 +16,18 @@ class Event:
     alternatives: list[tuple[int, float]] = field(default_factory=list)  # top (id, logprob), same distribution
     finish_reason: str | None = None  # "stop", "eos" or "length" on a row's last event
     entropy: float | None = None  # nats, of the distribution actually sampled from (when asked)
+
+
+@dataclass
+class ScoredToken:
+    """One token of a given text, teacher-forced: how likely the model found it in its context.
+
+    Backends expose `score(text, *, context=None, alternatives=0, stride=None) -> list[ScoredToken]`.
+    """
+
+    token_id: int
+    token_text: str
+    logprob: float | None  # None for a first token that nothing precedes
+    rank: int | None = None  # 1 = it was the model's top choice; None where the backend cannot tell
+    alternatives: list[tuple[int, float]] = field(default_factory=list)  # top (id, logprob) at this position
+    context: int = 0  # how many tokens preceded it in the window that scored it
