@@ -34,14 +34,30 @@ def _root(
     """A playground for base language models: how text becomes tokens, how a model continues it."""
 
 
-app.command("complete")(complete)
+def command(name: str, fn):
+    """Register a command; a closed stdout pipe inside it becomes PipeClosed, which main() ends quietly."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        from basecli.errors import PipeClosed
+
+        try:
+            return fn(*args, **kwargs)
+        except BrokenPipeError:
+            raise PipeClosed() from None
+
+    app.command(name)(run)
+
+
+command("complete", complete)
 
 
 def main() -> None:
     """Entry point: one clear line on stderr for anything the user can fix, never a traceback."""
     import click
 
-    from basecli.errors import BasecliError
+    from basecli.errors import BasecliError, PipeClosed
 
     try:
         code = app(standalone_mode=False)
@@ -54,7 +70,7 @@ def main() -> None:
     except (KeyboardInterrupt, click.exceptions.Abort):
         _say("\nbasecli: interrupted")
         code = 130
-    except BrokenPipeError:
+    except (BrokenPipeError, PipeClosed):
         code = 0
     if code == 0 or code is None:
         _close_stdout()
