@@ -40,11 +40,30 @@ def get_encoding(name: str):
         with _fetching(_fetch_with_deadline, name):
             return tiktoken.get_encoding(name)
     except Exception as e:
-        why = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}" if str(e) else type(e).__name__
         offline = ", ".join(available_offline()) or "none"
         raise Unavailable(
-            f"encoding {name!r} is not cached and could not be downloaded ({why}); available offline: {offline}"
+            f"encoding {name!r} is not cached and could not be downloaded ({_why(e)}); available offline: {offline}"
         ) from None
+
+
+def _why(e: BaseException) -> str:
+    reason = getattr(e, "reason", None) or e  # urllib wraps the socket error
+    text = str(reason).splitlines()[0][:120] if str(reason) else ""
+    return f"{type(reason).__name__}: {text}" if text else type(reason).__name__
+
+
+def reachable(url: str) -> str | None:
+    """None if url's host answers a TCP connection within the timeout, else why not (DNS included)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        _with_deadline(lambda: socket.create_connection((parts.hostname, port), timeout=timeout_s()).close())
+        return None
+    except Exception as e:
+        return f"{parts.hostname} is unreachable: {_why(e)}"
 
 
 def available_offline() -> list[str]:
@@ -102,21 +121,28 @@ def _refuse(url: str) -> bytes:
 
 
 def _fetch_with_deadline(url: str) -> bytes:
-    """GET url, giving up after the timeout however the network fails, DNS included
-    (getaddrinfo ignores socket timeouts, so the request runs in a thread we can abandon)."""
+    import urllib.request
+
+    def get():
+        with urllib.request.urlopen(url, timeout=timeout_s()) as r:
+            return r.read()
+
+    return _with_deadline(get)
+
+
+def _with_deadline(fn):
+    """fn(), giving up after the timeout however the network fails, DNS included
+    (getaddrinfo ignores socket timeouts, so fn runs in a thread we can abandon)."""
     limit = timeout_s()
     result: dict = {}
 
-    def get():
-        import urllib.request
-
+    def run():
         try:
-            with urllib.request.urlopen(url, timeout=limit) as r:
-                result["data"] = r.read()
+            result["data"] = fn()
         except BaseException as e:  # handed to the caller's thread
             result["error"] = e
 
-    worker = threading.Thread(target=get, daemon=True)
+    worker = threading.Thread(target=run, daemon=True)
     worker.start()
     worker.join(limit)
     if worker.is_alive():

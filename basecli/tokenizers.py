@@ -162,12 +162,16 @@ def char_spans(pieces: Sequence[bytes]) -> list[tuple[int, int]]:
     `decode_with_offsets` rule); one that ends inside a character ends after it. So the
     pieces of a split Hangul syllable or emoji all cover that one character.
     """
+    memo: dict[bytes, tuple[int, int]] = {}
     spans = []
     chars = 0  # characters whose first byte has been seen
     for b in pieces:
-        start = chars - 1 if b and 0x80 <= b[0] < 0xC0 else chars
-        chars += len(b.translate(None, _CONTINUATION))
-        spans.append((max(start, 0), chars))
+        info = memo.get(b)
+        if info is None:  # (characters starting in b, 1 if b continues the previous token's character)
+            info = memo[b] = (len(b.translate(None, _CONTINUATION)), 1 if b and 0x80 <= b[0] < 0xC0 else 0)
+        start = chars - info[1]
+        chars += info[0]
+        spans.append((start if start > 0 else 0, chars))
     return spans
 
 
@@ -177,7 +181,8 @@ def segment(tok: Tokenizer, text: str, *, allow_special: bool = False) -> tuple[
         ids, lib_spans = tok.encode_offsets(text, allow_special=allow_special)
     else:
         ids, lib_spans = tok.encode(text, allow_special=allow_special), None
-    pieces = [tok.token_bytes(i) for i in ids]
+    memo: dict[int, bytes] = {}  # long texts repeat tokens: one lookup per distinct id
+    pieces = [memo[i] if i in memo else memo.setdefault(i, tok.token_bytes(i)) for i in ids]
     if lib_spans is not None and b"".join(pieces) != text.encode("utf-8"):
         # a normalizer or SentencePiece's added space: the bytes are not the text's, trust the library
         return ids, pieces, [tuple(s) for s in lib_spans]
@@ -241,21 +246,28 @@ def _hub_tokenizer_files(repo_id: str) -> Path:
     """Download tokenizer.json (and the small configs naming end/start tokens) of a hub model, nothing else."""
     import os
 
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download
 
-    from basecli.encodings import Unavailable
+    from basecli.encodings import Unavailable, reachable
 
+    offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
     try:
-        path = Path(hf_hub_download(repo_id, "tokenizer.json"))
-    except Exception as e:  # hub errors come in many classes; all mean the same to the user
-        offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
-        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        return Path(hf_hub_download(repo_id, "tokenizer.json", local_files_only=True)).parent
+    except Exception:
+        pass
+    # huggingface_hub retries an unreachable host for about 20 s: find out first, in seconds
+    why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else reachable(constants.ENDPOINT)
+    if why is None:
+        try:
+            path = Path(hf_hub_download(repo_id, "tokenizer.json"))
+        except Exception as e:  # hub errors come in many classes; all mean the same to the user
+            why = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+    if why is not None:
         raise Unavailable(f"could not get the tokenizer of {repo_id} from the Hugging Face hub ({why}); "
-                         f"use an encoding (-e cl100k_base) or a local model directory") from None
+                          f"use an encoding (-e cl100k_base) or a local model directory") from None
     for extra in ("config.json", "generation_config.json"):
         try:
             hf_hub_download(repo_id, extra)
         except Exception:  # optional: without them only the end-of-text token is guessed
             pass
     return path.parent
-

@@ -63,14 +63,14 @@ def tokenize(
         return _compare(compare, source, allow_special=allow_special, count=count, json_out=json_out, ids_out=ids_out,
                         whitespace=whitespace, limit=limit)
     tok = _tokenizer(encoding, model)
+    if ids_out or count:  # ids alone: no bytes or offsets to work out, so a megabyte takes a fraction of a second
+        ids = tok.encode(source, allow_special=allow_special)
+        sys.stdout.write((" ".join(map(str, ids)) if ids_out else str(len(ids))) + "\n")
+        return
     from basecli.tokenizers import segment
 
     ids, pieces, spans = segment(tok, source, allow_special=allow_special)
-    if ids_out:
-        sys.stdout.write(" ".join(map(str, ids)) + "\n")
-    elif count:
-        sys.stdout.write(f"{len(ids)}\n")
-    elif json_out:
+    if json_out:
         sys.stdout.write(json.dumps(record(tok.name, source, ids, pieces, spans), ensure_ascii=False) + "\n")
     else:
         _view(tok.name, source, ids, pieces, spans, whitespace, limit)
@@ -82,7 +82,12 @@ def _read(text: Optional[List[str]]) -> str:
 
     if text and len(text) > 1 and any(t == "-" or t.startswith("@") for t in text):
         raise UsageError("'-' and @FILE stand for the whole text; quote text that has several words instead")
-    return read_text(" ".join(text) if text else None, what="text")
+    source = read_text(" ".join(text) if text else None, what="text")
+    try:
+        source.encode("utf-8")
+    except UnicodeEncodeError as e:  # an argument with bytes the locale could not decode
+        raise UsageError(f"the text is not valid UTF-8 (character {e.start}); pass it as a UTF-8 file with @FILE") from None
+    return source
 
 
 def _tokenizer(encoding: Optional[str], model: Optional[str]):
@@ -137,7 +142,7 @@ def _compare(specs: str, source: str, *, allow_special, count, json_out, ids_out
         if n:
             console().print()
         if "error" in b:
-            console().print(f"{b['tokenizer']}: not available ({b['error']})", style="bold red", markup=False)
+            console().print(f"{b['tokenizer']}: not available (see stderr)", style="bold red", markup=False)
             continue
         ids = [t["id"] for t in b["tokens"]]
         pieces = [bytes.fromhex(t["bytes"]) for t in b["tokens"]]
@@ -149,13 +154,16 @@ def record(name: str, source: str, ids, pieces, spans) -> dict:
     """{tokenizer, text, counts, tokens: [{id, text, bytes, start, end}]}; text is null for a partial UTF-8 character."""
     from basecli.views.tokens import counts
 
+    memo: dict[int, tuple] = {}
     tokens = []
     for i, b, (start, end) in zip(ids, pieces, spans):
-        try:
-            t = b.decode("utf-8")
-        except UnicodeDecodeError:
-            t = None
-        tokens.append({"id": i, "text": t, "bytes": b.hex(), "start": start, "end": end})
+        known = memo.get(i)
+        if known is None:
+            try:
+                known = memo[i] = (b.decode("utf-8"), b.hex())
+            except UnicodeDecodeError:
+                known = memo[i] = (None, b.hex())
+        tokens.append({"id": i, "text": known[0], "bytes": known[1], "start": start, "end": end})
     return {"tokenizer": name, "text": source, "counts": counts(source, len(ids)), "tokens": tokens}
 
 

@@ -50,7 +50,7 @@ def counts(text: str, n_tokens: int) -> dict:
 
 def header(name: str, c: dict) -> str:
     cpt = f"{c['characters_per_token']:.2f}" if c["characters_per_token"] is not None else "-"
-    return (f"{name}: {c['tokens']:,} tokens · {c['characters']:,} characters · {c['bytes']:,} bytes · "
+    return (f"{name}: {c['tokens']:,} token{'' if c['tokens'] == 1 else 's'}, {c['characters']:,} characters, {c['bytes']:,} bytes, "
             f"{cpt} characters/token")
 
 
