@@ -10,8 +10,8 @@ from __future__ import annotations
 import codecs
 from dataclasses import dataclass
 
-# pastel backgrounds under black text, readable on dark and light terminals
-PALETTE = ["#a8d8ea", "#f9c9a4", "#c3e6b4", "#f5b5c8", "#d7c5f0", "#f7e59b", "#9fe0d0", "#f0b8a0", "#b9c9f5", "#e3d1b0"]
+# named colours, so that neighbours stay distinct on 16-colour terminals too (hex pastels all become white)
+PALETTE = ["bright_cyan", "bright_yellow", "bright_green", "bright_magenta", "cyan", "yellow", "green", "magenta", "blue", "red"]
 WHITESPACE = str.maketrans({" ": "·", "\n": "↵", "\t": "→", "\r": "␍"})
 
 
@@ -30,7 +30,8 @@ def token_text(data: bytes, *, whitespace: bool = True) -> str:
 
 def style_for(token_id: int) -> str:
     # multiplying by a large odd number spreads neighbouring ids over the palette
-    return f"black on {PALETTE[(token_id * 2654435761 >> 7) % len(PALETTE)]}"
+    colour = PALETTE[(token_id * 2654435761 >> 7) % len(PALETTE)]
+    return f"{'white' if colour in ('blue', 'red') else 'black'} on {colour}"
 
 
 @dataclass
