@@ -208,6 +208,50 @@ def test_model_tokenizer_display_splits_into_bytes(tok_dir, cli):
     assert "<0xF0>" in out and "=😀" in out and "\ufffd" not in out
 
 
+def test_terminal_colour_follows_the_token_id(cl100k, monkeypatch):
+    import io
+    import re
+
+    from rich.console import Console
+
+    from basecli.tokenizers import segment
+    from basecli.views.tokens import show
+
+    monkeypatch.delenv("NO_COLOR")
+    buf = io.StringIO()
+    con = Console(file=buf, force_terminal=True, color_system="standard", width=200)
+    text = "cat dog cat dog"
+    ids, pieces, spans = segment(cl100k, text)
+    assert ids[1] == ids[3] != ids[2]  # " dog" twice, " cat" between
+    show("cl100k_base", text, ids, pieces, spans, console=con)
+    token_row = buf.getvalue().splitlines()[1]
+    styles = re.findall(r"\x1b\[([0-9;]+)m([^\x1b]+)\x1b\[0m", token_row)
+    by_text = {}
+    for code, shown in styles:
+        by_text.setdefault(shown, set()).add(code)
+    assert len(by_text["·dog"]) == 1 and len(by_text) == 3  # coloured; the same id, the same colour
+    assert "\x1b[" not in ok_plain(cl100k)
+
+
+def ok_plain(cl100k) -> str:
+    import io
+
+    from rich.console import Console
+
+    from basecli.tokenizers import segment
+    from basecli.views.tokens import show
+
+    buf = io.StringIO()
+    show("cl100k_base", "cat dog", *segment(cl100k, "cat dog"), console=Console(file=buf, width=80))
+    return buf.getvalue()
+
+
+def test_text_from_stdin_or_several_words(cli):
+    assert ok(cli("-e", "cl100k_base", "--ids", input="hello world")) == "15339 1917\n"
+    assert ok(cli("-e", "cl100k_base", "--ids", "hello", "world")) == "15339 1917\n"
+    usage_error(cli("-e", "cl100k_base", "hello", "@x.txt"), "stand for the whole text")
+
+
 def test_whitespace_visible_unless_turned_off(cli):
     text = "a b\tc\nd"
     shown = ok(cli("-e", "cl100k_base", text))
