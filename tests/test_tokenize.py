@@ -493,19 +493,25 @@ def test_tiktoken_and_model_tokenizer_paths_import_no_torch(tok_dir):
 
 
 @pytest.mark.slow
-def test_gguf_tokenizer_extracted_once_then_cached(tmp_path):
+def test_gguf_tokenizer_extracted_once_then_cached(capsys):
     """Without a converted model, the tokenizer comes out of the GGUF (transformers, once), then from the cache."""
     from tokenizers import Tokenizer
+
+    from basecli import config
+    from basecli.tokenizers import model_tokenizer
 
     gguf = REAL_HOME / "embedded" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     converted = sorted((REAL_HOME / "models").glob("gguf-*/tokenizer.json"))
     if not gguf.is_file() or not converted:
         pytest.skip("the embedded GGUF and its converted folder are not on this machine")
-    home = {"BASECLI_HOME": str(tmp_path / "home")}
+    assert config.home() != REAL_HOME  # an empty home: no converted model to borrow from
     text = "Hello 세계 😀, a GGUF tokenizer"
-    first = run_cli("tokenize", "-m", str(gguf), "--ids", text, env=home)
-    assert first.returncode == 0 and "reading the tokenizer" in first.stderr
+    tok = model_tokenizer(str(gguf))  # in this process, where torch may already be loaded
+    assert "reading the tokenizer" in capsys.readouterr().err
     ref = Tokenizer.from_file(str(converted[0])).encode(text, add_special_tokens=False).ids
-    assert list(map(int, first.stdout.split())) == ref
-    assert list((tmp_path / "home" / "tokenizers").glob("gguf-*/tokenizer.json"))
-    assert probe("-m", str(gguf), "--count", text, env=home) == "HEAVY: none"
+    from basecli.models import tokenizer_for
+
+    assert tok.encode(text) == ref
+    assert tok.eos_ids == tokenizer_for(converted[0].parent, "converted").eos_ids  # what `complete` stops on
+    assert list((config.home() / "tokenizers").glob("gguf-*/tokenizer.json"))
+    assert probe("-m", str(gguf), "--count", text) == "HEAVY: none"  # the next run: the cache alone
