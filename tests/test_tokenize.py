@@ -252,6 +252,16 @@ def test_text_from_stdin_or_several_words(cli):
     usage_error(cli("-e", "cl100k_base", "hello", "@x.txt"), "stand for the whole text")
 
 
+def test_basecli_model_env_yields_to_an_explicit_encoding(cli, tok_dir, enc):
+    env = {"BASECLI_MODEL": str(tok_dir)}
+    assert ok(cli("-e", "cl100k_base", "--ids", "hello world", env=env)) == "15339 1917\n"
+    from tokenizers import Tokenizer
+
+    ref = Tokenizer.from_file(str(tok_dir / "tokenizer.json")).encode("hello world", add_special_tokens=False).ids
+    assert ok(cli("--ids", "hello world", env=env)) == " ".join(map(str, ref)) + "\n"
+    usage_error(cli("-e", "cl100k_base", "-m", str(tok_dir), "hello"), "not both")
+
+
 def test_whitespace_visible_unless_turned_off(cli):
     text = "a b\tc\nd"
     shown = ok(cli("-e", "cl100k_base", text))
@@ -266,6 +276,13 @@ def test_special_tokens_are_text_unless_allowed(enc, cli):
     assert list(map(int, plain)) == enc.encode(text, disallowed_special=())
     special = ok(cli("-e", "cl100k_base", "--ids", "--allow-special", text)).split()
     assert list(map(int, special)) == enc.encode(text, allowed_special="all") == [100257, 6151]
+
+
+def test_model_tokenizer_ids_decode_round_trip(tok_dir, cli):
+    text = "Hello 안녕하세요 😀\n\tdef add(a, b)"
+    ids = ok(cli("-m", str(tok_dir), "--ids", text))
+    assert ok(cli("-m", str(tok_dir), "--decode", ids)) == text
+    usage_error(cli("-m", str(tok_dir), "--decode", "400"), "out of range")
 
 
 def test_special_tokens_in_a_model_tokenizer(tok_dir, cli):

@@ -20,6 +20,7 @@ DEFAULT_LIMIT = 1000
 
 
 def tokenize(
+    ctx: typer.Context,
     text: TextArg = None,
     encoding: Encoding = None,
     model: o.Model = None,
@@ -46,6 +47,8 @@ def tokenize(
     """
     from basecli.errors import UsageError
 
+    if model and (encoding or compare) and ctx.get_parameter_source("model").name == "ENVIRONMENT":
+        model = None  # BASECLI_MODEL is a default; a tokenizer named on the command line wins
     if sum((ids_out, count, json_out)) > 1:
         raise UsageError("--ids, --count and --json each choose the output; give at most one")
     if compare and (encoding or model):
