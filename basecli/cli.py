@@ -10,6 +10,7 @@ import typer
 
 from basecli import __version__
 from basecli.commands.complete import complete
+from basecli.commands.tokenize import tokenize
 
 app = typer.Typer(
     name="basecli",
@@ -51,6 +52,7 @@ def command(name: str, fn):
 
 
 command("complete", complete)
+command("tokenize", tokenize)
 
 
 def main() -> None:
