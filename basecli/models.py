@@ -276,16 +276,26 @@ def _convert(gguf: Path, digest: str, target: Path) -> None:
 
 
 def _download(repo_id: str, *, allow_pickle: bool) -> Path:
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
+
+    from basecli.encodings import reachable
 
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
     if allow_pickle:
         patterns.append("*.bin")
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
-    except Exception as e:  # hub errors come in many classes; all mean the same to the user
-        offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
-        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except Exception:  # not cached (completely): go to the hub
+        pass
+    offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
+    # huggingface_hub retries an unreachable host for about 20 s: find out first, in seconds
+    why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else reachable(constants.ENDPOINT)
+    if why is None:
+        try:
+            return Path(snapshot_download(repo_id, allow_patterns=patterns))
+        except Exception as e:  # hub errors come in many classes; all mean the same to the user
+            why = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    if why is not None:
         raise UsageError(
             f"could not get {repo_id} from the Hugging Face hub ({why}); check the name and your network, "
             f"or pass a local directory or .gguf file with --model"
