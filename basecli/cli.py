@@ -9,7 +9,10 @@ from typing import Annotated, Optional
 import typer
 
 from basecli import __version__
+from basecli.commands.chat import chat
 from basecli.commands.complete import complete
+from basecli.commands.fewshot import fewshot
+from basecli.commands.template import app as template_app
 
 app = typer.Typer(
     name="basecli",
@@ -35,6 +38,9 @@ def _root(
 
 
 app.command("complete")(complete)
+app.command("fewshot")(fewshot)
+app.command("chat")(chat)
+app.add_typer(template_app, name="template")
 
 
 def main() -> None:
