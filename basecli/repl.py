@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -63,16 +64,24 @@ class Repl:
         self.out = out or sys.stdout
         self.human, self.assistant = human, assistant
         self.running = True
+        # colour only on a real terminal, and never with NO_COLOR (https://no-color.org)
+        self.color = out is None and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+    def paint(self, text: str, code: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if self.color else text
 
     def say(self, text: str = "") -> None:
         self.out.write(text + "\n")
         self.out.flush()
 
     def run(self) -> None:
-        self.say(f"Chatting with {self.chat.backend.name} ({len(self.chat.turns)} earlier turns). /help lists commands; Ctrl-D leaves.")
+        from prompt_toolkit.formatted_text import ANSI
+
+        self.say(self.paint(f"Chatting with {self.chat.backend.name} ({len(self.chat.turns)} earlier turns). "
+                            "/help lists commands; Ctrl-D leaves.", "2"))
         while self.running:
             try:
-                line = self.session.prompt(f"{self.human}: ")
+                line = self.session.prompt(ANSI(self.paint(f"{self.human}:", "1;32") + " "))
             except KeyboardInterrupt:
                 continue
             except EOFError:
@@ -90,20 +99,34 @@ class Repl:
             else:
                 self.answer(lambda on_text: self.chat.ask(text, on_text))
         except BasecliError as e:  # bad values and full context windows are messages here, never an exit
-            self.say(f"error: {e}")
+            self.say(self.paint(f"error: {e}", "31"))
 
     def answer(self, call) -> None:
-        self.out.write(f"{self.assistant}: ")
-        self.out.flush()
+        """Stream an answer after the assistant label; a note (turns dropped, interrupted) gets its own line."""
+        self.line_open = labelled = False
 
         def on_text(piece: str) -> None:
+            nonlocal labelled
+            if not labelled:
+                self.out.write(self.paint(f"{self.assistant}:", "1;36") + " ")
+                labelled = self.line_open = True
             self.out.write(piece)
             self.out.flush()
 
         try:
             call(on_text)
         finally:
+            if not labelled:
+                on_text("")
+            if self.line_open:
+                self.say()
+            self.line_open = False
+
+    def note(self, text: str) -> None:
+        if getattr(self, "line_open", False):
             self.say()
+            self.line_open = False
+        self.say(self.paint(text, "2"))
 
     def command(self, text: str) -> None:
         name, _, arg = text.partition(" ")
@@ -129,8 +152,8 @@ class Repl:
             self.say("(conversation cleared; the preamble stays)")
         elif name == "/show":
             raw = self.chat.prompt()
-            self.say(raw)
-            self.say(f"--- {self.chat.count(raw)} / {self.chat.backend.context_length} tokens of context window")
+            self.say(raw.rstrip("\n"))
+            self.say(self.paint(f"--- {self.chat.count(raw)} / {self.chat.backend.context_length} tokens of context window", "2"))
         elif name == "/save":
             if not arg:
                 raise UsageError("/save needs a file name: /save chat.txt")
@@ -153,4 +176,4 @@ def save_text(chat) -> str:
         for v in (value if key in LIST_KEYS else [value]):
             lines.append(f"{key}: " + '"' + str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"') + '"')
     lines.append("---")
-    return "\n".join(lines) + "\n" + chat.prompt() 
+    return "\n".join(lines) + "\n" + chat.prompt()

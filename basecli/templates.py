@@ -248,22 +248,27 @@ def _delimiters(lines: list[str], first: int) -> list[Finding]:
         m = LABEL.match(line.rstrip("\r"))
         if m and not VAR.fullmatch(m.group(1).strip()):
             seen.setdefault(m.group(1).strip(), []).append((first + i, m.group(2), m.group(3)))
-    labels = {k: v for k, v in seen.items() if len(v) >= 2}  # a label used once is prose, not an example field
-    by_fold: dict[str, list[str]] = {}
-    for name in labels:
-        by_fold.setdefault(name.lower(), []).append(name)
-    for names in by_fold.values():
+    folded: dict[str, list[str]] = {}
+    for name in seen:
+        folded.setdefault(name.lower(), []).append(name)
+    # a label used once is prose, not an example field
+    labels = {k: v for k, v in seen.items() if sum(len(seen[n]) for n in folded[k.lower()]) >= 2}
+    for names in folded.values():
         if len(names) > 1:
-            rare = min(names, key=lambda s: len(labels[s]))
-            findings.append(Finding(labels[rare][0][0], f"label {rare!r} differs in case from {max(names, key=lambda s: len(labels[s]))!r}"))
+            common = max(names, key=lambda s: len(seen[s]))
+            for rare in names:
+                if rare != common:
+                    findings.append(Finding(seen[rare][0][0], f"label {rare!r} differs in case from {common!r}"))
     for name, uses in labels.items():
-        shapes = [(pre, post if post else "") for _, pre, post in uses]
-        # the last use may be the open answer slot ('Korean:' with nothing after it): judge it by its front only
-        common = max(set(shapes[:-1] or shapes), key=shapes.count)
+        # compare the space before ':' and the kind of space after it; double spaces have their own finding
+        shapes = [(pre, post[:1]) for _, pre, post in uses]
+        slot = first + len(lines) - 1
+        examples = [sh for (n, _, _), sh in zip(uses, shapes) if n != slot] or shapes
+        common = max(examples, key=examples.count)
         for (n, pre, post), shape in zip(uses, shapes):
-            is_slot = n == first + len(lines) - 1
-            if pre != common[0] or (not is_slot and post != common[1]):
-                findings.append(Finding(n, f"delimiter after {name!r} is {pre + ':' + post!r} but the other examples use "
+            # the open answer slot ('Korean:' with nothing after it) is judged by its front only
+            if shape[0] != common[0] or (n != slot and shape[1] != common[1]):
+                findings.append(Finding(n, f"delimiter after {name!r} is {pre + ':' + post[:1]!r} but the other examples use "
                                            f"{common[0] + ':' + common[1]!r}"))
     for i, line in enumerate(lines):
         for name in labels:

@@ -98,7 +98,9 @@ def run_repl(tmp_path, backend, keys: str):
     out = io.StringIO()
     with create_pipe_input() as pipe:
         pipe.send_text(keys)
-        Repl(chat, session=make_session(input=pipe, output=DummyOutput()), out=out).run()
+        repl = Repl(chat, session=make_session(input=pipe, output=DummyOutput()), out=out)
+        chat.notify = repl.note
+        repl.run()
     log.close()
     return chat, out.getvalue(), log.path
 
@@ -124,6 +126,13 @@ def test_repl_slash_commands(tmp_path, tok):
     assert chat.turns == []  # /reset; "never sent" came after /quit
     kinds = [json.loads(line)["type"] for line in path.read_text().splitlines()]
     assert kinds == ["start", "user", "assistant", "undo", "user", "assistant", "undo", "user", "assistant", "reset"]
+
+
+def test_repl_ctrl_c_stops_the_answer_and_the_chat_goes_on(tmp_path, tok):
+    backend = Scripted(tok, ["Hello there friend", "fine"], interrupt_after=3)
+    chat, out, _ = run_repl(tmp_path, backend, "hi\r/undo\rhow are you\r/quit\r")
+    assert "Assistant: Hel\n(interrupted" in out
+    assert chat.turns == [("how are you", "fin")]  # the second answer was interrupted too, and kept
 
 
 def test_repl_history_is_kept_across_runs(tmp_path, tok):

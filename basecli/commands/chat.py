@@ -66,7 +66,8 @@ def chat(
     extra_stops = tuple(o.unescape(s) for s in stop) if stop else ()
     params = SamplingParams(**values, seed=seed if seed is not None else tpl.settings.get("seed"), stop=extra_stops)
 
-    print(f"basecli: loading {model or 'the embedded model'}...", file=sys.stderr, flush=True) if sys.stdin.isatty() else None
+    if sys.stdin.isatty() and message is None:
+        print(f"basecli: loading {model or 'the embedded model'}...", file=sys.stderr, flush=True)
     backend = open_backend(model, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
                            allow_pickle=allow_pickle)
     if resume:
@@ -87,8 +88,9 @@ def chat(
             from basecli.repl import Repl
 
             human, assistant = templates.chat_labels(tpl)
-            session.notify = lambda s: print(s, flush=True)
-            Repl(session, human=human, assistant=assistant).run()
+            repl = Repl(session, human=human, assistant=assistant)
+            session.notify = repl.note
+            repl.run()
             print(f"(transcript: {log.path})", file=sys.stderr)
     finally:
         log.close()
