@@ -134,6 +134,16 @@ def prompts_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "prompts"
 
 
+def trim_answer(text: str) -> str:
+    """The answer without the seam's space and trailing whitespace; an answer that starts on a new line
+    (code) keeps its indentation."""
+    text = text.rstrip()
+    head = text.lstrip(" \t")
+    if head.startswith("\n"):
+        return head.lstrip("\n")
+    return head
+
+
 # --- few-shot from a table ------------------------------------------------------------------
 
 

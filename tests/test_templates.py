@@ -120,3 +120,9 @@ def test_chat_prompt_appends_turns_and_opens_the_assistant_label():
     assert text == "A chat.\nUser: hi\nBot: hello\nUser: one\nBot: 1\nUser: two\nBot:"
     assert chat_stops(tpl) == ("\nUser:", "###")
     assert chat_prompt(parse("Preamble without newline"), [], "x") == "Preamble without newline\nHuman: x\nAssistant:"
+
+
+@pytest.mark.parametrize("raw, answer", [(" 선생님", "선생님"), (" Paris \n", "Paris"), ("\n    return x\n\n", "    return x"),
+                                         (" \n\tpass", "\tpass"), ("", "")])
+def test_trim_answer_drops_the_seam_space_but_keeps_code_indentation(raw, answer):
+    assert templates.trim_answer(raw) == answer

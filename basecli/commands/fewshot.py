@@ -115,7 +115,7 @@ def fewshot(
                              seeds=[seed] * len(prompts), truncate=truncate):
         timer.tick()
         rows[ev.row].append(ev)
-    answers = ["".join(ev.text for ev in evs).strip() for evs in rows]
+    answers = [templates.trim_answer("".join(ev.text for ev in evs)) for evs in rows]
     if json_out or jsonl:
         records = [completion_record(model=backend.name, prompt=p, events=evs, params=params, tokenizer=backend.tokenizer,
                                      timings=timer.as_dict(), input=x, answer=a, template=tpl.source if tpl else examples)
