@@ -23,6 +23,7 @@ class Chat:
         self.transcript = transcript
         self.notify = notify  # where "dropped 2 turns" and similar notes go
         self.last_seed: int | None = None
+        self.retries = 0  # of the last answer: a fixed seed is shifted by this, so /retry really resamples
 
     # --- the text the model sees ---------------------------------------------------------
 
@@ -52,12 +53,13 @@ class Chat:
 
     # --- turns ---------------------------------------------------------------------------
 
-    def ask(self, message: str, on_text: Callable[[str], None] | None = None) -> str:
+    def ask(self, message: str, on_text: Callable[[str], None] | None = None, _retries: int = 0) -> str:
         """Answer `message`, streaming pieces to on_text; the turn is kept (and saved) even if interrupted."""
         message = message.strip()
         if not message:
             raise UsageError("empty message: type something to say to the model")
         text = self.fit(message)
+        self.retries = _retries
         self._save({"type": "user", "text": message})
         answer, finish = self._generate(text, on_text)
         self.turns.append((message, answer))
@@ -69,7 +71,9 @@ class Chat:
             raise UsageError("nothing to retry yet")
         message, _ = self.turns.pop()
         self._save({"type": "undo"})
-        return self.ask(message, on_text)
+        retries = self.retries + 1
+        answer = self.ask(message, on_text, _retries=retries)
+        return answer
 
     def undo(self) -> tuple[str, str]:
         if not self.turns:
@@ -83,7 +87,7 @@ class Chat:
 
     def _generate(self, text: str, on_text) -> tuple[str, str]:
         # a fixed /seed gives every answer the same randomness; otherwise a fresh recorded seed per answer
-        seed = self.params.seed if self.params.seed is not None else fresh_seed()
+        seed = self.params.seed + self.retries if self.params.seed is not None else fresh_seed()
         self.last_seed = seed
         pieces: list[str] = []
         finish = "interrupted"

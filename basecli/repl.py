@@ -97,27 +97,24 @@ class Repl:
             if text.startswith("/"):
                 self.command(text)
             else:
+                self.chat.fit(text)  # notes about dropped turns come before the answer, not inside it
                 self.answer(lambda on_text: self.chat.ask(text, on_text))
         except BasecliError as e:  # bad values and full context windows are messages here, never an exit
             self.say(self.paint(f"error: {e}", "31"))
 
     def answer(self, call) -> None:
-        """Stream an answer after the assistant label; a note (turns dropped, interrupted) gets its own line."""
-        self.line_open = labelled = False
+        """Stream an answer after the assistant label; a note (interrupted) gets its own line."""
+        self.out.write(self.paint(f"{self.assistant}:", "1;36") + " ")
+        self.out.flush()
+        self.line_open = True
 
         def on_text(piece: str) -> None:
-            nonlocal labelled
-            if not labelled:
-                self.out.write(self.paint(f"{self.assistant}:", "1;36") + " ")
-                labelled = self.line_open = True
             self.out.write(piece)
             self.out.flush()
 
         try:
             call(on_text)
         finally:
-            if not labelled:
-                on_text("")
             if self.line_open:
                 self.say()
             self.line_open = False

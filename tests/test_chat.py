@@ -114,7 +114,8 @@ def test_repl_slash_commands(tmp_path, tok):
     chat, out, path = run_repl(tmp_path, backend, keys)
     p = chat.params
     assert (p.temperature, p.top_k, p.top_p, p.max_tokens, p.seed) == (0.5, 3, 0.9, 5, 42)
-    assert backend.calls[1][1].temperature == 0.5 and backend.calls[1][2] == [42]  # /retry sampled with the new settings
+    # /retry samples with the new settings, and a fixed seed is shifted so that it really resamples
+    assert backend.calls[1][1].temperature == 0.5 and backend.calls[1][2] == [43]
     assert "Assistant: first answer" in out and "Assistant: second answer" in out
     assert "Human: hello\nAssistant: second answer" in out  # /show: the raw text after /retry
     assert "tokens of context window" in out
