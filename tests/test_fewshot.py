@@ -118,6 +118,9 @@ def test_var_fills_other_variables_and_templates_without_input_take_none(monkeyp
     assert code == 2 and "{{article}}" in err and len(err.strip().splitlines()) == 1
     code, out, _ = invoke(monkeypatch, capsys, "fewshot", str(p), "--var", "article=Cats sleep.", "--json", backend=b)
     assert code == 0 and json.loads(out)["prompt"] == "Cats sleep.\n\nTL;DR:"
+    (tmp_path / "news.txt").write_text("Dogs bark.", encoding="utf-8")
+    code, out, _ = invoke(monkeypatch, capsys, "fewshot", str(p), "--var", f"article=@{tmp_path / 'news.txt'}", "--json", backend=b)
+    assert code == 0 and json.loads(out)["prompt"] == "Dogs bark.\n\nTL;DR:"
     code, _, err = invoke(monkeypatch, capsys, "fewshot", str(p), "word", "--var", "article=x", backend=b)
     assert code == 2 and "no {{input}} slot" in err
 

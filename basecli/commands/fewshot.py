@@ -17,7 +17,7 @@ SHOT_KEYS = ("input_prefix", "output_prefix", "target_delimiter", "fewshot_delim
 def fewshot(
     args: Annotated[Optional[List[str]], typer.Argument(metavar="TEMPLATE [INPUT]...", help="A template file (or a shipped name like en_ko), then inputs; '-' reads one input per stdin line. With --examples every argument is an input.")] = None,
     input: Annotated[Optional[List[str]], typer.Option("--input", "-i", help="An input (repeatable), same as a positional INPUT.")] = None,
-    var: Annotated[Optional[List[str]], typer.Option("--var", help="NAME=VALUE for a {{NAME}} of the template (repeatable).")] = None,
+    var: Annotated[Optional[List[str]], typer.Option("--var", help="NAME=VALUE for a {{NAME}} of the template (repeatable); NAME=@FILE reads the value from a file.")] = None,
     examples: Annotated[Optional[str], typer.Option("--examples", help="Build the prompt from input<TAB>output rows of this TSV file instead of a template.", rich_help_panel="Examples table")] = None,
     k: Annotated[Optional[int], typer.Option("--k", min=0, help="Use the first K examples of the table (default: all).", rich_help_panel="Examples table")] = None,
     input_prefix: Annotated[Optional[str], typer.Option("--input-prefix", help="Before each input. Default 'Input: '.", rich_help_panel="Examples table")] = None,
@@ -58,6 +58,7 @@ def fewshot(
     from basecli import templates
     from basecli.config import SamplingParams, fresh_seed
     from basecli.errors import UsageError
+    from basecli.inputs import read_text
     from basecli.views import fewshot as view
 
     args = list(args or [])
@@ -66,7 +67,8 @@ def fewshot(
     tpl = None if examples else templates.load(args.pop(0))
     settings = tpl.settings if tpl else {}
     inputs = _inputs(args + list(input or []))
-    values = dict(v.split("=", 1) for v in var or [] if _is_var(v))
+    values = {name: read_text(value, what=f"--var {name}") if value.startswith("@") else value
+              for name, value in (v.split("=", 1) for v in var or [] if _is_var(v))}
 
     if tpl is not None:
         for f in templates.check(tpl):
