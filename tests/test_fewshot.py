@@ -8,8 +8,6 @@ import sys
 
 import pytest
 
-from conftest import run_cli
-
 FEWSHOT = "---\ninput: cat\nmax_tokens: 3\ntemperature: 0.7\nstop:\n---\nEnglish: dog\nKorean: 개\nEnglish: {{input}}\nKorean:\n"
 
 
@@ -163,7 +161,7 @@ def test_real_model_en_ko_prints_one_line(monkeypatch, capsys, real_model):
 
 
 @pytest.mark.slow
-def test_real_model_two_inputs_from_stdin_print_two_lines(real_model):
-    r = run_cli("fewshot", "prompts/en_ko.txt", "-", input="cat\ndog\n")
-    assert r.returncode == 0, r.stderr
-    assert len(r.stdout.splitlines()) == 2 and all(line.strip() for line in r.stdout.splitlines())
+def test_real_model_two_inputs_from_stdin_print_two_lines(monkeypatch, capsys, real_model):
+    code, out, err = invoke(monkeypatch, capsys, "fewshot", "prompts/en_ko.txt", "-", stdin="cat\ndog\n", backend=real_model)
+    assert code == 0, err
+    assert len(out.splitlines()) == 2 and all(line.strip() for line in out.splitlines())
