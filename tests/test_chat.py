@@ -216,3 +216,17 @@ def test_cli_message_stdin_lines_resume_and_bad_input(monkeypatch, capsys, tmp_p
     assert code == 2 and out == "" and "--message is empty" in err and len(err.strip().splitlines()) == 1
     code, out, err = invoke(monkeypatch, capsys, "chat", str(tmp_path / "missing.txt"), "--message", "hi", backend=backend)
     assert code == 2 and "file not found" in err
+
+
+def test_chat_flags_override_the_template_which_overrides_defaults(monkeypatch, capsys, tmp_path, tok):
+    t = tmp_path / "c.txt"
+    t.write_text("---\nmax_tokens: 8\ntop_p: 0.9\nstop: END\n---\nA chat.\n", encoding="utf-8")
+    b = Scripted(tok, ["x", "y"])
+    invoke(monkeypatch, capsys, "chat", str(t), "--message", "hi", backend=b)
+    p = b.calls[-1][1]
+    assert (p.max_tokens, p.top_p, p.temperature) == (8, 0.9, 0.7) and set(p.stop) == {"\nHuman:", "END"}
+    invoke(monkeypatch, capsys, "chat", str(t), "--message", "hi", "-n", "4", "-t", "0.2", "--top-k", "5", "--top-p", "0.5",
+           "--min-p", "0.1", "--repetition-penalty", "1.2", "-s", "9", "--stop", "###", backend=b)
+    p = b.calls[-1][1]
+    assert (p.max_tokens, p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty) == (4, 0.2, 5, 0.5, 0.1, 1.2)
+    assert b.calls[-1][2] == [9] and "###" in p.stop and "\nHuman:" in p.stop

@@ -72,6 +72,23 @@ def test_flags_override_front_matter_which_overrides_defaults(monkeypatch, capsy
         assert len(rec["tokens"]) == 5
 
 
+def test_sampling_flags_reach_the_sampler_and_json_of_several_inputs_is_an_array(monkeypatch, capsys, tiny_backends, tpl):
+    code, out, _ = invoke(monkeypatch, capsys, "fewshot", tpl, "cat", "dog", "--json", "--top-k", "4", "--top-p", "0.8",
+                          "--min-p", "0.05", "--repetition-penalty", "1.3", "-s", "11", backend=tiny_backends["gpt2"])
+    recs = json.loads(out)
+    assert code == 0 and [r["input"] for r in recs] == ["cat", "dog"]
+    assert {k: recs[1]["params"][k] for k in ("top_k", "top_p", "min_p", "repetition_penalty", "seed")} == \
+        {"top_k": 4, "top_p": 0.8, "min_p": 0.05, "repetition_penalty": 1.3, "seed": 11}
+
+
+def test_truncate_cuts_a_prompt_longer_than_the_context_window(monkeypatch, capsys, tiny_backends, tpl):
+    long_input = "the quick brown fox " * 60  # far beyond the tiny models' 128 positions
+    code, out, err = invoke(monkeypatch, capsys, "fewshot", tpl, long_input, backend=tiny_backends["gpt2"])
+    assert code == 2 and "--truncate" in err
+    code, out, err = invoke(monkeypatch, capsys, "fewshot", tpl, long_input, "--truncate", "-n", "1", backend=tiny_backends["gpt2"])
+    assert code == 0 and "cut" in err
+
+
 def test_default_stop_is_a_newline_and_the_answer_is_trimmed(monkeypatch, capsys, tiny_backends, tmp_path):
     p = tmp_path / "plain.txt"
     p.write_text("English: {{input}}\nKorean:\n", encoding="utf-8")
@@ -86,9 +103,9 @@ def test_examples_table_builds_the_prompt_with_k_and_delimiters(monkeypatch, cap
     tsv.write_text("cat\t고양이\ndog\t개\nteacher\t선생님\nfox\t여우\n", encoding="utf-8")
     code, out, _ = invoke(monkeypatch, capsys, "fewshot", "--examples", str(tsv), "--input", "teacher", "--k", "2",
                           "--input-prefix", "English: ", "--output-prefix", "\\nKorean:", "--fewshot-delimiter", "\\n",
-                          "--target-delimiter", " ", "--json", "-n", "2", backend=tiny_backends["gpt2"])
+                          "--target-delimiter", "\\t", "--json", "-n", "2", backend=tiny_backends["gpt2"])
     assert code == 0
-    assert json.loads(out)["prompt"] == "English: cat\nKorean: 고양이\nEnglish: dog\nKorean: 개\nEnglish: teacher\nKorean:"
+    assert json.loads(out)["prompt"] == "English: cat\nKorean:\t고양이\nEnglish: dog\nKorean:\t개\nEnglish: teacher\nKorean:"
     _, out, _ = invoke(monkeypatch, capsys, "fewshot", "--examples", str(tsv), "fox", "--json", "-n", "2",
                        backend=tiny_backends["gpt2"])
     assert json.loads(out)["prompt"] == ("Input: cat\nOutput: 고양이\n\nInput: dog\nOutput: 개\n\n"
