@@ -34,9 +34,7 @@ def chat(
 ):
     """Chat with a base model through a conversation-shaped prompt.
 
-    Each message is appended as a Human turn; the model writes the Assistant turn and stops
-    where it would start the next Human turn. Every turn is saved to a JSONL transcript under
-    BASECLI_HOME/transcripts as it happens.
+    Each message is appended as a Human turn; the model writes the Assistant turn and stops where it would start the next Human turn. Every turn is saved to a JSONL transcript under BASECLI_HOME/transcripts as it happens.
 
     \b
     Examples:

@@ -50,7 +50,7 @@ def fewshot(
 
     \b
     Examples:
-      basecli fewshot prompts/en_ko.txt                  # the default input, teacher
+      basecli fewshot prompts/en_ko.txt        # its default input: teacher
       printf 'cat\\ndog\\n' | basecli fewshot prompts/en_ko.txt - > ko.txt
       basecli fewshot --examples pairs.tsv --input teacher --k 5
       basecli fewshot prompts/en_ko.txt cat --show-prompt

@@ -13,8 +13,7 @@ app = typer.Typer(help="Inspect prompt templates (prompts/*.txt).", no_args_is_h
 def check(
     files: Annotated[List[str], typer.Argument(help="Template files (or shipped names like en_ko).")],
 ):
-    """Report seam problems, each with its line: a space before the answer slot, double spaces,
-    inconsistent delimiters between examples, a missing newline between examples, trailing whitespace.
+    """Report seam problems, each with its line: a space before the answer slot, double spaces, inconsistent delimiters between examples, a missing newline between examples, trailing whitespace.
 
     Exits 1 when anything is found, so it can guard a commit.
 
