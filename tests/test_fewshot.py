@@ -182,3 +182,25 @@ def test_real_model_two_inputs_from_stdin_print_two_lines(monkeypatch, capsys, r
     code, out, err = invoke(monkeypatch, capsys, "fewshot", "prompts/en_ko.txt", "-", stdin="cat\ndog\n", backend=real_model)
     assert code == 0, err
     assert len(out.splitlines()) == 2 and all(line.strip() for line in out.splitlines())
+
+
+@pytest.mark.slow
+def test_every_shipped_prompt_renders_for_the_embedded_model_with_its_seams_marked(monkeypatch, capsys, real_model):
+    from basecli import templates
+
+    for path in sorted(templates.prompts_dir().glob("*.txt")):
+        code, out, err = invoke(monkeypatch, capsys, "fewshot", str(path), "--show-prompt")
+        assert code == 0, err
+        last = templates.load(path).render().split("\n")[-1]
+        assert out.rstrip("\n").split("\n")[-1].replace("|", "") == last  # the answer slot's line, every token marked
+        assert int(err.split()[1]) < real_model.context_length
+
+
+@pytest.mark.slow
+def test_real_model_chat_answers_and_stops_before_the_next_turn(monkeypatch, capsys, tmp_path, real_model):
+    monkeypatch.setattr("basecli.transcripts.folder", lambda: tmp_path)  # slow tests share the real BASECLI_HOME
+    code, out, err = invoke(monkeypatch, capsys, "chat", "--message", "What is the capital of Italy?", "-s", "1", "-t", "0",
+                            backend=real_model)
+    assert code == 0, err
+    assert out.strip() and "Human:" not in out and not out.startswith(" ")
+    assert len(list(tmp_path.glob("*.jsonl"))) == 1
