@@ -9,7 +9,10 @@ from typing import Annotated, Optional
 import typer
 
 from basecli import __version__
+from basecli.commands.chat import chat
 from basecli.commands.complete import complete
+from basecli.commands.fewshot import fewshot
+from basecli.commands.template import app as template_app
 from basecli.commands.tokenize import tokenize
 
 app = typer.Typer(
@@ -51,8 +54,11 @@ def command(name: str, fn):
     app.command(name)(run)
 
 
-command("complete", complete)
 command("tokenize", tokenize)
+command("complete", complete)
+command("fewshot", fewshot)
+command("chat", chat)
+app.add_typer(template_app, name="template")
 
 
 def main() -> None:
