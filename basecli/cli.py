@@ -10,6 +10,9 @@ import typer
 
 from basecli import __version__
 from basecli.commands.complete import complete
+from basecli.commands.info import info
+from basecli.commands.recite import recite
+from basecli.commands.score import score
 
 app = typer.Typer(
     name="basecli",
@@ -35,6 +38,9 @@ def _root(
 
 
 app.command("complete")(complete)
+app.command("score")(score)
+app.command("recite")(recite)
+app.command("info")(info)
 
 
 def main() -> None:
