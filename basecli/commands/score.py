@@ -47,6 +47,10 @@ def score(
     from basecli.inputs import read_text
 
     body = read_text(text, what="text to score")
+    if not body:
+        raise UsageError("the text to score is empty; give some text, '-' for stdin or @FILE")
+    if stride is not None and window is not None and stride >= window:
+        raise UsageError(f"--stride {stride} must be smaller than --window {window} so that the windows overlap; try --stride {max(1, window // 2)}")
     ctx = read_text(context, what="context") if context is not None else None
     k = alternatives or (5 if at else 0)
     backend = open_backend(model, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
