@@ -9,7 +9,7 @@ import torch
 
 from basecli.engine.score import plan_windows
 from basecli.errors import UsageError
-from conftest import run_cli
+from clihelp import cli
 
 TEXT = "The quick brown fox jumps over the lazy dog. Here's my top-10 list of the top landmarks to see in Paris."
 
@@ -53,9 +53,10 @@ def test_sliding_window_equals_single_window_when_the_text_fits(tiny_backend):
         assert [t.logprob for t in again] == pytest.approx([t.logprob for t in whole], abs=1e-5)
 
 
-def test_sliding_window_scores_each_token_from_its_own_window(tiny_backend):
-    """Definition: a token with context c has the log-prob of a forward pass over its c predecessors alone."""
-    b = tiny_backend
+def test_sliding_window_scores_each_token_from_its_own_window(tiny_backends):
+    """Definition: a token with context c has the log-prob of a forward pass over its c predecessors alone.
+    Llama: rotary positions restart at 0 in every window, as in that forward pass."""
+    b = tiny_backends["llama"]
     window, stride = 8, 3
     ids = [b.tokenizer.bos_id] + b.tokenizer.encode(TEXT)
     assert len(ids) > 3 * window
@@ -89,10 +90,10 @@ def test_bad_input_is_a_usage_error(tiny_backends, text, kw, needle):
         tiny_backends["gpt2"].score(text, **kw)
 
 
-def test_cli_json_matches_the_backend(tiny_dirs, tiny_backends):
-    r = run_cli("score", TEXT, "-m", str(tiny_dirs["llama"]), "--json", "--alternatives", "2", "--window", "12", "--stride", "4")
-    assert r.returncode == 0, r.stderr
-    rec = json.loads(r.stdout)
+def test_cli_json_matches_the_backend(tiny_dirs, tiny_backends, capsys):
+    code, out, err = cli(capsys, "score", TEXT, "-m", str(tiny_dirs["llama"]), "--json", "--alternatives", "2", "--window", "12", "--stride", "4")
+    assert code == 0, err
+    rec = json.loads(out)
     want = tiny_backends["llama"].score(TEXT, alternatives=2, window=12, stride=4)
     assert [t["logprob"] for t in rec["tokens"]] == pytest.approx([t.logprob for t in want], abs=1e-4)
     assert [t["rank"] for t in rec["tokens"]] == [t.rank for t in want]
@@ -103,13 +104,13 @@ def test_cli_json_matches_the_backend(tiny_dirs, tiny_backends):
     assert set(rec["compression"]) == {"model", "gzip -9", "bz2 -9", "xz -9"}
 
 
-def test_cli_plain_output_with_at_and_context(tiny_dirs):
-    r = run_cli("score", "over the lazy dog", "--context", "The quick brown fox jumps", "-m", str(tiny_dirs["gpt2"]), "--at", "2")
-    assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
+def test_cli_plain_output_with_at_and_context(tiny_dirs, capsys):
+    code, out, err = cli(capsys, "score", "over the lazy dog", "--context", "The quick brown fox jumps", "-m", str(tiny_dirs["gpt2"]), "--at", "2")
+    assert code == 0, err
+    lines = out.splitlines()
     table = lines[lines.index("top 5 alternatives at the chosen positions") + 2 :]
     assert table[0].split("\t")[0] == "2" and len(table[0].split("\t")[-1].split("  ")) == 5
-    assert "bits per byte:" in r.stdout and "gzip -9:" in r.stdout
+    assert "bits per byte:" in out and "gzip -9:" in out
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -117,12 +118,12 @@ def test_cli_plain_output_with_at_and_context(tiny_dirs):
     ([""], "empty"),
     (["--stride", "64", "--window", "32", "some text here"], "--stride 64"),
 ])
-def test_cli_bad_inputs_exit_2_with_one_line(tiny_dirs, tmp_path, args, needle):
+def test_cli_bad_inputs_exit_2_with_one_line(tiny_dirs, tmp_path, capsys, args, needle):
     if args == ["@@"]:
         binary = tmp_path / "blob.bin"
         binary.write_bytes(b"\x00\x01\x02garbage\xff")
         args, needle = [f"@{binary}"], "binary"
-    r = run_cli("score", *args, "-m", str(tiny_dirs["gpt2"]))
-    assert r.returncode == 2
-    assert len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr
-    assert r.stdout == ""
+    code, out, err = cli(capsys, "score", *args, "-m", str(tiny_dirs["gpt2"]))
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and needle in err
+    assert out == ""
