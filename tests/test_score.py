@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from basecli.engine.score import plan_windows
+from basecli.engine.score import plan_windows, start_ids
 from basecli.errors import UsageError
 from clihelp import cli
 
@@ -42,6 +42,36 @@ def test_context_replaces_the_start_token(tiny_backend):
     ids = ctx + b.tokenizer.encode("over the lazy dog")
     logp = forward_logprobs(b.model, ids)
     assert [t.logprob for t in scored] == pytest.approx([logp[i - 1, ids[i]].item() for i in range(len(ctx), len(ids))], abs=1e-4)
+
+
+class FakeTokenizer:
+    def __init__(self, prefix_ids=(), bos_id=None, special_tokens=None):
+        self.prefix_ids, self.bos_id, self.special_tokens = list(prefix_ids), bos_id, special_tokens or {}
+
+    def encode(self, text):
+        return [ord(c) for c in text]
+
+
+@pytest.mark.parametrize("tok,context,want", [
+    (FakeTokenizer(prefix_ids=[128000], bos_id=128000), None, [128000]),  # Llama 3: <|begin_of_text|> before everything
+    (FakeTokenizer(bos_id=1, special_tokens={"<|endoftext|>": 0, "<|im_start|>": 1}), None, [0]),  # a chat bos is not a document start
+    (FakeTokenizer(bos_id=7), None, [7]),
+    (FakeTokenizer(), None, []),
+    (FakeTokenizer(prefix_ids=[5], bos_id=5), "ab", [5, 97, 98]),
+])
+def test_what_the_first_token_is_conditioned_on(tok, context, want):
+    assert start_ids(tok, context) == want
+
+
+def test_without_a_start_token_the_first_token_is_not_scored(tiny_backends, monkeypatch):
+    b = tiny_backends["gpt2"]
+    monkeypatch.setattr(b.tokenizer, "special_tokens", {})
+    monkeypatch.setattr(b.tokenizer, "bos_id", None)
+    scored = b.score(TEXT)
+    assert scored[0].logprob is None and scored[0].context == 0
+    ids = b.tokenizer.encode(TEXT)
+    logp = forward_logprobs(b.model, ids)
+    assert [t.logprob for t in scored[1:]] == pytest.approx([logp[i - 1, ids[i]].item() for i in range(1, len(ids))], abs=1e-4)
 
 
 def test_sliding_window_equals_single_window_when_the_text_fits(tiny_backend):

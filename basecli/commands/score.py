@@ -74,7 +74,7 @@ def score(
 
     if json_out:
         tokens = [_token_record(tok, t, k) for t in scored]
-        record = {"model": backend.name, "text": body, "context": ctx, "tokens": tokens, "summary": s.to_dict(),
+        record = {"model": backend.name, "text": body, "context": ctx, "start_ids": start_ids(tok, ctx), "tokens": tokens, "summary": s.to_dict(),
                   "compression": comp, "windows": windows,
                   "timings": {"load_s": round(getattr(backend, "load_seconds", 0.0), 3), "total_s": round(total_s, 3)}}
         sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -27,6 +27,11 @@ def start_ids(tokenizer, context: str | None) -> list[int]:
         return list(tokenizer.prefix_ids) + tokenizer.encode(context)
     if tokenizer.prefix_ids:
         return list(tokenizer.prefix_ids)
+    # A document begins after the separator the model was pretrained with. An instruct model's bos_id can be a chat
+    # token (SmolLM2-Instruct's is <|im_start|>): after it "The capital of France..." costs 58 bits, after <|endoftext|> 37.
+    separator = getattr(tokenizer, "special_tokens", {}).get("<|endoftext|>")
+    if separator is not None:
+        return [separator]
     return [tokenizer.bos_id] if tokenizer.bos_id is not None else []
 
 
