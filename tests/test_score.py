@@ -157,3 +157,12 @@ def test_cli_bad_inputs_exit_2_with_one_line(tiny_dirs, tmp_path, capsys, args, 
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and needle in err
     assert out == ""
+
+
+def test_progress_is_reported_per_window_up_to_the_total(tiny_backends):
+    b = tiny_backends["gpt2"]
+    calls = []
+    scored = b.score(TEXT, window=8, stride=4, progress=lambda done, total: calls.append((done, total)))
+    n = len(scored)
+    assert len(calls) == len(plan_windows(n + 1, 8, 4)) > 1
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls) and calls[-1] == (n, n)

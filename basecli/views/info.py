@@ -19,10 +19,10 @@ def show(d: dict) -> None:
         ("vocabulary", f"{a['vocab_size']:,}"),
     ])
     total = p["total"]
-    rows = [(name, f"{n:>13,}  {n / total:6.1%}") for name, n in p.items() if name != "total" and n]
+    rows = [(name, f"{n:,}  ({n / total:.1%})") for name, n in p.items() if name != "total" and n]
     if a["tied_embeddings"]:
         rows.append(("output head", "tied to the embeddings, counted once there"))
-    rows.append(("total", f"{total:>13,}"))
+    rows.append(("total", f"{total:,}"))
     print_facts("parameters", rows)
     print_facts("runtime", [("dtype", r["dtype"]), ("device", r["device"]), ("memory", _mb(r["memory_bytes"]) + " (weights and buffers)"),
                             ("load time", f"{r['load_s']:.2f} s")])

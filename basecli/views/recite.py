@@ -18,16 +18,21 @@ def _text(tok, token_id: int | None) -> str:
     return repr(tok.token_bytes(token_id).decode("utf-8", errors="replace"))
 
 
+def _p(logprob: float) -> str:
+    p = math.exp(logprob)
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
 def divergence(tok, rec, sample) -> str:
     d = sample.overlap.diverged_at
     if d is None:
         return "never: the continuation is the reference, token for token"
     ref_id = rec.reference_ids[d]
     ref_lp = sample.reference_logprob_at_divergence
-    ref_p = f" (p={math.exp(ref_lp):.3f})" if ref_lp is not None and not math.isnan(ref_lp) else ""
+    ref_p = f" (p={_p(ref_lp)})" if ref_lp is not None and not math.isnan(ref_lp) else ""
     own = ""
     if sample.own_token_at_divergence is not None:
-        own = f"; the model wrote {_text(tok, sample.own_token_at_divergence)} (p={math.exp(sample.own_logprob_at_divergence):.3f})"
+        own = f"; the model wrote {_text(tok, sample.own_token_at_divergence)} (p={_p(sample.own_logprob_at_divergence)})"
     return f"token {d}: the reference has {_text(tok, ref_id)}{ref_p}{own}"
 
 
@@ -69,7 +74,7 @@ def sample_table(tok, rec) -> None:
         ref_lp = s.reference_logprob_at_divergence
         rows.append([str(i), str(ov.longest_run_tokens), str(ov.longest_run_chars), f"{ov.reproduced:.1%}",
                      "-" if ov.diverged_at is None else str(ov.diverged_at),
-                     "-" if ref_lp is None or math.isnan(ref_lp) else f"{math.exp(ref_lp):.3f}"])
+                     "-" if ref_lp is None or math.isnan(ref_lp) else _p(ref_lp)])
     grid("per sample", ["#", "longest run (tokens)", "(chars)", "reproduced", "diverged at", "p(reference token)"], rows)
 
 
