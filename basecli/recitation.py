@@ -158,7 +158,7 @@ def aggregate(samples: Sequence[Sample]) -> dict:
     """Mean, min and max of each figure over the samples; divergence counts only samples that diverged."""
     def stat(xs):
         xs = list(xs)
-        return {"mean": sum(xs) / len(xs), "min": min(xs), "max": max(xs)} if xs else {"mean": math.nan, "min": math.nan, "max": math.nan}
+        return {"mean": sum(xs) / len(xs), "min": min(xs), "max": max(xs)} if xs else {"mean": None, "min": None, "max": None}
 
     diverged = [s.overlap.diverged_at for s in samples if s.overlap.diverged_at is not None]
     return {

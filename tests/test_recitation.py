@@ -112,3 +112,12 @@ def test_cli_bad_inputs_exit_2(tiny_dirs, tmp_path, capsys, args, needle):
     ref.write_text(REFERENCE)
     code, out, err = cli(capsys, "recite", str(ref), "-m", str(tiny_dirs["gpt2"]), *args)
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1 and out == ""
+
+
+def test_aggregate_over_samples_that_never_diverged_is_valid_json():
+    from basecli.recitation import Sample, aggregate
+
+    samples = [Sample("x", R, [], "length", overlap(R, R, "", ""), None, None, None) for _ in range(2)]
+    stats = aggregate(samples)
+    assert stats["never_diverged"] == 2 and stats["diverged_at"]["mean"] is None
+    json.loads(json.dumps(stats, allow_nan=False))

@@ -80,5 +80,6 @@ def sample_table(tok, rec) -> None:
 
 def aggregate(stats: dict) -> None:
     print_facts(f"over {stats['samples']} samples (mean, min-max)", [
-        (name, f"{v['mean']:.3g}  ({v['min']:.3g}-{v['max']:.3g})") for name, v in stats.items() if isinstance(v, dict)
+        (name.replace("_", " "), "-" if v["mean"] is None else f"{v['mean']:.3g}  ({v['min']:.3g}-{v['max']:.3g})")
+        for name, v in stats.items() if isinstance(v, dict)
     ] + [("never diverged", f"{stats['never_diverged']} of {stats['samples']}")])
