@@ -129,6 +129,9 @@ def test_cli_json_matches_the_backend(tiny_dirs, tiny_backends, capsys):
     assert [t["rank"] for t in rec["tokens"]] == [t.rank for t in want]
     assert all(len(t["alternatives"]) == 2 for t in rec["tokens"])
     assert rec["windows"]["passes"] > 1 and rec["windows"]["min_context"] == 8
+    first = rec["windows"]["first_with_less_context"]
+    assert [t["context"] for t in rec["tokens"][:first]] == list(range(1, first + 1))  # the start token, then all before
+    assert all(8 <= t["context"] <= 11 for t in rec["tokens"][first:])
     assert rec["summary"]["bits"] == pytest.approx(-sum(t.logprob for t in want) / 0.6931471805599453, rel=1e-4)
     assert rec["summary"]["bytes"] == len(TEXT.encode())
     assert set(rec["compression"]) == {"model", "gzip -9", "bz2 -9", "xz -9"}

@@ -70,7 +70,9 @@ def score(
     size = window or backend.context_length
     step = stride or max(1, size // 2)
     n = len(start_ids(tok, ctx)) + len(scored)
-    windows = {"size": size, "stride": step, "passes": len(plan_windows(n, size, step)), "min_context": size - step}
+    n_start = n - len(scored)
+    windows = {"size": size, "stride": step, "passes": len(plan_windows(n, size, step)), "min_context": size - step,
+               "first_with_less_context": max(0, size - n_start)}  # text token index: from here on, windows slide
 
     if json_out:
         tokens = [_token_record(tok, t, k) for t in scored]

@@ -72,7 +72,7 @@ def summary(model: str, s, compression: dict, windows: dict) -> None:
     ]
     if windows["passes"] > 1:
         rows.append(("context", f"{windows['passes']} windows of {windows['size']} tokens, stride {windows['stride']}: tokens "
-                                f"{windows['size']} onwards saw only {windows['min_context']}-{windows['size'] - 1} tokens before them"))
+                                f"{windows['first_with_less_context']} onwards saw only {windows['min_context']}-{windows['size'] - 1} tokens before them"))
     print_facts("score", rows)
     model_bpb = compression["model"]["bits_per_byte"]
     comp_rows = [(name, f"{c['bits_per_byte']:.3f} bits/byte  ({c['bytes']:,} bytes{', ' + format(c['bits_per_byte'] / model_bpb, '.1f') + 'x the model' if name != 'model' else ''})")
