@@ -12,6 +12,9 @@ from basecli import __version__
 from basecli.commands.chat import chat
 from basecli.commands.complete import complete
 from basecli.commands.fewshot import fewshot
+from basecli.commands.info import info
+from basecli.commands.recite import recite
+from basecli.commands.score import score
 from basecli.commands.template import app as template_app
 from basecli.commands.tokenize import tokenize
 
@@ -59,6 +62,9 @@ command("complete", complete)
 command("fewshot", fewshot)
 command("chat", chat)
 app.add_typer(template_app, name="template")
+command("score", score)
+command("recite", recite)
+command("info", info)
 
 
 def main() -> None:

@@ -97,6 +97,14 @@ class LocalBackend:
         params = [p.with_(max_tokens=max(1, min(p.max_tokens, self.context_length - len(ids)))) for p, ids in zip(params, encoded)]
         return generate(self.model, self.tokenizer, encoded, params, alternatives=alternatives, entropy=entropy, seeds=seeds)
 
+    def score(self, text: str, *, context: str | None = None, alternatives: int = 0, stride: int | None = None,
+              window: int | None = None, progress=None) -> list:
+        """Teacher-forced ScoredTokens of `text`, the first conditioned on `context` or the start token."""
+        from basecli.engine.score import score_text
+
+        return score_text(self.model, self.tokenizer, self.context_length, text, context=context, alternatives=alternatives,
+                          stride=stride, window=window, progress=progress)
+
 
 def load_weights(folder, dtype, device: str, trust_remote_code: bool, allow_pickle: bool):
     import logging

@@ -1,0 +1,141 @@
+"""What a released model is: code plus parameters. Counts, shapes, provenance and the code that runs it."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+from basecli import models
+
+COMPONENTS = ("embeddings", "attention", "MLP", "norms", "output head", "other")
+
+
+def component(name: str) -> str:
+    """Which part of the network a parameter belongs to, by its name in transformers' model code."""
+    n = name.lower()
+    if "lm_head" in n or n.startswith("output."):
+        return "output head"
+    if any(k in n for k in ("embed", "wte", "wpe")):
+        return "embeddings"
+    if "norm" in n or ".ln_" in n or n.startswith("ln_") or "layer_norm" in n:  # before attention: post_attention_layernorm
+        return "norms"
+    if any(k in n for k in ("attn", "attention")):
+        return "attention"
+    if any(k in n for k in ("mlp", "feed_forward", "ffn")):
+        return "MLP"
+    return "other"
+
+
+def parameter_counts(model) -> dict[str, int]:
+    """Parameters per component and in total. A tied tensor is one tensor: named_parameters yields it once."""
+    counts = {c: 0 for c in COMPONENTS}
+    for name, p in model.named_parameters():  # remove_duplicate=True: the tied head is the embedding, seen once
+        counts[component(name)] += p.numel()
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def memory_bytes(model) -> int:
+    """Bytes the weights and buffers occupy, each distinct tensor once."""
+    seen: set[int] = set()
+    total = 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
+
+
+def architecture(model) -> dict:
+    cfg = model.config
+    get = lambda *names, default=None: next((getattr(cfg, n) for n in names if getattr(cfg, n, None) is not None), default)  # noqa: E731
+    heads = get("num_attention_heads")
+    hidden = get("hidden_size")
+    return {
+        "family": cfg.model_type,
+        "architecture": (getattr(cfg, "architectures", None) or [type(model).__name__])[0],
+        "layers": get("num_hidden_layers"),
+        "hidden_size": hidden,
+        "intermediate_size": get("intermediate_size", "n_inner", default=4 * hidden if hidden else None),
+        "attention_heads": heads,
+        "key_value_heads": get("num_key_value_heads", default=heads),
+        "head_dim": get("head_dim", default=hidden // heads if hidden and heads else None),
+        "context_length": get("max_position_embeddings", "n_positions"),
+        "vocab_size": get("vocab_size"),
+        "tied_embeddings": bool(get("tie_word_embeddings", default=False)),
+        "position_encoding": "rotary" if get("rope_theta") or getattr(cfg, "rope_parameters", None) else "learned" if get("n_positions") else None,
+        "activation": get("hidden_act", "activation_function"),
+    }
+
+
+def provenance(source: models.ModelSource, folder: Path) -> dict:
+    """Where the parameters came from, with sha256 of what was loaded or converted."""
+    out: dict = {"kind": source.kind, "name": source.name, "location": source.location, "loaded_from": str(folder),
+                 "licence": source.licence or models.LICENCES.get(source.location)}
+    if source.kind in ("embedded", "gguf"):
+        man = models.manifest(folder)
+        out.update(file=man.get("source"), sha256=man.get("sha256"), format="GGUF, dequantised to float32 safetensors once")
+        if source.kind == "embedded":
+            out["package"] = models.EMBEDDED_WHEEL
+    else:
+        out["files"] = {p.name: _sha256(p) for p in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))}
+        if source.kind == "hub":
+            out["revision"] = folder.name  # a hub snapshot folder is named by its commit
+    return out
+
+
+def _sha256(path: Path) -> str:
+    """The hub cache names each large file's blob by its sha256; elsewhere compute it."""
+    target = path.resolve()
+    name = target.name
+    if path.is_symlink() and len(name) == 64 and all(c in "0123456789abcdef" for c in name):
+        return name
+    return models.sha256_file(target)
+
+
+def tokenizer_info(tok) -> dict:
+    text = lambda i: tok.token_bytes(i).decode("utf-8", errors="replace")  # noqa: E731
+    special = getattr(tok, "special_tokens", None)
+    return {
+        "kind": type(tok).__name__,
+        "vocab_size": tok.vocab_size,
+        "start_token": {"id": tok.bos_id, "text": text(tok.bos_id)} if tok.bos_id is not None else None,
+        "end_tokens": [{"id": i, "text": text(i)} for i in sorted(tok.eos_ids)],
+        "prefix_ids": list(tok.prefix_ids),
+        "special_tokens": special if special is not None else {},
+    }
+
+
+def code_info(model) -> dict:
+    import torch
+    import transformers
+
+    cls = type(model)
+    path = inspect.getsourcefile(cls)
+    src = Path(path) if path else None
+    return {
+        "class": f"{cls.__module__}.{cls.__name__}",
+        "source_file": str(src) if src else None,
+        "source_bytes": src.stat().st_size if src else None,
+        "source_lines": len(src.read_text(encoding="utf-8").splitlines()) if src else None,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+    }
+
+
+def describe(backend) -> dict:
+    """Everything `basecli info` shows, as one JSON-ready dict."""
+    model = backend.model
+    counts = parameter_counts(model)
+    dtype = next(model.parameters()).dtype
+    return {
+        "model": backend.name,
+        "architecture": architecture(model),
+        "parameters": counts,
+        "runtime": {"dtype": str(dtype).removeprefix("torch."), "device": str(model.device), "memory_bytes": memory_bytes(model),
+                    "load_s": round(getattr(backend, "load_seconds", 0.0), 3)},
+        "source": provenance(backend.source, backend.folder),
+        "tokenizer": tokenizer_info(backend.tokenizer),
+        "code": code_info(model),
+    }
