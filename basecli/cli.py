@@ -82,10 +82,11 @@ def main() -> None:
         e.show()
         code = e.exit_code
     except (KeyboardInterrupt, click.exceptions.Abort):
-        _say("\nbasecli: interrupted")
         code = 130
     except (BrokenPipeError, PipeClosed):
         code = 0
+    if code == 130:  # typer turns Ctrl-C into Exit(130); what was printed stays printed
+        _say("\nbasecli: interrupted")
     if code == 0 or code is None:
         _close_stdout()
         sys.exit(0)
