@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
@@ -162,6 +163,13 @@ def stream_rows(backend, prompts: Sequence[str], params: Sequence[SamplingParams
         for ev in events:
             ev.row = rows[ev.row]
             yield ev
+
+
+def note_chunks(parts: list[range]) -> None:
+    """Say on stderr when a set runs in more than one batch: it takes longer, and the user may want to choose."""
+    if len(parts) > 1:
+        print(f"basecli: {sum(len(p) for p in parts)} rows run in {len(parts)} batches of at most {max(len(p) for p in parts)} "
+              "(what fits in memory; --batch-size to choose)", file=sys.stderr)
 
 
 def collect(samples: Sequence[Sample], events, on_event: Callable | None = None) -> list[Sample]:

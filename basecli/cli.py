@@ -10,6 +10,8 @@ import typer
 
 from basecli import __version__
 from basecli.commands.complete import complete
+from basecli.commands.resample import resample
+from basecli.commands.sweep import sweep
 
 app = typer.Typer(
     name="basecli",
@@ -35,6 +37,8 @@ def _root(
 
 
 app.command("complete")(complete)
+app.command("resample")(resample)
+app.command("sweep")(sweep)
 
 
 def main() -> None:
