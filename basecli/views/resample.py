@@ -96,12 +96,12 @@ def watch(console, prompt: str, samples, events, *, max_tokens: int, final_panel
         console.print(prompt, style="dim", markup=False)
     width, height = console.size
     if live_fits(width, height, len(samples), max_tokens, prompt if final_panels else ""):
-        with Live(console=console, refresh_per_second=12, transient=not final_panels, vertical_overflow="ellipsis") as live:
-            def update(_s, _ev):
-                live.update(panels_grid(samples, console.width, running=True))
-
-            collect(samples, events, update)
-            live.update(panels_grid(samples, console.width))
+        finished = [False]
+        # drawn only on refresh, not per event: the CPU is for the model
+        with Live(console=console, refresh_per_second=4, transient=not final_panels, vertical_overflow="ellipsis",
+                  get_renderable=lambda: panels_grid(samples, console.width, running=not finished[0])):
+            collect(samples, events)
+            finished[0] = True  # the last frame, drawn on exit, has no cursors
         return time.perf_counter() - t0
     done = [0]
     with console.status(f"sampling {len(samples)} continuations…", spinner="dots") as status:
