@@ -40,7 +40,7 @@ def panel(sample, *, running: bool = False):
     from rich.panel import Panel
     from rich.text import Text
 
-    body = Text(sample.text, style="bold")
+    body = Text(clean(sample.text), style="bold")
     if running:
         body.append("▌", style="dim")
     title = f"[bold]#{sample.index + 1}[/] [dim]seed {sample.params.seed}[/]"
@@ -97,10 +97,9 @@ def watch(console, prompt: str, samples, events, *, max_tokens: int, final_panel
     width, height = console.size
     if live_fits(width, height, len(samples), max_tokens, prompt if final_panels else ""):
         finished = [False]
-        # drawn only on refresh, not per event: the CPU is for the model
-        with Live(console=console, refresh_per_second=4, transient=not final_panels, vertical_overflow="ellipsis",
-                  get_renderable=lambda: panels_grid(samples, console.width, running=not finished[0])):
-            collect(samples, events)
+        with Live(console=console, auto_refresh=False, transient=not final_panels, vertical_overflow="ellipsis",
+                  get_renderable=lambda: panels_grid(samples, console.width, running=not finished[0])) as live:
+            collect(samples, events, Throttle(live.refresh))
             finished[0] = True  # the last frame, drawn on exit, has no cursors
         return time.perf_counter() - t0
     done = [0]
@@ -115,6 +114,21 @@ def watch(console, prompt: str, samples, events, *, max_tokens: int, final_panel
 
         collect(samples, events, finished)
     return time.perf_counter() - t0
+
+
+class Throttle:
+    """Redraw at most 4 times a second, and spend at most a fifth of the time drawing:
+    on a busy CPU, drawing must not slow the model down."""
+
+    def __init__(self, draw, every: float = 0.25):
+        self.draw, self.every, self.next = draw, every, 0.0
+
+    def __call__(self, *_):
+        now = time.perf_counter()
+        if now >= self.next:
+            self.draw()
+            spent = time.perf_counter() - now
+            self.next = time.perf_counter() + max(self.every, 4 * spent)
 
 
 def summary(samples, seconds: float | None = None) -> str:
@@ -177,8 +191,13 @@ def tree(tokenizer, prompt: str, samples):
     return top
 
 
+def clean(text: str) -> str:
+    """Control characters (a small model's noise) as their visible pictures; newlines and tabs stay."""
+    return "".join(chr(0x2400 + ord(c)) if ord(c) < 32 and c not in "\n\t" else c for c in text)
+
+
 def visible_newlines(text: str) -> str:
-    return text.replace("\n", "↵")
+    return clean(text).replace("\n", "↵")
 
 
 def plain(samples) -> str:
