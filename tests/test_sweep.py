@@ -116,6 +116,7 @@ def test_grid_fits_the_width(width):
     assert max(len(line) for line in lines) <= width
     text = out.getvalue()
     assert text.count("2/3 distinct · H 0.50") == 6  # per cell: distinct continuations, mean entropy
+    assert text.count("2× ") == 6  # a continuation two samples share is shown once, counted
     if width >= 80:
         assert "top-k=1" in lines[1] and "top-k=40" in lines[1]  # one grid: columns are top-k
     else:

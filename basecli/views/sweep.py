@@ -68,13 +68,16 @@ def cell_view(cell: Cell):
     from rich.console import Group
     from rich.text import Text
 
+    groups: dict[str, list] = {}  # identical continuations are shown once, with how many samples gave them
+    for s in cell.samples:
+        groups.setdefault(s.text, []).append(s)
     parts = []
-    for j, s in enumerate(cell.samples):
+    for text, same in groups.items():
         t = Text()
         if len(cell.samples) > 1:
-            t.append(f"{j + 1} ", style="dim")
-        t.append(printable(s.text), style="bold")
-        if s.finish_reason == "eos":
+            t.append(f"{len(same)}× " if len(same) > 1 else "• ", style="cyan" if len(same) > 1 else "dim")
+        t.append(printable(text), style="bold")
+        if same[0].finish_reason == "eos":
             t.append(" ⟨end⟩", style="dim")
         parts.append(t)
     parts.append(diversity_line(cell.diversity))
