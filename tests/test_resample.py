@@ -180,3 +180,39 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1
     assert message in r.stderr and r.stdout == ""
+
+
+def fake_events():
+    """Two rows; row 1 finishes first."""
+    from basecli.events import Event
+
+    yield Event(0, 0, 1, " a", " a", -0.5)
+    yield Event(1, 0, 2, " b", " b", -1.0, finish_reason="stop")
+    yield Event(0, 1, 3, " c", " c", -0.5, finish_reason="length")
+
+
+@pytest.mark.parametrize("height, live", [(6, False), (60, True)])
+def test_panels_live_when_tall_enough_else_as_rows_finish(height, live):
+    from rich.console import Console
+
+    from basecli.views import resample as view
+
+    assert view.live_fits(80, height, 2, 3, "prompt") is live
+    out = io.StringIO()
+    con = Console(file=out, width=80, height=height, force_terminal=True, color_system=None)
+    samples = [Sample(i, SamplingParams(seed=10 + i)) for i in range(2)]
+    view.watch(con, "prompt", samples, fake_events(), max_tokens=3)
+    text = out.getvalue()
+    assert [s.text for s in samples] == [" a c", " b"]
+    final = text[text.rindex("prompt"):] if not live else text
+    order = [final.rindex("#1 seed 10"), final.rindex("#2 seed 11")]
+    # live: the last frame shows the panels in index order; short terminal: in the order rows finished
+    assert (order[0] < order[1]) is live
+    assert "stop · mean logprob −1.00" in text and "length · mean logprob −0.50" in text
+
+
+def test_live_fits_depends_on_size():
+    from basecli.views import resample as view
+
+    assert not view.live_fits(80, 24, 8, 40, "The 2024 US presidential election was won by")
+    assert view.live_fits(200, 50, 6, 24, "The 2024 US presidential election was won by")  # 3 panels a row
