@@ -216,3 +216,15 @@ def test_live_fits_depends_on_size():
 
     assert not view.live_fits(80, 24, 8, 40, "The 2024 US presidential election was won by")
     assert view.live_fits(200, 50, 6, 24, "The 2024 US presidential election was won by")  # 3 panels a row
+
+
+def test_tree_in_a_pipe_accounts_for_every_sample(tiny_dirs):
+    import re
+
+    out = invoke("resample", PROMPT, "-m", tiny_dirs["llama"], "-N", 5, "-n", 4, "-s", 1, "-t", 0.7, "--tree", "--device", "cpu")
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(PROMPT)
+    top = [int(m.group(1)) for line in lines if (m := re.match(r"[├└]── (\d+)×", line))]
+    assert sum(top) == 5 or "5× identical to the end" in out.stdout
+    ends = [int(n) for group in re.findall(r"((?:#\d+ )+)\(", out.stdout) for n in re.findall(r"\d+", group)]
+    assert sorted(ends) == [1, 2, 3, 4, 5]  # each sample ends exactly once
