@@ -187,7 +187,9 @@ def tree(tokenizer, prompt: str, samples):
 
     add(top, root_node)
     if root_node.ends:
-        top.add(Text(f"{len(root_node.ends)}× identical to the end", style="dim"))
+        names = " ".join(f"#{samples[i].index + 1}" for i in root_node.ends)
+        reasons = ", ".join(sorted({samples[i].finish_reason or "" for i in root_node.ends}))
+        top.add(Text(f"{len(root_node.ends)}× identical to the end  {names} ({reasons})", style="dim"))
     return top
 
 
