@@ -102,7 +102,7 @@ def resample(
                                        mean_logprob=round(s.mean_logprob, 5) if s.mean_logprob is not None else None)
             sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
         return
-    line = view.summary(shown, seconds)
+    line = view.summary(shown, seconds, tokens=sum(len(s.events) for s in rows))
     if best is not None:
         line = f"best {best} of {samples} by mean logprob · " + line
     if tree:

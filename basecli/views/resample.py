@@ -131,7 +131,7 @@ class Throttle:
             self.next = time.perf_counter() + max(self.every, 4 * spent)
 
 
-def summary(samples, seconds: float | None = None) -> str:
+def summary(samples, seconds: float | None = None, tokens: int | None = None) -> str:
     """One line: how many samples, how many distinct, where they part, mean logprob, speed."""
     texts = [s.text for s in samples]
     parts = [f"{len(samples)} samples", f"{analysis.distinct(texts)} distinct"]
@@ -139,7 +139,7 @@ def summary(samples, seconds: float | None = None) -> str:
     if len(samples) > 1:
         parts.append("all identical" if split is None else f"first split at token {split + 1}")
     parts.append(f"mean logprob {fmt_logprob(analysis.mean([s.mean_logprob for s in samples]))}")
-    tokens = sum(len(s.events) for s in samples)
+    tokens = tokens if tokens is not None else sum(len(s.events) for s in samples)  # --best: all rows ran
     if seconds:
         parts.append(f"{tokens} tokens in {seconds:.1f} s ({tokens / seconds:,.0f} tok/s)")
     return " · ".join(parts)
