@@ -12,6 +12,7 @@ from basecli import __version__
 from basecli.commands.complete import complete
 from basecli.commands.resample import resample
 from basecli.commands.sweep import sweep
+from basecli.commands.tokenize import tokenize
 
 app = typer.Typer(
     name="basecli",
@@ -36,16 +37,33 @@ def _root(
     """A playground for base language models: how text becomes tokens, how a model continues it."""
 
 
-app.command("complete")(complete)
-app.command("resample")(resample)
-app.command("sweep")(sweep)
+def command(name: str, fn):
+    """Register a command; a closed stdout pipe inside it becomes PipeClosed, which main() ends quietly."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        from basecli.errors import PipeClosed
+
+        try:
+            return fn(*args, **kwargs)
+        except BrokenPipeError:
+            raise PipeClosed() from None
+
+    app.command(name)(run)
+
+
+command("complete", complete)
+command("tokenize", tokenize)
+command("resample", resample)
+command("sweep", sweep)
 
 
 def main() -> None:
     """Entry point: one clear line on stderr for anything the user can fix, never a traceback."""
     import click
 
-    from basecli.errors import BasecliError
+    from basecli.errors import BasecliError, PipeClosed
 
     try:
         code = app(standalone_mode=False)
@@ -58,7 +76,7 @@ def main() -> None:
     except (KeyboardInterrupt, click.exceptions.Abort):
         _say("\nbasecli: interrupted")
         code = 130
-    except BrokenPipeError:
+    except (BrokenPipeError, PipeClosed):
         code = 0
     if code == 0 or code is None:
         _close_stdout()

@@ -16,3 +16,7 @@ class UsageError(BasecliError):
     """Bad flags, bad input, unknown model: exit 2."""
 
     exit_code = 2
+
+
+class PipeClosed(Exception):
+    """stdout's reader went away (`| head`): stop quietly. Not an OSError, so click leaves it to us."""

@@ -64,6 +64,7 @@ LICENCES = {
 }
 
 MANIFEST = "basecli.json"  # written last: a converted directory without it is incomplete
+CACHE_FORMAT = 2  # bump when converted directories change shape; older ones are rebuilt
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ def sha256_file(path: Path) -> str:
 
 def converted_gguf(gguf: Path) -> Path:
     digest = _cached_sha256(gguf)
-    target = config.home() / "models" / f"gguf-{digest[:16]}"
+    target = converted_dir(digest)
     if is_complete(target):
         return target
     if target.exists():
@@ -177,10 +178,18 @@ def converted_gguf(gguf: Path) -> Path:
     return target
 
 
+def converted_dir(digest: str) -> Path:
+    """Where the conversion of the GGUF with this sha256 lives; the format is in the name so that
+    versions of basecli sharing one BASECLI_HOME never fight over a directory."""
+    return config.home() / "models" / f"gguf-{digest[:16]}-v{CACHE_FORMAT}"
+
+
 def is_complete(folder: Path) -> bool:
     """A converted directory counts only if its manifest lists every file at its recorded size."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
+        if manifest.get("cache_format", 1) != CACHE_FORMAT:
+            return False
         return all((folder / f).stat().st_size == size for f, size in manifest["files"].items())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
@@ -244,13 +253,14 @@ def _convert(gguf: Path, digest: str, target: Path) -> None:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         cfg = model.config.to_dict()
         cfg.pop("quantization_config", None)  # the weights we write are plain floats
+        cfg["architectures"] = [type(model).__name__]  # lets a loader pick the class without Auto* lookups
         cfg["torch_dtype"] = cfg["dtype"] = "float32"
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
         tok.save_pretrained(str(tmp))
         if not (tmp / "tokenizer.json").is_file():
             raise BasecliError(f"{gguf.name}: transformers produced no tokenizer.json; cannot use this GGUF")
         files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
-        info = {"source": str(gguf), "sha256": digest, "files": files, "format": "gguf", "converted_s": round(time.perf_counter() - t0, 1)}
+        info = {"source": str(gguf), "sha256": digest, "files": files, "format": "gguf", "cache_format": CACHE_FORMAT, "converted_s": round(time.perf_counter() - t0, 1)}
         (tmp / MANIFEST).write_text(json.dumps(info, indent=2))
         try:
             os.replace(tmp, target)
@@ -266,16 +276,26 @@ def _convert(gguf: Path, digest: str, target: Path) -> None:
 
 
 def _download(repo_id: str, *, allow_pickle: bool) -> Path:
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
+
+    from basecli.encodings import reachable
 
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
     if allow_pickle:
         patterns.append("*.bin")
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
-    except Exception as e:  # hub errors come in many classes; all mean the same to the user
-        offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
-        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except Exception:  # not cached (completely): go to the hub
+        pass
+    offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
+    # huggingface_hub retries an unreachable host for about 20 s: find out first, in seconds
+    why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else reachable(constants.ENDPOINT)
+    if why is None:
+        try:
+            return Path(snapshot_download(repo_id, allow_patterns=patterns))
+        except Exception as e:  # hub errors come in many classes; all mean the same to the user
+            why = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    if why is not None:
         raise UsageError(
             f"could not get {repo_id} from the Hugging Face hub ({why}); check the name and your network, "
             f"or pass a local directory or .gguf file with --model"

@@ -119,8 +119,13 @@ class HFTokenizer:
         return cls(backend, name, **kw)
 
     def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
+        return self.encode_offsets(text, allow_special=allow_special)[0]
+
+    def encode_offsets(self, text: str, *, allow_special: bool = False) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids and the library's (start, end) character offsets, for tokenizers whose bytes are not the text's."""
         self._tk.encode_special_tokens = not allow_special
-        return self._tk.encode(text, add_special_tokens=False).ids
+        enc = self._tk.encode(text, add_special_tokens=False)
+        return enc.ids, enc.offsets
 
     def decode(self, ids: Sequence[int]) -> str:
         return decode_bytes(self, ids)
@@ -143,3 +148,125 @@ class HFTokenizer:
         if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):  # SentencePiece byte fallback
             return bytes([int(piece[3:5], 16)])
         return piece.replace("\u2581", " ").encode("utf-8")  # SentencePiece marks spaces with ▁
+
+
+# --- where each token sits in the text ----------------------------------------------------------
+
+_CONTINUATION = bytes(range(0x80, 0xC0))  # UTF-8 bytes that never start a character
+
+
+def char_spans(pieces: Sequence[bytes]) -> list[tuple[int, int]]:
+    """(start, end) character offsets of consecutive tokens' bytes in the text they decode to.
+
+    A token that begins inside a character starts at that character (tiktoken's
+    `decode_with_offsets` rule); one that ends inside a character ends after it. So the
+    pieces of a split Hangul syllable or emoji all cover that one character.
+    """
+    memo: dict[bytes, tuple[int, int]] = {}
+    spans = []
+    chars = 0  # characters whose first byte has been seen
+    for b in pieces:
+        info = memo.get(b)
+        if info is None:  # (characters starting in b, 1 if b continues the previous token's character)
+            info = memo[b] = (len(b.translate(None, _CONTINUATION)), 1 if b and 0x80 <= b[0] < 0xC0 else 0)
+        start = chars - info[1]
+        chars += info[0]
+        spans.append((start if start > 0 else 0, chars))
+    return spans
+
+
+def segment(tok: Tokenizer, text: str, *, allow_special: bool = False) -> tuple[list[int], list[bytes], list[tuple[int, int]]]:
+    """Ids, each token's bytes and its character span in `text`."""
+    if hasattr(tok, "encode_offsets"):
+        ids, lib_spans = tok.encode_offsets(text, allow_special=allow_special)
+    else:
+        ids, lib_spans = tok.encode(text, allow_special=allow_special), None
+    memo: dict[int, bytes] = {}  # long texts repeat tokens: one lookup per distinct id
+    pieces = [memo[i] if i in memo else memo.setdefault(i, tok.token_bytes(i)) for i in ids]
+    if lib_spans is not None and b"".join(pieces) != text.encode("utf-8"):
+        # a normalizer or SentencePiece's added space: the bytes are not the text's, trust the library
+        return ids, pieces, [tuple(s) for s in lib_spans]
+    return ids, pieces, char_spans(pieces)
+
+
+# --- only the tokenizer of a model ---------------------------------------------------------------
+
+
+def model_tokenizer(name: str | None) -> HFTokenizer:
+    """The tokenizer of any model basecli can load, without its weights (and, once cached, without torch)."""
+    from basecli import config, models
+
+    source = models.resolve(name)
+    label = source.name
+    if source.kind == "dir":
+        return models.tokenizer_for(Path(source.location), label)
+    if source.kind == "hub":
+        return models.tokenizer_for(_hub_tokenizer_files(source.location), label)
+    gguf = models.embedded_gguf() if source.kind == "embedded" else Path(source.location)
+    converted = models.converted_dir(models._cached_sha256(gguf))
+    if models.is_complete(converted):
+        return models.tokenizer_for(converted, label)
+    cached = config.home() / "tokenizers" / converted.name
+    if not (cached / "tokenizer.json").is_file():
+        _extract_gguf_tokenizer(gguf, cached)
+    return models.tokenizer_for(cached, label)
+
+
+def _extract_gguf_tokenizer(gguf: Path, dest: Path) -> None:
+    """Build tokenizer.json from a GGUF's metadata with transformers (no weights are read), once."""
+    import os
+    import shutil
+    import sys
+    import tempfile
+
+    print(f"basecli: reading the tokenizer of {gguf.name} once (transformers; later runs use the cache)...", file=sys.stderr, flush=True)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=dest.name + ".tmp-"))
+    try:
+        tok.save_pretrained(str(tmp))
+        if not (tmp / "tokenizer.json").is_file():
+            raise UsageError(f"{gguf.name}: transformers produced no tokenizer.json; basecli cannot tokenize for this GGUF")
+        # models.tokenizer_for reads the end and start tokens from config.json
+        ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
+        (tmp / "config.json").write_text(json.dumps(ids))
+        try:
+            os.replace(tmp, dest)
+        except OSError:  # another process finished first
+            if not (dest / "tokenizer.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _hub_tokenizer_files(repo_id: str) -> Path:
+    """Download tokenizer.json (and the small configs naming end/start tokens) of a hub model, nothing else."""
+    import os
+
+    from huggingface_hub import constants, hf_hub_download
+
+    from basecli.encodings import Unavailable, reachable
+
+    offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
+    try:
+        return Path(hf_hub_download(repo_id, "tokenizer.json", local_files_only=True)).parent
+    except Exception:
+        pass
+    # huggingface_hub retries an unreachable host for about 20 s: find out first, in seconds
+    why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else reachable(constants.ENDPOINT)
+    if why is None:
+        try:
+            path = Path(hf_hub_download(repo_id, "tokenizer.json"))
+        except Exception as e:  # hub errors come in many classes; all mean the same to the user
+            why = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+    if why is not None:
+        raise Unavailable(f"could not get the tokenizer of {repo_id} from the Hugging Face hub ({why}); "
+                          f"use an encoding (-e cl100k_base) or a local model directory") from None
+    for extra in ("config.json", "generation_config.json"):
+        try:
+            hf_hub_download(repo_id, extra)
+        except Exception:  # optional: without them only the end-of-text token is guessed
+            pass
+    return path.parent

@@ -114,3 +114,31 @@ def run_cli(*args: str, input: str | None = None, env: dict | None = None, timeo
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "basecli", *args], input=input, capture_output=True, text=True,
                           env=full_env, timeout=timeout)
+
+
+class Result:
+    def __init__(self, code, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = code, stdout, stderr
+
+
+def invoke(*args: str, input: str | None = None) -> Result:
+    """Run the CLI in this process (fast: torch is imported once), as `main()` would for a user."""
+    import contextlib
+    import io
+    import sys
+
+    from basecli.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    stdin = io.TextIOWrapper(io.BytesIO((input or "").encode()))
+    old_argv, old_stdin = sys.argv, sys.stdin
+    sys.argv, sys.stdin = ["basecli", *args], stdin
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv, sys.stdin = old_argv, old_stdin
+    return Result(code, out.getvalue(), err.getvalue())

@@ -55,7 +55,7 @@ def complete(
         params = params.with_(seed=fresh_seed())
     backend = open_backend(model, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     timer = Timer(getattr(backend, "load_seconds", None))
-    k = max(alternatives, 5 if json_out else 0)
+    k = alternatives or (5 if json_out else 0)  # JSON carries a few alternatives unless told how many
 
     def timed(events):
         for ev in events:
