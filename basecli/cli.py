@@ -15,6 +15,8 @@ from basecli.commands.fewshot import fewshot
 from basecli.commands.info import info
 from basecli.commands.recite import recite
 from basecli.commands.score import score
+from basecli.commands.resample import resample
+from basecli.commands.sweep import sweep
 from basecli.commands.template import app as template_app
 from basecli.commands.tokenize import tokenize
 
@@ -59,6 +61,8 @@ def command(name: str, fn):
 
 command("tokenize", tokenize)
 command("complete", complete)
+command("resample", resample)
+command("sweep", sweep)
 command("fewshot", fewshot)
 command("chat", chat)
 app.add_typer(template_app, name="template")
