@@ -10,6 +10,7 @@ import typer
 
 from basecli import __version__
 from basecli.commands.complete import complete
+from basecli.commands.models import app as models_app
 
 app = typer.Typer(
     name="basecli",
@@ -35,6 +36,7 @@ def _root(
 
 
 app.command("complete")(complete)
+app.add_typer(models_app, name="models")
 
 
 def main() -> None:
