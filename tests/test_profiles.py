@@ -19,13 +19,18 @@ def test_add_list_remove_and_the_key_is_never_written_or_printed(tmp_path):
     r = run_cli("models", "add", "big", "--base-url", "https://api.example.com/v1/", "--model", "meta-llama/Meta-Llama-3.1-405B",
                 "--api-key-env", "MY_PROVIDER_KEY", env=env)
     assert r.returncode == 0, r.stderr
-    files = list(Path(os.environ["BASECLI_HOME"]).rglob("*.json"))
+    files = list((Path(os.environ["BASECLI_HOME"]) / "config").rglob("*.json"))
     assert files and all(KEY not in f.read_text() for f in files)
     saved = json.loads(next(f for f in files if f.name == "profiles.json").read_text())["profiles"]["big"]
     assert saved == {"base_url": "https://api.example.com/v1", "model": "meta-llama/Meta-Llama-3.1-405B",
                      "api_key_env": "MY_PROVIDER_KEY", "kind": "auto"}
 
+    converted = Path(os.environ["BASECLI_HOME"]) / "models" / "gguf-0123"  # a converted GGUF, as models.py writes it
+    converted.mkdir(parents=True)
+    (converted / "model.safetensors").write_bytes(b"x" * 2_000_000)
+    (converted / "basecli.json").write_text(json.dumps({"source": "/data/tiny.gguf", "files": {"model.safetensors": 2_000_000}}))
     listed = run_cli("models", "list", env=env)
+    assert f"tiny.gguf\t2\t{converted}" in listed.stdout
     assert "big\thttps://api.example.com/v1\tmeta-llama/Meta-Llama-3.1-405B\tauto\t$MY_PROVIDER_KEY (set)" in listed.stdout
     assert "smollm2-135m-instruct\tembedded GGUF (default)" in listed.stdout
     data = json.loads(run_cli("models", "list", "--json").stdout)

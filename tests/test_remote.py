@@ -196,7 +196,7 @@ def test_score_uses_echo_and_skips_bos_and_context():
 
 def test_score_on_a_server_without_prompt_logprobs_says_so_in_one_line():
     with FakeServer() as s:
-        s.on("POST", "/v1/completions", reply(400, {"error": {"message": "echo is not supported"}}))
+        s.on("POST", "/v1/completions", reply(400, {"error": {"message": "echo is not supported with logprobs"}}))
         with pytest.raises(RemoteError, match="cannot score prompts") as e:
             backend(s).score("hello")
     assert "\n" not in str(e.value)

@@ -348,8 +348,9 @@ class RemoteBackend:
         try:
             data = self.transport.post_json("/completions", body)
         except RemoteError as e:
-            if e.exit_code == 2:
-                raise RemoteError(f"{cannot}: it refused echo with logprobs ({e})") from None
+            said = str(e).lower()
+            if e.exit_code == 2 and ("echo" in said or "logprob" in said):
+                raise RemoteError(f"{cannot}: it refused echo with logprobs ({e})", exit_code=2) from None
             raise
         choice = (data.get("choices") or [{}])[0]
         lp = choice.get("logprobs") or {}
