@@ -267,3 +267,37 @@ def test_cli_json_record_from_a_remote_model():
     assert [t["text"] for t in record["tokens"]] == ["Hello", " world"]
     assert math.isclose(record["tokens"][1]["logprob"], -0.7)
     assert record["tokens"][0]["alternatives"][0]["text"] == "Hello"
+
+
+def test_llama_cpp_python_gets_neutral_values_because_its_defaults_are_not():
+    with FakeServer(owned_by="me") as s:
+        s.on("POST", "/v1/completions", hello_stream())
+        list(backend(s).stream(["x"], [GREEDY]))
+    body = s.bodies()[0]
+    assert (body["top_k"], body["min_p"], body["repeat_penalty"], body["top_p"]) == (0, 0.0, 1.0, 1.0)
+
+
+def test_truncate_cuts_from_the_left_with_the_servers_tokenizer(capsys):
+    with FakeServer(owned_by="vllm") as s:
+        s.on("GET", "/v1/models", reply(body={"data": [{"id": "m", "owned_by": "vllm", "max_model_len": 8}]}))
+        s.on("POST", "/tokenize", reply(body={"tokens": list(range(10))}))
+        s.on("POST", "/detokenize", reply(body={"prompt": "the last seven"}))
+        s.on("POST", "/v1/completions", hello_stream())
+        b = backend(s)
+        assert b.context_length == 8
+        list(b.stream(["a long prompt"], [GREEDY], truncate=True))
+    assert s.bodies("/detokenize")[0]["tokens"] == [5, 6, 7, 8, 9]  # room: 8 - 3 kept for the answer (max_tokens)
+    assert s.bodies()[0]["prompt"] == "the last seven"
+    assert "cut from 10 to its last 5 tokens" in capsys.readouterr().err
+
+
+def test_entropy_estimate_is_the_entropy_of_the_returned_top_tokens():
+    from basecli.backends.remote import _entropy
+
+    top = {"a": math.log(0.5), "b": math.log(0.25)}
+    q = [2 / 3, 1 / 3]  # renormalised over what the server returned
+    assert _entropy(top, SamplingParams(temperature=1.0)) == pytest.approx(-sum(x * math.log(x) for x in q))
+    assert _entropy(top, SamplingParams(temperature=0)) == 0.0
+    hot = [0.5 ** 0.5, 0.25 ** 0.5]  # temperature 2: p^(1/T), renormalised
+    hot = [x / sum(hot) for x in hot]
+    assert _entropy(top, SamplingParams(temperature=2.0)) == pytest.approx(-sum(x * math.log(x) for x in hot))

@@ -146,14 +146,14 @@ class RemoteBackend:
             ids = ids[len(ids) - room :]
         return ids
 
-    def _fit(self, prompt: str, truncate: bool) -> str:
+    def _fit(self, prompt: str, truncate: bool, reserve: int) -> str:
         if not truncate:
             return prompt  # too long: the server says so in its own words
         if not self.tokenizer.available:
             self._note_once("truncate", "warning: --truncate needs a tokenizer and this server has none; prompts are sent whole")
             return prompt
         ids = self.tokenizer.encode(prompt)
-        fitted = self.encode(prompt, truncate=True)
+        fitted = self.encode(prompt, truncate=True, reserve=reserve)
         return prompt if len(fitted) == len(ids) else self.tokenizer.decode(fitted)
 
     def _body(self, prompt, p: SamplingParams, *, n: int, seed: int | None, logprobs: int) -> dict:
@@ -202,7 +202,8 @@ class RemoteBackend:
 
     def stream(self, prompts: Sequence[str], params: Sequence[SamplingParams], *, alternatives: int = 0,
                entropy: bool = False, seeds: Sequence[int] | None = None, truncate: bool = False) -> Iterator[Event]:
-        prompts = [self._fit(p, truncate) for p in prompts]
+        # servers refuse prompt + max_tokens over the window, so room for the answer is kept
+        prompts = [self._fit(pr, truncate, min(p.max_tokens, self.context_length // 2)) for pr, p in zip(prompts, params)]
         seeds = list(seeds) if seeds is not None else [p.seed for p in params]
         want = max(alternatives, 20 if entropy else 1)
         k = min(want, self.flavour.max_logprobs)

@@ -70,9 +70,11 @@ class RemoteTokenizer:
         raise self._no_tokenizer()
 
     def decode(self, ids: Sequence[int]) -> str:
-        if any(i < 0 for i in ids) or self._local is None:
+        if any(i < 0 for i in ids):
             return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
-        return self._local.decode(ids)
+        if self._local is not None:
+            return self._local.decode(ids)
+        return self._detokenize(list(ids)) if ids else ""
 
     def token_bytes(self, token_id: int) -> bytes:
         if token_id < 0:
