@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 
 from basecli.backends.remote_tokenizer import RemoteTokenizer, local_tokenizer
 from basecli.backends.transport import RemoteError, StreamBroken, Transport, json_events, note
-from basecli.config import SamplingParams
+from basecli.config import SamplingParams, fresh_seed
 from basecli.errors import UsageError
 from basecli.events import Event, ScoredToken
 
@@ -197,7 +197,9 @@ class RemoteBackend:
         for (setting, n, _, _), group in merged.items():
             prompt = group[0][0] if len(group) == 1 else [g[0] for g in group]
             rows = [r for g in group for r in g[1]]  # OpenAI numbers choices prompt-major: prompt i, sample j -> i*n + j
-            jobs.append(_Job(rows, self._body(prompt, setting, n=n, seed=group[0][2], logprobs=logprobs), setting))
+            # no seed asked for: a fresh one, as the local engine does (llama.cpp would reuse its own fixed seed)
+            seed = group[0][2] if group[0][2] is not None else fresh_seed()
+            jobs.append(_Job(rows, self._body(prompt, setting, n=n, seed=seed, logprobs=logprobs), setting))
         return jobs
 
     def stream(self, prompts: Sequence[str], params: Sequence[SamplingParams], *, alternatives: int = 0,
@@ -332,75 +334,11 @@ class RemoteBackend:
             return "eos"
         return "stop"  # other servers say "stop" for both; a stop string is the likelier with --stop given
 
-    # --- scoring ------------------------------------------------------------------------------
-
     def score(self, text: str, *, context: str | None = None, alternatives: int = 0, stride: int | None = None,
               progress=None) -> list[ScoredToken]:
-        """Log-probabilities of TEXT's tokens after CONTEXT, from the server's echo of the prompt.
+        from basecli.backends.remote_score import score
 
-        `progress(done, total)` is called once, when the answer is in.
-        """
-        prefix = context or ""
-        prompt = prefix + text
-        k = min(max(alternatives, 1), self.flavour.max_logprobs)
-        # one generated token: some servers take max_tokens 0 as "no limit"
-        body = {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0, "echo": True, "logprobs": k}
-        cannot = f"this server ({self.name} at {self.base_url}) cannot score prompts"
-        try:
-            data = self.transport.post_json("/completions", body)
-        except RemoteError as e:
-            said = str(e).lower()
-            if e.exit_code == 2 and ("echo" in said or "logprob" in said):
-                raise RemoteError(f"{cannot}: it refused echo with logprobs ({e})", exit_code=2) from None
-            raise
-        choice = (data.get("choices") or [{}])[0]
-        lp = choice.get("logprobs") or {}
-        tokens = lp.get("tokens") or []
-        n_prompt = (data.get("usage") or {}).get("prompt_tokens")
-        if n_prompt is None or n_prompt > len(tokens):
-            n_prompt = max(0, len(tokens) - 1)
-        token_lps = (lp.get("token_logprobs") or [])[:n_prompt]
-        if not tokens or all(v is None for v in token_lps):
-            raise RemoteError(f"{cannot}: it returns no log-probabilities for the prompt with echo")
-        tops = lp.get("top_logprobs") or []
-        out = []
-        for i, (start, end, special) in enumerate(_positions(tokens[:n_prompt], prompt)):
-            if special or (start < len(prefix) and end <= len(prefix)):
-                continue  # the server's BOS, or a token of the context
-            tok = tokens[i]
-            logprob = token_lps[i] if i < len(token_lps) else None
-            top = tops[i] if i < len(tops) and tops[i] else {}
-            rank = None
-            if logprob is not None and top:
-                higher = sum(1 for t, v in top.items() if v > logprob and t != tok)
-                rank = higher + 1 if (tok in top or higher < len(top)) else None
-            piece = _token_bytes(tok)
-            out.append(ScoredToken(self.tokenizer.id_for_text(piece), piece.decode("utf-8", errors="replace"), logprob, rank,
-                                   self._alternatives(top, tok, alternatives, k) if alternatives else [], i))
-        if progress is not None:
-            progress(len(out), len(out))
-        return out
-
-
-def _positions(tokens: list[str], prompt: str) -> list[tuple[int, int, bool]]:
-    """(start, end, special) character span of each echoed token in the prompt.
-
-    A leading token that is not in the prompt's text is the server's BOS. A token whose text the
-    server lost (part of a UTF-8 character) gets an empty span where it stands.
-    """
-    pos, spans = 0, []
-    for tok in tokens:
-        if prompt.startswith(tok, pos):
-            spans.append((pos, pos + len(tok), False))
-            pos += len(tok)
-            continue
-        found = prompt.find(tok, pos, pos + len(tok) + 4) if tok else -1
-        if found >= 0:
-            spans.append((found, found + len(tok), False))
-            pos = found + len(tok)
-        else:
-            spans.append((pos, pos, pos == 0))
-    return spans
+        return score(self, text, context=context, alternatives=alternatives, progress=progress)
 
 
 def _token_bytes(tok: str) -> bytes:

@@ -1,0 +1,75 @@
+"""Scoring a given text on a remote server: the prompt echoed back with its log-probabilities."""
+
+from __future__ import annotations
+
+from basecli.backends.remote import _token_bytes
+from basecli.backends.transport import RemoteError
+from basecli.events import ScoredToken
+
+
+def score(backend, text: str, *, context: str | None = None, alternatives: int = 0, progress=None) -> list[ScoredToken]:
+    """Log-probabilities of TEXT's tokens after CONTEXT, from the server's echo of the prompt.
+
+    `progress(done, total)` is called once, when the answer is in.
+    """
+    prefix = context or ""
+    prompt = prefix + text
+    k = min(max(alternatives, 1), backend.flavour.max_logprobs)
+    # one generated token: some servers take max_tokens 0 as "no limit"
+    body = {"model": backend.model, "prompt": prompt, "max_tokens": 1, "temperature": 0, "echo": True, "logprobs": k}
+    cannot = f"this server ({backend.name} at {backend.base_url}) cannot score prompts"
+    try:
+        data = backend.transport.post_json("/completions", body)
+    except RemoteError as e:
+        said = str(e).lower()
+        if e.exit_code == 2 and ("echo" in said or "logprob" in said):
+            raise RemoteError(f"{cannot}: it refused echo with logprobs ({e})", exit_code=2) from None
+        raise
+    choice = (data.get("choices") or [{}])[0]
+    lp = choice.get("logprobs") or {}
+    tokens = lp.get("tokens") or []
+    n_prompt = (data.get("usage") or {}).get("prompt_tokens")
+    if n_prompt is None or n_prompt > len(tokens):
+        n_prompt = max(0, len(tokens) - 1)
+    token_lps = (lp.get("token_logprobs") or [])[:n_prompt]
+    if not tokens or (n_prompt > 1 and all(v is None for v in token_lps)):
+        raise RemoteError(f"{cannot}: it returns no log-probabilities for the prompt with echo")
+    tops = lp.get("top_logprobs") or []
+    out = []
+    for i, (start, end, special) in enumerate(_positions(tokens[:n_prompt], prompt)):
+        if special or (start < len(prefix) and end <= len(prefix)):
+            continue  # the server's BOS, or a token of the context
+        tok = tokens[i]
+        logprob = token_lps[i] if i < len(token_lps) else None
+        top = tops[i] if i < len(tops) and tops[i] else {}
+        rank = None
+        if logprob is not None and top:
+            higher = sum(1 for t, v in top.items() if v > logprob and t != tok)
+            rank = higher + 1 if (tok in top or higher < len(top)) else None
+        piece = _token_bytes(tok)
+        out.append(ScoredToken(backend.tokenizer.id_for_text(piece), piece.decode("utf-8", errors="replace"), logprob, rank,
+                               backend._alternatives(top, tok, alternatives, k) if alternatives else [], i))
+    if progress is not None:
+        progress(len(out), len(out))
+    return out
+
+
+def _positions(tokens: list[str], prompt: str) -> list[tuple[int, int, bool]]:
+    """(start, end, special) character span of each echoed token in the prompt.
+
+    A leading token that is not in the prompt's text is the server's BOS. A token whose text the
+    server lost (part of a UTF-8 character) gets an empty span where it stands.
+    """
+    pos, spans = 0, []
+    for tok in tokens:
+        if prompt.startswith(tok, pos):
+            spans.append((pos, pos + len(tok), False))
+            pos += len(tok)
+            continue
+        found = prompt.find(tok, pos, pos + len(tok) + 4) if tok else -1
+        if found >= 0:
+            spans.append((found, found + len(tok), False))
+            pos = found + len(tok)
+        else:
+            spans.append((pos, pos, pos == 0))
+    return spans
