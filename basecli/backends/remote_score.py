@@ -57,11 +57,15 @@ def score(backend, text: str, *, context: str | None = None, alternatives: int =
 def _positions(tokens: list[str], prompt: str) -> list[tuple[int, int, bool]]:
     """(start, end, special) character span of each echoed token in the prompt.
 
-    A leading token that is not in the prompt's text is the server's BOS. A token whose text the
+    A leading token that is not in the prompt's text is the server's BOS, and one after its end a
+    generated token (llama-cpp-python counts its BOS in prompt_tokens). A token whose text the
     server lost (part of a UTF-8 character) gets an empty span where it stands.
     """
     pos, spans = 0, []
     for tok in tokens:
+        if pos >= len(prompt):  # past the prompt: a generated token the server counted in
+            spans.append((pos, pos, True))
+            continue
         if prompt.startswith(tok, pos):
             spans.append((pos, pos + len(tok), False))
             pos += len(tok)
