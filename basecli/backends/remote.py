@@ -32,6 +32,7 @@ class Flavour:
     concurrency: int  # requests in flight at once
     names: dict  # our non-OpenAI parameters -> its names; missing = it has none
     neutral: dict = field(default_factory=dict)  # values it needs to switch a control off (its defaults are not neutral)
+    stream: bool = True  # its event stream is trustworthy
 
 
 FLAVOURS = {
@@ -40,8 +41,11 @@ FLAVOURS = {
     # llama.cpp's C++ server: defaults are top_k 40, min_p 0.05, so neutral values are always sent
     "llamacpp": Flavour(False, False, 20, 4, {"top_k": "top_k", "min_p": "min_p", "repetition_penalty": "repeat_penalty", "ignore_eos": "ignore_eos"}),
     # llama-cpp-python: one prompt, one sample per request, and a new request interrupts a running
-    # stream, so requests go one at a time; defaults are top_k 40, min_p 0.05, repeat_penalty 1.1
-    "llama-cpp-python": Flavour(False, False, 20, 1, {"top_k": "top_k", "min_p": "min_p", "repetition_penalty": "repeat_penalty"}),
+    # stream, so requests go one at a time; defaults are top_k 40, min_p 0.05, repeat_penalty 1.1; it can
+    # stream, but drops the bytes of characters split across tokens (Korean, emoji) when it streams
+    # log-probabilities, so it is asked for whole completions, whose text is intact
+    "llama-cpp-python": Flavour(False, False, 20, 1, {"top_k": "top_k", "min_p": "min_p", "repetition_penalty": "repeat_penalty"},
+                                stream=False),
     # the OpenAI API itself: other parameters are sent under their common names, with a note
     "openai": Flavour(True, True, 5, 4, {}),
 }
@@ -262,14 +266,15 @@ class RemoteBackend:
         eos_id = min(self.tokenizer.eos_ids) if self.tokenizer.eos_ids else -1
         rows = {r: _Row(r, eos_id) for r in job.rows}
         url = self.transport.base_url + "/completions"
-        resp = self.transport.send("POST", url, body=job.body, stream=True)
+        body = job.body if self.flavour.stream else {**job.body, "stream": False}
+        resp = self.transport.send("POST", url, body=body, stream=True)
         broken = None
         try:
             if "text/event-stream" in resp.headers.get("content-type", "text/event-stream"):
                 chunks = json_events(resp)
-            else:  # a server that ignores stream=true answers with the whole completion at once
+            else:  # a whole completion at once: asked for (llama-cpp-python), or a server that does not stream
                 resp.read()
-                chunks = iter([resp.json()])
+                chunks = iter([{"choices": [c for whole in resp.json().get("choices") or [] for c in split_whole(whole)]}])
             for chunk in chunks:
                 for choice in chunk.get("choices") or []:
                     index = choice.get("index", 0)
@@ -339,6 +344,32 @@ class RemoteBackend:
         from basecli.backends.remote_score import score
 
         return score(self, text, context=context, alternatives=alternatives, progress=progress)
+
+
+def split_whole(choice: dict) -> list[dict]:
+    """A whole completion as the chunks a stream would have sent: one per token, then the finish.
+
+    The text is the completion's own, laid over the tokens in order: text a token's own string
+    lost (part of a character) comes out with the next token that has any.
+    """
+    full = choice.get("text") or ""
+    lp = choice.get("logprobs") or {}
+    tokens = lp.get("tokens") or []
+    index = choice.get("index", 0)
+    if not tokens:
+        return [{"index": index, "text": full, "finish_reason": choice.get("finish_reason")}]
+    pos, out = 0, []
+    for i, tok in enumerate(tokens):
+        found = full.find(tok, pos, pos + len(tok) + 8) if tok else -1
+        piece = ""
+        if found >= 0:
+            piece, pos = full[pos : found + len(tok)], found + len(tok)
+        if i == len(tokens) - 1:
+            piece += full[pos:]
+        one = {k: [v[i]] for k, v in lp.items() if isinstance(v, list) and i < len(v)}
+        out.append({"index": index, "text": piece, "logprobs": one, "finish_reason": None})
+    out.append({**{k: v for k, v in choice.items() if k not in ("text", "logprobs")}, "text": "", "index": index})
+    return out
 
 
 def _token_bytes(tok: str) -> bytes:

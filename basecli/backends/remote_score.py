@@ -6,6 +6,8 @@ from basecli.backends.remote import _token_bytes
 from basecli.backends.transport import RemoteError
 from basecli.events import ScoredToken
 
+UNSHIFT_TOP = 100  # how many top tokens llama-cpp-python is asked for, to read log-probs from (see _unshift)
+
 
 def score(backend, text: str, *, context: str | None = None, alternatives: int = 0, progress=None) -> list[ScoredToken]:
     """Log-probabilities of TEXT's tokens after CONTEXT, from the server's echo of the prompt.
@@ -15,6 +17,8 @@ def score(backend, text: str, *, context: str | None = None, alternatives: int =
     prefix = context or ""
     prompt = prefix + text
     k = min(max(alternatives, 1), backend.flavour.max_logprobs)
+    if backend.kind == "llama-cpp-python":
+        k = max(k, UNSHIFT_TOP)
     # one generated token: some servers take max_tokens 0 as "no limit"
     body = {"model": backend.model, "prompt": prompt, "max_tokens": 1, "temperature": 0, "echo": True, "logprobs": k}
     cannot = f"this server ({backend.name} at {backend.base_url}) cannot score prompts"
@@ -28,13 +32,15 @@ def score(backend, text: str, *, context: str | None = None, alternatives: int =
     choice = (data.get("choices") or [{}])[0]
     lp = choice.get("logprobs") or {}
     tokens = lp.get("tokens") or []
-    n_prompt = (data.get("usage") or {}).get("prompt_tokens")
-    if n_prompt is None or n_prompt > len(tokens):
-        n_prompt = max(0, len(tokens) - 1)
-    token_lps = (lp.get("token_logprobs") or [])[:n_prompt]
+    usage = data.get("usage") or {}
+    # llama-cpp-python echoes no generated token, vLLM one; a token past the prompt's text is dropped below
+    n_prompt = max(0, min(usage.get("prompt_tokens", len(tokens) - 1), len(tokens)))
+    token_lps = list(lp.get("token_logprobs") or [])[:n_prompt]
     if not tokens or (n_prompt > 1 and all(v is None for v in token_lps)):
         raise RemoteError(f"{cannot}: it returns no log-probabilities for the prompt with echo")
-    tops = lp.get("top_logprobs") or []
+    tops = list(lp.get("top_logprobs") or [])
+    if backend.kind == "llama-cpp-python" and not backend.tokenizer.server_adds_bos():
+        token_lps, tops = _unshift(backend, tokens, tops, n_prompt)
     out = []
     for i, (start, end, special) in enumerate(_positions(tokens[:n_prompt], prompt)):
         if special or (start < len(prefix) and end <= len(prefix)):
@@ -48,7 +54,7 @@ def score(backend, text: str, *, context: str | None = None, alternatives: int =
             rank = higher + 1 if (tok in top or higher < len(top)) else None
         piece = _token_bytes(tok)
         out.append(ScoredToken(backend.tokenizer.id_for_text(piece), piece.decode("utf-8", errors="replace"), logprob, rank,
-                               backend._alternatives(top, tok, alternatives, k) if alternatives else [], i))
+                               backend._alternatives(top, tok, alternatives, len(top)) if alternatives else [], i))
     if progress is not None:
         progress(len(out), len(out))
     return out
@@ -77,3 +83,31 @@ def _positions(tokens: list[str], prompt: str) -> list[tuple[int, int, bool]]:
         else:
             spans.append((pos, pos, pos == 0))
     return spans
+
+
+def _unshift(backend, tokens: list[str], tops: list, n: int):
+    """llama-cpp-python 0.3 echoes prompt log-probs one position late for models without a BOS token.
+
+    Its entry i holds the distribution over token i+1 (top_logprobs[i] is right for position i+1;
+    token_logprobs[i] is that distribution's value for token i, which means nothing; entry 0 is blanked,
+    so token 1's distribution is asked for separately). So token i's log-prob is read from
+    top_logprobs[i-1], and is unknown (None) outside the top UNSHIFT_TOP.
+    """
+    lps: list = [None]
+    fixed: list = [None]
+    missing = 0
+    if n > 1 and not tops[0]:  # it blanks entry 0, which holds token 1's distribution: ask for that one
+        body = {"model": backend.model, "prompt": tokens[0], "max_tokens": 1, "temperature": 0, "logprobs": UNSHIFT_TOP,
+                "top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0, "stream": False}
+        first = (backend.transport.post_json("/completions", body).get("choices") or [{}])[0]
+        given = (first.get("logprobs") or {}).get("top_logprobs") or [None]
+        tops = [given[0]] + tops[1:]
+    for i in range(1, n):
+        top = tops[i - 1] or {}
+        lps.append(top.get(tokens[i]))
+        fixed.append(top)
+        missing += top.get(tokens[i]) is None
+    if missing:
+        backend._note_once("unshift", f"note: llama-cpp-python reports prompt log-probs one token late for this model; "
+                                      f"read from its top {UNSHIFT_TOP}, {missing} token(s) outside them have none")
+    return lps, fixed

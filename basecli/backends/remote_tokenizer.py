@@ -62,12 +62,17 @@ class RemoteTokenizer:
             return list(self._post("/tokenize", body)["tokens"])
         if self._kind == "llama-cpp-python":
             # it always adds the model's BOS (if it has one) and parses special tokens; take the BOS off
-            if self._bos_prefix is None:
-                self._bos_prefix = list(self._post("/extras/tokenize", {"model": self._model, "input": ""})["tokens"])
+            self.server_adds_bos()
             ids = list(self._post("/extras/tokenize", {"model": self._model, "input": text})["tokens"])
             n = len(self._bos_prefix)
             return ids[n:] if n and ids[:n] == self._bos_prefix else ids
         raise self._no_tokenizer()
+
+    def server_adds_bos(self) -> bool:
+        """Whether llama-cpp-python puts a BOS token before every prompt (tokenizing "" says)."""
+        if self._bos_prefix is None:
+            self._bos_prefix = list(self._post("/extras/tokenize", {"model": self._model, "input": ""})["tokens"])
+        return bool(self._bos_prefix)
 
     def decode(self, ids: Sequence[int]) -> str:
         if any(i < 0 for i in ids):
