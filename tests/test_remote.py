@@ -301,3 +301,17 @@ def test_entropy_estimate_is_the_entropy_of_the_returned_top_tokens():
     hot = [0.5 ** 0.5, 0.25 ** 0.5]  # temperature 2: p^(1/T), renormalised
     hot = [x / sum(hot) for x in hot]
     assert _entropy(top, SamplingParams(temperature=2.0)) == pytest.approx(-sum(x * math.log(x) for x in hot))
+
+
+def test_llama_cpp_python_whole_completion_keeps_characters_its_tokens_lost():
+    # what llama-cpp-python returns: the text is whole, token strings lose split UTF-8 characters
+    whole = {"choices": [{"index": 0, "text": " 고양이", "finish_reason": "length",
+                          "logprobs": {"tokens": [" ", "", "", ""], "token_logprobs": [-1.0, -2.0, -0.5, -0.1],
+                                       "top_logprobs": [{" ": -1.0}, {"": -2.0}, {"": -0.5}, {"": -0.1}]}}]}
+    with FakeServer(owned_by="me") as s:
+        s.on("POST", "/v1/completions", reply(200, whole))
+        events = list(backend(s).stream(["Korean:"], [GREEDY.with_(max_tokens=4)]))
+    assert s.bodies()[0]["stream"] is False
+    assert "".join(e.text for e in events) == " 고양이"
+    assert [e.logprob for e in events] == [-1.0, -2.0, -0.5, -0.1]
+    assert events[-1].finish_reason == "length"
