@@ -90,7 +90,7 @@ def test_server_is_recognised_and_tokenizes_like_the_gguf(remote, real_model):
 
 
 def test_samples_with_seeds_are_reproducible_and_differ_between_seeds(remote):
-    p = SamplingParams(max_tokens=6, temperature=1.0)
+    p = SamplingParams(max_tokens=4, temperature=1.0)
 
     def texts(seeds):
         rows: dict = {}
@@ -98,19 +98,20 @@ def test_samples_with_seeds_are_reproducible_and_differ_between_seeds(remote):
             rows[e.row] = rows.get(e.row, "") + e.text
         return [rows[r] for r in range(len(seeds))]
 
-    first = texts([1, 2, 3])
+    first = texts([1, 2])
     assert texts([1]) == first[:1]
-    assert len(set(first)) >= 2
+    assert first[0] != first[1]
 
 
 def test_korean_text_comes_back_whole(remote, real_model):
     """llama-cpp-python loses split characters when it streams log-probs; basecli asks it for whole completions."""
-    greedy = SamplingParams(max_tokens=8, temperature=0)
+    greedy = SamplingParams(max_tokens=5, temperature=0)
     prompt = "English: teacher\nKorean: 선생님\nEnglish: cat\nKorean:"
     served = "".join(e.text for e in remote.stream([prompt], [greedy]))
     local = "".join(e.text for e in real_model.stream([prompt], [greedy]))
     assert any("\uac00" <= ch <= "\ud7a3" for ch in served)
-    assert served == local
+    # a character cut by max_tokens ends as U+FFFD locally; llama.cpp finishes it first
+    assert served.startswith(local.rstrip("\ufffd"))
 
 
 def test_score_matches_the_local_model(remote, real_model):
