@@ -66,3 +66,27 @@ def test_a_profile_given_as_model_routes_to_its_server_with_its_key():
     assert headers["authorization"] == f"Bearer {KEY}"
     assert s.bodies()[-1]["model"] == "fake-model"
     assert KEY not in r.stderr
+
+
+def test_kind_tokenizer_context_length_and_replace_flags(tiny_dirs):
+    from typer.testing import CliRunner
+
+    from basecli import profiles
+    from basecli.backends.remote import from_profile
+    from basecli.commands.models import app
+    from basecli.errors import UsageError
+
+    runner = CliRunner()
+    with FakeServer(owned_by="vllm") as s:
+        args = ["add", "p", "--base-url", s.url, "--kind", "openai", "--tokenizer", str(tiny_dirs["gpt2"]), "--context-length", "77"]
+        assert runner.invoke(app, args).exit_code == 0
+        again = runner.invoke(app, args)
+        assert isinstance(again.exception, UsageError) and "--replace" in str(again.exception)
+        assert runner.invoke(app, args[:-1] + ["99", "--replace"]).exit_code == 0
+        b = from_profile(profiles.get("p"))
+    assert b.kind == "openai"  # the server says vllm; the profile wins
+    assert b.context_length == 99
+    from basecli.models import tokenizer_for
+
+    local = tokenizer_for(tiny_dirs["gpt2"], "tiny")
+    assert b.tokenizer.encode("The quick brown fox") == local.encode("The quick brown fox")
