@@ -13,6 +13,7 @@ from basecli.commands.chat import chat
 from basecli.commands.complete import complete
 from basecli.commands.fewshot import fewshot
 from basecli.commands.info import info
+from basecli.commands.models import app as models_app
 from basecli.commands.recite import recite
 from basecli.commands.score import score
 from basecli.commands.resample import resample
@@ -69,6 +70,8 @@ app.add_typer(template_app, name="template")
 command("score", score)
 command("recite", recite)
 command("info", info)
+app.command("complete")(complete)
+app.add_typer(models_app, name="models")
 
 
 def main() -> None:

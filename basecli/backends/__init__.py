@@ -1,18 +1,32 @@
 """Where tokens come from: the local torch engine, or a remote OpenAI-compatible server.
 
-A backend has `name`, `tokenizer`, `context_length` and
-`stream(prompts, params, *, alternatives, entropy, seeds, truncate) -> Iterator[Event]`.
+A backend has `name`, `tokenizer`, `context_length`,
+`stream(prompts, params, *, alternatives, entropy, seeds, truncate) -> Iterator[Event]` and
+`score(text, *, context, alternatives, stride, progress) -> list[ScoredToken]`.
 """
 
 from __future__ import annotations
 
+import os
+
 
 def open_backend(model: str | None = None, *, base_url: str | None = None, device: str = "auto", dtype: str = "auto",
                  trust_remote_code: bool = False, allow_pickle: bool = False):
+    """--base-url, or a saved profile named by --model, means a remote server; anything else is local."""
     if base_url:
-        from basecli.errors import UsageError
+        from basecli.backends.remote import RemoteBackend
 
-        raise UsageError("--base-url: the remote backend is not built yet")
+        # the key only ever comes from the environment; a profile names its own variable
+        return RemoteBackend(base_url, model, api_key=os.environ.get("BASECLI_API_KEY") or None,
+                             tokenizer=os.environ.get("BASECLI_TOKENIZER") or None)
+    from basecli import profiles
+    from basecli.config import default_model
+
+    profile = profiles.get(model or default_model())
+    if profile is not None:
+        from basecli.backends.remote import from_profile
+
+        return from_profile(profile)
     from basecli.backends.local import LocalBackend
 
     return LocalBackend(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
