@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from basecli import __version__
+from basecli.commands.bench import bench
 from basecli.commands.complete import complete
 
 app = typer.Typer(
@@ -16,6 +17,9 @@ app = typer.Typer(
     help="A playground for base language models: tokenize, complete, resample, sweep, few-shot, chat, score.",
     no_args_is_help=True,
     add_completion=False,
+    # Plain click help: rich help formatting imports rich.markdown and pygments (~0.15 s),
+    # most of what `basecli --help` would cost.
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -35,6 +39,7 @@ def _root(
 
 
 app.command("complete")(complete)
+app.command("bench")(bench)
 
 
 def main() -> None:
