@@ -29,6 +29,7 @@ SAMPLE_TEXT = (
 @dataclass
 class DecodeFigure:
     batch: int
+    tokens: int  # generated after the first step, all rows together
     tokens_per_s: float  # all rows together, first token excluded
     row_tokens_per_s: float  # one row's rate: tokens_per_s / batch
     first_token_s: float  # prefill of every row plus the first sample
@@ -37,6 +38,7 @@ class DecodeFigure:
 @dataclass
 class Report:
     model: str
+    engine: str  # transformers, or lean (basecli's own Llama forward, engine/lean.py)
     device: str
     dtype: str
     threads: int
@@ -121,7 +123,7 @@ def measure_decode(backend, batch: int, prompt: Sequence[int], new_tokens: int, 
             for _ in range(repeats)]
     first_s, decode_s, tokens = min(runs, key=lambda r: r[1])
     rate = tokens / decode_s if decode_s > 0 else float("nan")
-    return DecodeFigure(batch, round(rate, 2), round(rate / batch, 2), round(first_s, 4))
+    return DecodeFigure(batch, tokens, round(rate, 2), round(rate / batch, 2), round(first_s, 4))
 
 
 def measure_prefill(backend, prompt: Sequence[int], repeats: int = 3) -> tuple[float, float]:
@@ -132,12 +134,12 @@ def measure_prefill(backend, prompt: Sequence[int], repeats: int = 3) -> tuple[f
 
 
 def run(model: str | None = None, *, batches: Sequence[int] = (1, 8, 32), prompt_tokens: int = 128, new_tokens: int = 128,
-        device: str = "auto", dtype: str = "auto", threads: int | None = None, startup: bool = True,
+        device: str = "auto", dtype: str = "auto", engine: str | None = None, threads: int | None = None, startup: bool = True,
         progress: Callable[[str], None] = lambda s: None) -> Report:
     """The whole `basecli bench` measurement of one model."""
     if startup:  # first, before this process loads anything that could warm caches it should not
         progress("startup: fresh processes (help, load, first token)")
-        start = startup_figures(model, device=device, dtype=dtype, threads=threads)
+        start = startup_figures(model, device=device, dtype=dtype, engine=engine, threads=threads)
     else:
         start = {}
     import torch
@@ -148,9 +150,9 @@ def run(model: str | None = None, *, batches: Sequence[int] = (1, 8, 32), prompt
     if threads:
         torch.set_num_threads(threads)
     progress("loading the model")
-    LocalBackend(model, device=device, dtype=dtype)  # the first load pays for imports and reads the file
+    LocalBackend(model, device=device, dtype=dtype, engine=engine)  # the first load pays for imports and reads the file
     t0 = time.perf_counter()
-    backend = LocalBackend(model, device=device, dtype=dtype)
+    backend = LocalBackend(model, device=device, dtype=dtype, engine=engine)
     load_s = time.perf_counter() - t0
     prompt = prompt_ids(backend.tokenizer, prompt_tokens)
     if len(prompt) + new_tokens > backend.context_length:
@@ -170,7 +172,7 @@ def run(model: str | None = None, *, batches: Sequence[int] = (1, 8, 32), prompt
     import transformers
 
     return Report(
-        model=backend.name, device=backend.device, dtype=str(backend.dtype).removeprefix("torch."), threads=torch.get_num_threads(),
+        model=backend.name, engine=backend.engine, device=backend.device, dtype=str(backend.dtype).removeprefix("torch."), threads=torch.get_num_threads(),
         prompt_tokens=len(prompt), new_tokens=new_tokens, load_s=round(load_s, 3), prefill_tokens_per_s=round(pp, 1),
         first_token_s=round(ttft, 4), decode=figures, peak_rss_mb=round(peak_rss_mb(), 1), weights_mb=round(weights_mb(backend.model), 1),
         gpu_peak_mb=round(gpu_peak, 1) if gpu_peak is not None else None, startup=start,
@@ -207,23 +209,25 @@ t0 = time.perf_counter()
 import torch
 from basecli.backends.local import LocalBackend
 t1 = time.perf_counter()
-b = LocalBackend(sys.argv[1] or None, device=sys.argv[2], dtype=sys.argv[3])
+b = LocalBackend(sys.argv[1] or None, device=sys.argv[2], dtype=sys.argv[3], engine=sys.argv[4])
 t2 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1}))
 """
 
 
-def startup_figures(model: str | None, *, device: str = "auto", dtype: str = "auto", threads: int | None = None) -> dict:
+def startup_figures(model: str | None, *, device: str = "auto", dtype: str = "auto", engine: str | None = None,
+                    threads: int | None = None) -> dict:
     """Fresh-process figures: --help, import torch + load, and a whole `complete -n 1` (start to first token, exit)."""
     py = [sys.executable, "-m", "basecli"]
     out: dict = {"help_s": round(best_wall([*py, "--help"]), 3)}
-    load = json.loads(run_process([sys.executable, "-c", LOAD_PROBE, model or "", device, dtype])[2])
+    engine = engine or os.environ.get("BASECLI_ENGINE") or "transformers"
+    load = json.loads(run_process([sys.executable, "-c", LOAD_PROBE, model or "", device, dtype, engine])[2])
     out["import_s"] = round(load["import_s"], 3)
     out["load_fresh_process_s"] = round(load["load_s"], 3)
     args = [*py, "complete", "Hello", "-n", "1", "-t", "0", "--device", device, "--dtype", dtype]
     if model:
         args += ["--model", model]
-    env = {"OMP_NUM_THREADS": str(threads)} if threads else None
+    env = {"BASECLI_ENGINE": engine, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     wall, rss, _ = min((run_process(args, env) for _ in range(2)), key=lambda r: r[0])
     out["complete_first_token_s"] = round(wall, 3)
     out["complete_peak_rss_mb"] = round(rss, 1)

@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--n", type=int, default=16, help="rows sampled from one prompt (resample N)")
     ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--engines", default="basecli,transformers,llama.cpp", help="comma-separated subset to run")
+    ap.add_argument("--engines", default="basecli,basecli-lean,transformers,llama.cpp", help="comma-separated subset to run")
     ap.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     ap.add_argument("--markdown", action="store_true", help="print a results-table row block for bench/README.md")
     args = ap.parse_args()
@@ -51,11 +51,16 @@ def main() -> None:
     from basecli.backends.local import LocalBackend
 
     say("loading the model for basecli and transformers")
-    backend = LocalBackend(args.model, device="cpu", dtype=args.dtype)
+    backend = LocalBackend(args.model, device="cpu", dtype=args.dtype, engine="transformers")
     prompt = benchmark.prompt_ids(backend.tokenizer, args.prompt_tokens)
     results = {}
     if "basecli" in engines:
-        results["basecli"] = run_basecli(backend, prompt, args, say)
+        results["basecli (transformers model code)"] = run_basecli(backend, prompt, args, say)
+    if "basecli-lean" in engines:
+        lean = LocalBackend(args.model, device="cpu", dtype=args.dtype, engine="lean")
+        if lean.engine == "lean":
+            results["basecli (lean engine)"] = run_basecli(lean, prompt, args, say)
+        del lean
     if "transformers" in engines:
         results["transformers generate"] = run_transformers(backend, prompt, args, say)
     if "llama.cpp" in engines:

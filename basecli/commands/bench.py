@@ -18,6 +18,8 @@ def bench(
     new_tokens: Annotated[int, typer.Option("--new-tokens", help="Tokens to generate per row.", min=2)] = 128,
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch (default: torch's choice).", min=1)] = None,
     startup: Annotated[bool, typer.Option("--startup/--no-startup", help="Also time fresh processes: --help, load, first token.")] = True,
+    engine: Annotated[Optional[str], typer.Option("--engine", envvar="BASECLI_ENGINE",
+                      help="transformers, lean (basecli's own Llama forward) or auto (lean where it applies).")] = None,
     json_out: o.Json = False,
     device: o.Device = "auto",
     dtype: o.Dtype = "auto",
@@ -44,7 +46,7 @@ def bench(
         raise UsageError(f"--batch sizes must be at least 1, got {batch!r}")
     say = (lambda s: print(f"basecli bench: {s}", file=sys.stderr, flush=True))
     report = benchmark.run(model, batches=batches, prompt_tokens=prompt_tokens, new_tokens=new_tokens, device=device,
-                           dtype=dtype, threads=threads, startup=startup, progress=say)
+                           dtype=dtype, engine=engine, threads=threads, startup=startup, progress=say)
     if json_out:
         sys.stdout.write(json.dumps(report.to_dict()) + "\n")
         return
@@ -53,17 +55,21 @@ def bench(
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"{report.model} on {report.device} ({report.dtype}, {report.threads} threads)")
+        table = Table(title=title(report))
         table.add_column("measure")
         table.add_column("value", justify="right")
         for name, value in rows:
             table.add_row(name, value)
         Console().print(table)
     else:
-        print(f"{report.model} on {report.device} ({report.dtype}, {report.threads} threads)")
+        print(title(report))
         width = max(len(n) for n, _ in rows)
         for name, value in rows:
             print(f"{name:<{width}}  {value}")
+
+
+def title(r) -> str:
+    return f"{r.model}, {r.engine} engine, on {r.device} ({r.dtype}, {r.threads} threads)"
 
 
 def table_rows(r) -> list[tuple[str, str]]:
