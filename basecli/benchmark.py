@@ -85,7 +85,8 @@ def peak_rss_mb() -> float:
 
 def weights_mb(model) -> float:
     seen, total = set(), 0
-    for p in model.parameters():  # tied weights are one tensor, counted once
+    weights = model.tensors() if hasattr(model, "tensors") else model.parameters()  # engine/lean.py, or torch's
+    for p in weights:  # tied weights are one tensor, counted once
         if p.data_ptr() not in seen:
             seen.add(p.data_ptr())
             total += p.numel() * p.element_size()
@@ -174,7 +175,7 @@ def run(model: str | None = None, *, batches: Sequence[int] = (1, 8, 32), prompt
     return Report(
         model=backend.name, engine=backend.engine, device=backend.device, dtype=str(backend.dtype).removeprefix("torch."), threads=torch.get_num_threads(),
         prompt_tokens=len(prompt), new_tokens=new_tokens, load_s=round(load_s, 3), prefill_tokens_per_s=round(pp, 1),
-        first_token_s=round(ttft, 4), decode=figures, peak_rss_mb=round(peak_rss_mb(), 1), weights_mb=round(weights_mb(backend.model), 1),
+        first_token_s=round(ttft, 4), decode=figures, peak_rss_mb=round(peak_rss_mb(), 1), weights_mb=round(weights_mb(backend.model), 3),
         gpu_peak_mb=round(gpu_peak, 1) if gpu_peak is not None else None, startup=start,
         conversion_s=models.manifest(backend.folder).get("converted_s"),
         versions={"torch": torch.__version__, "transformers": transformers.__version__, "python": sys.version.split()[0]},
@@ -219,7 +220,7 @@ def startup_figures(model: str | None, *, device: str = "auto", dtype: str = "au
                     threads: int | None = None) -> dict:
     """Fresh-process figures: --help, import torch + load, and a whole `complete -n 1` (start to first token, exit)."""
     py = [sys.executable, "-m", "basecli"]
-    out: dict = {"help_s": round(best_wall([*py, "--help"]), 3)}
+    out: dict = {"help_s": round(best_wall([*py, "--help"], repeats=3), 3)}
     engine = engine or os.environ.get("BASECLI_ENGINE") or "transformers"
     load = json.loads(run_process([sys.executable, "-c", LOAD_PROBE, model or "", device, dtype, engine])[2])
     out["import_s"] = round(load["import_s"], 3)
@@ -228,7 +229,7 @@ def startup_figures(model: str | None, *, device: str = "auto", dtype: str = "au
     if model:
         args += ["--model", model]
     env = {"BASECLI_ENGINE": engine, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-    wall, rss, _ = min((run_process(args, env) for _ in range(2)), key=lambda r: r[0])
+    wall, rss, _ = run_process(args, env)
     out["complete_first_token_s"] = round(wall, 3)
     out["complete_peak_rss_mb"] = round(rss, 1)
     return out

@@ -111,6 +111,12 @@ class LeanLlama(torch.nn.Module):
     def device(self) -> torch.device:
         return self._device
 
+    def tensors(self):
+        """Every weight (they are plain tensors, not Parameters: nothing here is trained)."""
+        yield from (self.embed, self.norm, self.head)
+        for layer in self.layers:
+            yield from vars(layer).values()
+
     def get_output_embeddings(self):
         return SimpleNamespace(weight=self.head)
 
