@@ -164,6 +164,7 @@ def run_llama_cpp(args, prompt, threads, say) -> dict:
 
     def timed(new):
         times = []
+        llm.reset()  # else generate() reuses the cached prompt and skips the prefill being timed
         t0 = time.perf_counter()
         # generate() evaluates the prompt, then samples and evaluates one token per step; it never stops at EOS
         for tok in llm.generate(prompt, top_k=1, temp=0.0, reset=True):
@@ -196,7 +197,7 @@ def print_table(meta: dict, results: dict, *, markdown: bool) -> None:
     ref = results.get("llama.cpp", {}).get("batch1_tok_s")
     hf = results.get("transformers generate", {}).get("batch1_tok_s")
     hf_n = results.get("transformers generate", {}).get("n_tok_s")
-    head = ["engine", "load s", "prefill tok/s", "first token ms", "batch 1 tok/s", f"N={meta['n']} tok/s",
+    head = ["engine", "load s*", "prefill tok/s", "first token ms", "batch 1 tok/s", f"N={meta['n']} tok/s",
             "batch 1 / llama.cpp", f"N={meta['n']} / llama.cpp b1", "batch 1 / generate", f"N={meta['n']} / generate"]
     rows = []
     for name, r in results.items():
@@ -218,6 +219,7 @@ def print_table(meta: dict, results: dict, *, markdown: bool) -> None:
         widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
         for row in [head, *rows]:
             print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)))
+    print("* load in this process: the first engine listed also pays for importing torch and transformers")
     print(f"reproduce: {meta['command']}")
 
 
