@@ -75,7 +75,7 @@ class KVCache:
 
 
 class LeanLlama(torch.nn.Module):
-    def __init__(self, cfg: dict, state: dict[str, torch.Tensor], dtype, device):
+    def __init__(self, cfg: dict, weights: "Weights", dtype, device):
         super().__init__()
         check_supported(cfg)
         self.config = SimpleNamespace(**cfg)
@@ -89,7 +89,7 @@ class LeanLlama(torch.nn.Module):
         half = torch.arange(0, self.head_dim, 2, dtype=torch.int64).to(torch.float32) / self.head_dim
         self.register_buffer("inv_freq", (1.0 / theta**half).to(device), persistent=False)
 
-        take = lambda name: state.pop(name).to(device=device, dtype=dtype)  # noqa: E731
+        take = lambda *names: weights.read(names, dtype).to(device)  # noqa: E731
         self.embed = take("model.embed_tokens.weight")
         self.layers = []
         for i in range(self.n_layers):
@@ -97,14 +97,14 @@ class LeanLlama(torch.nn.Module):
             a, m = p + "self_attn.", p + "mlp."
             self.layers.append(SimpleNamespace(
                 norm1=take(p + "input_layernorm.weight"),
-                qkv=torch.cat([take(a + "q_proj.weight"), take(a + "k_proj.weight"), take(a + "v_proj.weight")]),
+                qkv=take(a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"),
                 o=take(a + "o_proj.weight"),
                 norm2=take(p + "post_attention_layernorm.weight"),
-                gate_up=torch.cat([take(m + "gate_proj.weight"), take(m + "up_proj.weight")]),
+                gate_up=take(m + "gate_proj.weight", m + "up_proj.weight"),
                 down=take(m + "down_proj.weight"),
             ))
         self.norm = take("model.norm.weight")
-        self.head = take("lm_head.weight") if "lm_head.weight" in state else self.embed
+        self.head = take("lm_head.weight") if "lm_head.weight" in weights.index else self.embed
         self._device = torch.device(device)
 
     @property
@@ -200,14 +200,51 @@ def check_supported(cfg: dict) -> None:
 
 def load(folder: Path, dtype, device) -> LeanLlama:
     """The model in `folder` (config.json + safetensors), or Unsupported."""
-    from safetensors.torch import load_file
-
     cfg = json.loads((folder / "config.json").read_text())
     check_supported(cfg)
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise Unsupported("no safetensors weights")
-    state = {}
-    for f in files:
-        state.update(load_file(str(f)))
-    return LeanLlama(cfg, state, dtype, device).eval()
+    return LeanLlama(cfg, Weights(files), dtype, device).eval()
+
+
+SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+class Weights:
+    """Tensors read from safetensors files straight into their final place, with plain reads.
+
+    Not mmap: mapped pages count as resident memory, so a mapped file plus the tensors made
+    from it would double the peak. Matrices fused into one (q, k, v) are read into slices of it.
+    """
+
+    def __init__(self, files: list[Path]):
+        self.index = {}
+        for path in files:
+            with open(path, "rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(size))
+            header.pop("__metadata__", None)
+            for name, entry in header.items():
+                self.index[name] = (path, 8 + size, entry)
+
+    def read(self, names: tuple[str, ...], dtype) -> torch.Tensor:
+        entries = [self.index[n][2] for n in names]
+        rows = sum(e["shape"][0] for e in entries)
+        out = torch.empty(rows, *entries[0]["shape"][1:], dtype=dtype)
+        at = 0
+        for name, e in zip(names, entries):
+            path, base, _ = self.index[name]
+            stored = SAFETENSORS_DTYPES.get(e["dtype"])
+            if stored is None:
+                raise Unsupported(f"weights stored as {e['dtype']}")
+            part = out[at : at + e["shape"][0]]
+            target = part if stored == dtype else torch.empty(e["shape"], dtype=stored)
+            begin, end = e["data_offsets"]
+            with open(path, "rb") as f:
+                f.seek(base + begin)
+                f.readinto(memoryview(target.view(torch.uint8).numpy()).cast("B"))
+            if target is not part:
+                part.copy_(target)
+            at += e["shape"][0]
+        return out
