@@ -9,14 +9,15 @@ from typing import Annotated, Optional
 import typer
 
 from basecli import __version__
+from basecli.commands.bench import bench
 from basecli.commands.chat import chat
 from basecli.commands.complete import complete
 from basecli.commands.fewshot import fewshot
 from basecli.commands.info import info
 from basecli.commands.models import app as models_app
 from basecli.commands.recite import recite
-from basecli.commands.score import score
 from basecli.commands.resample import resample
+from basecli.commands.score import score
 from basecli.commands.sweep import sweep
 from basecli.commands.template import app as template_app
 from basecli.commands.tokenize import tokenize
@@ -26,6 +27,9 @@ app = typer.Typer(
     help="A playground for base language models: tokenize, complete, resample, sweep, few-shot, chat, score.",
     no_args_is_help=True,
     add_completion=False,
+    # Plain click help: rich help formatting imports rich.markdown and pygments (~0.15 s),
+    # most of what `basecli --help` would cost.
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -70,8 +74,8 @@ app.add_typer(template_app, name="template")
 command("score", score)
 command("recite", recite)
 command("info", info)
-app.command("complete")(complete)
 app.add_typer(models_app, name="models")
+command("bench", bench)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Iterator, Sequence
@@ -12,6 +13,7 @@ from basecli.errors import UsageError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+ENGINES = ("transformers", "lean", "auto")  # lean: basecli's own Llama forward (engine/lean.py); auto: lean where it applies
 
 
 def pick_device(name: str = "auto") -> str:
@@ -58,7 +60,7 @@ def pick_dtype(name: str, device: str):
 
 class LocalBackend:
     def __init__(self, model: str | None = None, *, device: str = "auto", dtype: str = "auto",
-                 trust_remote_code: bool = False, allow_pickle: bool = False):
+                 trust_remote_code: bool = False, allow_pickle: bool = False, engine: str | None = None):
         t0 = time.perf_counter()
         self.source = models.resolve(model)
         self.folder = models.model_dir(self.source, allow_pickle=allow_pickle)
@@ -66,7 +68,15 @@ class LocalBackend:
         self.tokenizer = models.tokenizer_for(self.folder, self.name)
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
-        self.model = load_weights(self.folder, self.dtype, self.device, trust_remote_code, allow_pickle)
+        self.engine = engine or os.environ.get("BASECLI_ENGINE") or "transformers"
+        if self.engine not in ENGINES:
+            raise UsageError(f"unknown engine {self.engine!r} (BASECLI_ENGINE); choose one of: {', '.join(ENGINES)}")
+        self.model = None
+        if self.engine != "transformers":
+            self.model = load_lean(self.folder, self.dtype, self.device, quiet=self.engine == "auto")
+        if self.model is None:
+            self.engine = "transformers"
+            self.model = load_weights(self.folder, self.dtype, self.device, trust_remote_code, allow_pickle)
         cfg = self.model.config
         self.context_length = int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 1024))
         self.load_seconds = time.perf_counter() - t0
@@ -104,6 +114,18 @@ class LocalBackend:
 
         return score_text(self.model, self.tokenizer, self.context_length, text, context=context, alternatives=alternatives,
                           stride=stride, window=window, progress=progress)
+
+
+def load_lean(folder, dtype, device: str, *, quiet: bool):
+    """basecli's own forward pass where it supports the model, else None (and transformers is used)."""
+    from basecli.engine import lean
+
+    try:
+        return lean.load(folder, dtype, device)
+    except lean.Unsupported as e:
+        if not quiet:
+            print(f"basecli: note: the lean engine does not run this model ({e}); using transformers", file=sys.stderr)
+        return None
 
 
 def load_weights(folder, dtype, device: str, trust_remote_code: bool, allow_pickle: bool):

@@ -61,6 +61,15 @@ def make_generator(seed: int, device) -> torch.Generator:
     return g
 
 
+def new_cache(model):
+    """The model's own cache if it has one (engine/lean.py), else transformers' DynamicCache."""
+    if hasattr(model, "new_cache"):
+        return model.new_cache()
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
 def select_cache(cache, rows: torch.Tensor) -> None:
     """Drop finished rows from a transformers KV cache in place."""
     if hasattr(cache, "batch_select_indices"):
@@ -85,8 +94,6 @@ def generate(
     `seeds[i]` (else params[i].seed, else fresh randomness) seeds row i's own generator,
     so a row's sample does not depend on the other rows in the batch.
     """
-    from transformers import DynamicCache
-
     assert len(prompts) == len(params) and all(len(p) > 0 for p in prompts)
     device = model.device
     batch = len(prompts)
@@ -109,10 +116,16 @@ def generate(
 
     streams = [TextStream(p.stop) for p in params]
     live = list(range(batch))  # batch position -> original row
-    cache = DynamicCache()
-
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    logits = out.logits[:, -1, :].float()
+    cache = new_cache(model)
+    shared = batch > 1 and all(list(p) == list(prompts[0]) for p in prompts[1:])
+    if shared:  # resample: one prefill, its cache copied to every row
+        out = model(input_ids=ids[:1], attention_mask=mask[:1], position_ids=positions[:1], past_key_values=cache,
+                    use_cache=True, logits_to_keep=1)
+        cache.batch_repeat_interleave(batch)
+        logits = out.logits[:, -1, :].float().expand(batch, -1).contiguous()
+    else:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        logits = out.logits[:, -1, :].float()
     next_pos = positions[:, -1:] + 1
     for step in range(max(p.max_tokens for p in params)):
         logprobs = logits.log_softmax(-1)

@@ -52,8 +52,9 @@ def temperature(logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 def top_k(logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Keep the k highest logits of each row (ties at the k-th value are kept); k = 0 keeps all."""
-    kmax = int(k.max())
-    kmax = min(kmax, logits.shape[-1])
+    kmax = min(int(k.max()), logits.shape[-1])
+    if kmax == 0:  # the rows that used top-k have left the batch
+        return logits
     top = torch.topk(logits, kmax, dim=-1).values  # (B, kmax), descending
     kth = top.gather(1, (k.clamp(1, kmax) - 1)[:, None])
     kth = torch.where(k[:, None] > 0, kth, torch.full_like(kth, -float("inf")))

@@ -1,0 +1,250 @@
+"""A lean Llama forward pass for decoding, with a preallocated KV cache. Opt-in: BASECLI_ENGINE=lean.
+
+On a small model every decode step is a few hundred tiny kernels, so the cost per kernel,
+not the arithmetic, decides the speed. This module computes the same function as
+transformers' LlamaForCausalLM with about 20 kernels per layer: q, k and v in one matmul,
+gate and up in one matmul, torch's fused rms_norm and sdpa, and keys and values written
+in place into a cache that grows by doubling (transformers' DynamicCache concatenates,
+copying the whole cache, on every step). It needs only torch and safetensors, so loading
+skips `import transformers` as well.
+
+It accepts the same call as transformers models as far as basecli's loop uses it:
+model(input_ids, attention_mask, position_ids, past_key_values, use_cache, logits_to_keep).logits
+Other architectures, and Llama variants with rope scaling or biases, stay on transformers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+
+class Unsupported(Exception):
+    """This model needs transformers' own code."""
+
+
+@dataclass
+class LeanOutput:
+    logits: torch.Tensor  # (B, T, vocab)
+
+
+class KVCache:
+    """Keys and values of every layer in one buffer (layers, B, kv_heads, capacity, head_dim).
+
+    Left padding keeps every row's next token in the same column, so one `length` serves all rows.
+    """
+
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype, device, capacity: int = 256):
+        self.shape = (layers, kv_heads, head_dim)
+        self.dtype, self.device = dtype, device
+        self.capacity = capacity
+        self.k = self.v = None
+        self.length = 0
+
+    def reserve(self, batch: int, extra: int) -> None:
+        """Room for `extra` more columns; doubling keeps the copies rare (log n of them)."""
+        need = self.length + extra
+        if self.k is not None and need <= self.k.shape[3]:
+            return
+        layers, heads, dim = self.shape
+        size = max(self.capacity, need)
+        while size < need * 2 and self.k is not None:
+            size *= 2
+        k = torch.empty(layers, batch, heads, size, dim, dtype=self.dtype, device=self.device)
+        v = torch.empty_like(k)
+        if self.k is not None:
+            k[:, :, :, : self.length] = self.k[:, :, :, : self.length]
+            v[:, :, :, : self.length] = self.v[:, :, :, : self.length]
+        self.k, self.v = k, v
+
+    def batch_select_indices(self, rows: torch.Tensor) -> None:
+        """Keep only `rows` (finished rows leave the batch)."""
+        self.k, self.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
+
+    def batch_repeat_interleave(self, n: int) -> None:
+        """Each row becomes n rows: one prefill shared by n samples of the same prompt."""
+        self.k, self.v = self.k.repeat_interleave(n, dim=1), self.v.repeat_interleave(n, dim=1)
+
+    def get_seq_length(self, layer: int = 0) -> int:
+        return self.length
+
+
+class LeanLlama(torch.nn.Module):
+    def __init__(self, cfg: dict, weights: "Weights", dtype, device):
+        super().__init__()
+        check_supported(cfg)
+        self.config = SimpleNamespace(**cfg)
+        self.n_layers = cfg["num_hidden_layers"]
+        self.n_heads = cfg["num_attention_heads"]
+        self.n_kv = cfg.get("num_key_value_heads") or self.n_heads
+        self.head_dim = cfg.get("head_dim") or cfg["hidden_size"] // self.n_heads
+        self.eps = cfg.get("rms_norm_eps", 1e-6)
+        self.dim = cfg["hidden_size"]
+        theta = (cfg.get("rope_parameters") or {}).get("rope_theta") or cfg.get("rope_theta") or 10000.0
+        half = torch.arange(0, self.head_dim, 2, dtype=torch.int64).to(torch.float32) / self.head_dim
+        self.register_buffer("inv_freq", (1.0 / theta**half).to(device), persistent=False)
+
+        take = lambda *names: weights.read(names, dtype).to(device)  # noqa: E731
+        self.embed = take("model.embed_tokens.weight")
+        self.layers = []
+        for i in range(self.n_layers):
+            p = f"model.layers.{i}."
+            a, m = p + "self_attn.", p + "mlp."
+            self.layers.append(SimpleNamespace(
+                norm1=take(p + "input_layernorm.weight"),
+                qkv=take(a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"),
+                o=take(a + "o_proj.weight"),
+                norm2=take(p + "post_attention_layernorm.weight"),
+                gate_up=take(m + "gate_proj.weight", m + "up_proj.weight"),
+                down=take(m + "down_proj.weight"),
+            ))
+        self.norm = take("model.norm.weight")
+        self.head = take("lm_head.weight") if "lm_head.weight" in weights.index else self.embed
+        self._device = torch.device(device)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def tensors(self):
+        """Every weight (they are plain tensors, not Parameters: nothing here is trained)."""
+        yield from (self.embed, self.norm, self.head)
+        for layer in self.layers:
+            yield from vars(layer).values()
+
+    def get_output_embeddings(self):
+        return SimpleNamespace(weight=self.head)
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.n_layers, self.n_kv, self.head_dim, self.embed.dtype, self._device)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                past_key_values: KVCache | None = None, use_cache: bool = True, logits_to_keep: int = 0, **_) -> LeanOutput:
+        batch, steps = input_ids.shape
+        cache = past_key_values if past_key_values is not None else self.new_cache()
+        start = cache.length
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, start + steps, dtype=torch.long, device=input_ids.device)
+        if position_ids is None:
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, start:]
+        cache.reserve(batch, steps)
+        mask = attention_bias(attention_mask.bool(), steps)
+        cos, sin = self.rope(position_ids)
+        x = F.embedding(input_ids, self.embed)
+        end = start + steps
+        for i, layer in enumerate(self.layers):
+            h = F.rms_norm(x, (self.dim,), layer.norm1, self.eps)
+            q, k, v = F.linear(h, layer.qkv).split([self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim], -1)
+            q = q.view(batch, steps, self.n_heads, self.head_dim).transpose(1, 2)  # (B, heads, T, hd)
+            k = k.view(batch, steps, self.n_kv, self.head_dim).transpose(1, 2)
+            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+            cache.k[i, :, :, start:end] = k
+            cache.v[i, :, :, start:end] = v.view(batch, steps, self.n_kv, self.head_dim).transpose(1, 2)
+            o = F.scaled_dot_product_attention(q, cache.k[i, :, :, :end], cache.v[i, :, :, :end], attn_mask=mask,
+                                               is_causal=mask is None and steps > 1, enable_gqa=self.n_kv != self.n_heads)
+            x = x + F.linear(o.transpose(1, 2).reshape(batch, steps, -1), layer.o)
+            h = F.rms_norm(x, (self.dim,), layer.norm2, self.eps)
+            gate, up = F.linear(h, layer.gate_up).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, layer.down)
+        cache.length = end
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        return LeanOutput(F.linear(F.rms_norm(x, (self.dim,), self.norm, self.eps), self.head))
+
+    def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for every position, (B, 1, T, head_dim), as transformers computes them (in fp32)."""
+        freqs = positions[..., None].float() * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]
+        return emb.cos().to(self.embed.dtype), emb.sin().to(self.embed.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
+
+
+def attention_bias(keys: torch.Tensor, steps: int) -> torch.Tensor | None:
+    """Boolean (B, 1, T, L) mask: a query sees real keys up to itself. None when nothing is masked but causality.
+
+    A padding query sees itself too, so its softmax never has an empty row (NaN that would
+    flow into later layers' keys); no real query ever sees a padding key.
+    """
+    if bool(keys.all()):
+        return None
+    total = keys.shape[1]
+    cols = torch.arange(total, device=keys.device)
+    rows = torch.arange(total - steps, total, device=keys.device)
+    causal = cols[None, :] <= rows[:, None]  # (T, L)
+    mask = causal[None] & keys[:, None, :]
+    mask |= cols[None, None, :] == rows[None, :, None]
+    return mask[:, None]
+
+
+def check_supported(cfg: dict) -> None:
+    rope = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+    reasons = [
+        (cfg.get("model_type") != "llama", f"model_type {cfg.get('model_type')!r}"),
+        (cfg.get("attention_bias") or cfg.get("mlp_bias"), "biases"),
+        (cfg.get("hidden_act", "silu") != "silu", f"activation {cfg.get('hidden_act')!r}"),
+        (rope.get("rope_type", rope.get("type", "default")) != "default", "rope scaling"),
+    ]
+    found = [why for bad, why in reasons if bad]
+    if found:
+        raise Unsupported(", ".join(found))
+
+
+def load(folder: Path, dtype, device) -> LeanLlama:
+    """The model in `folder` (config.json + safetensors), or Unsupported."""
+    cfg = json.loads((folder / "config.json").read_text())
+    check_supported(cfg)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise Unsupported("no safetensors weights")
+    return LeanLlama(cfg, Weights(files), dtype, device).eval()
+
+
+SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+class Weights:
+    """Tensors read from safetensors files straight into their final place, with plain reads.
+
+    Not mmap: mapped pages count as resident memory, so a mapped file plus the tensors made
+    from it would double the peak. Matrices fused into one (q, k, v) are read into slices of it.
+    """
+
+    def __init__(self, files: list[Path]):
+        self.index = {}
+        for path in files:
+            with open(path, "rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(size))
+            header.pop("__metadata__", None)
+            for name, entry in header.items():
+                self.index[name] = (path, 8 + size, entry)
+
+    def read(self, names: tuple[str, ...], dtype) -> torch.Tensor:
+        entries = [self.index[n][2] for n in names]
+        rows = sum(e["shape"][0] for e in entries)
+        out = torch.empty(rows, *entries[0]["shape"][1:], dtype=dtype)
+        at = 0
+        for name, e in zip(names, entries):
+            path, base, _ = self.index[name]
+            stored = SAFETENSORS_DTYPES.get(e["dtype"])
+            if stored is None:
+                raise Unsupported(f"weights stored as {e['dtype']}")
+            part = out[at : at + e["shape"][0]]
+            target = part if stored == dtype else torch.empty(e["shape"], dtype=stored)
+            begin, end = e["data_offsets"]
+            with open(path, "rb") as f:
+                f.seek(base + begin)
+                f.readinto(memoryview(target.view(torch.uint8).numpy()).cast("B"))
+            if target is not part:
+                part.copy_(target)
+            at += e["shape"][0]
+        return out

@@ -1,0 +1,130 @@
+"""Every fast path against the plain one: the lean Llama engine against transformers' model code,
+and the shared prefill of identical rows against separate single-row runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from basecli.backends.local import LocalBackend
+from basecli.config import SamplingParams
+from basecli.engine import lean
+from basecli.engine.loop import generate
+
+PROMPTS = ["The quick brown fox", "Hello world! 안녕", "def add(a, b):\n"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine waiting threads cost seconds."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_dirs):
+    """The tiny Llama twice: transformers' LlamaForCausalLM and basecli's lean forward."""
+    d = tiny_dirs["llama"]
+    plain = LocalBackend(str(d), device="cpu", dtype="float32", engine="transformers")
+    fast = LocalBackend(str(d), device="cpu", dtype="float32", engine="lean")
+    assert type(fast.model).__name__ == "LeanLlama" and fast.engine == "lean"
+    return plain, fast
+
+
+def tokens(backend, prompts, params, **kw):
+    rows = {}
+    for ev in backend.stream(prompts, params, **kw):
+        rows.setdefault(ev.row, []).append(ev)
+    return [[e.token_id for e in rows[i]] for i in range(len(prompts))]
+
+
+def test_lean_logits_equal_transformers(pair):
+    plain, fast = pair
+    ids = torch.tensor([plain.encode(PROMPTS[0] + " " + PROMPTS[2])])
+    with torch.no_grad():
+        want = plain.model(ids).logits
+        got = fast.model(ids).logits
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_lean_greedy_equals_transformers_generate(pair):
+    plain, fast = pair
+    for prompt in PROMPTS:
+        ids = plain.encode(prompt)
+        want = plain.model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0)
+        got = tokens(fast, [prompt], [SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)])[0]
+        assert got == want[0, len(ids):].tolist()
+
+
+def test_lean_left_padded_batch_with_rows_leaving_equals_plain(pair):
+    plain, fast = pair
+    # different lengths pad differently; different max_tokens make rows leave the batch mid-way
+    params = [SamplingParams(max_tokens=n, temperature=t, seed=s, top_k=k, ignore_eos=True)
+              for n, t, s, k in [(6, 0, None, 0), (20, 1.0, 3, 0), (12, 0.7, 4, 20)]]
+    assert tokens(fast, PROMPTS, params, alternatives=2) == tokens(plain, PROMPTS, params, alternatives=2)
+
+
+def test_lean_logprobs_and_alternatives_match_plain(pair):
+    plain, fast = pair
+    p = [SamplingParams(max_tokens=8, temperature=1.0, seed=11, ignore_eos=True)]
+    a = list(plain.stream(PROMPTS[1:2], p, alternatives=3))
+    b = list(fast.stream(PROMPTS[1:2], p, alternatives=3))
+    assert [e.token_id for e in a] == [e.token_id for e in b]
+    for x, y in zip(a, b):
+        assert y.logprob == pytest.approx(x.logprob, abs=1e-4)
+        assert [i for i, _ in y.alternatives] == [i for i, _ in x.alternatives]
+
+
+def test_lean_cache_growth_keeps_results(pair, monkeypatch):
+    """A cache that starts tiny must grow (copying what it holds) without changing a token."""
+    plain, fast = pair
+    monkeypatch.setattr(fast.model, "new_cache", lambda: lean.KVCache(fast.model.n_layers, fast.model.n_kv,
+                                                                      fast.model.head_dim, torch.float32, "cpu", capacity=2))
+    p = [SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)] * 2
+    assert tokens(fast, PROMPTS[:2], p) == tokens(plain, PROMPTS[:2], p)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("engine", ["transformers", "lean"])
+def test_shared_prefill_equals_single_rows(tiny_dirs, kind, engine):
+    """N samples of one prompt share one prefill; each must equal the same seed run on its own."""
+    b = LocalBackend(str(tiny_dirs[kind]), device="cpu", dtype="float32", engine=engine if kind == "llama" else "transformers")
+    params = [SamplingParams(max_tokens=10, temperature=1.0, seed=s, ignore_eos=True) for s in (1, 2, 3)]
+    batch = tokens(b, [PROMPTS[0]] * 3, params)
+    singles = [tokens(b, [PROMPTS[0]], [p])[0] for p in params]
+    assert batch == singles
+    assert len({tuple(r) for r in batch}) > 1
+
+
+def test_lean_refuses_other_architectures(tiny_dirs, capsys):
+    b = LocalBackend(str(tiny_dirs["gpt2"]), device="cpu", dtype="float32", engine="lean")
+    assert b.engine == "transformers" and "lean engine does not run this model" in capsys.readouterr().err
+    b = LocalBackend(str(tiny_dirs["gpt2"]), device="cpu", dtype="float32", engine="auto")
+    assert b.engine == "transformers" and capsys.readouterr().err == ""
+    with pytest.raises(lean.Unsupported, match="rope scaling"):
+        lean.check_supported({"model_type": "llama", "rope_scaling": {"rope_type": "llama3"}})
+
+
+def test_lean_load_never_imports_transformers(tiny_dirs):
+    probe = (
+        "import sys; from basecli.backends.local import LocalBackend; from basecli.config import SamplingParams\n"
+        f"b = LocalBackend({str(tiny_dirs['llama'])!r}, device='cpu', dtype='float32', engine='lean')\n"
+        "list(b.stream(['hi'], [SamplingParams(max_tokens=3, temperature=0)]))\n"
+        "print(b.engine, 'transformers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["lean", "False"], out.stderr[-500:]
+
+
+def test_unknown_engine_is_a_usage_error(tiny_dirs):
+    from basecli.errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown engine"):
+        LocalBackend(str(tiny_dirs["llama"]), device="cpu", dtype="float32", engine="fast")
