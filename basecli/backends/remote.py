@@ -106,7 +106,10 @@ class RemoteBackend:
         self.model = model
         self.name = name or model
         info = next((m for m in listed if m.get("id") == model), {})
-        self.context_length = int(context_length or info.get("max_model_len") or self._llamacpp_context() or DEFAULT_CONTEXT)
+        served = info.get("max_model_len") or self._llamacpp_context()
+        # "assumed" where neither the profile nor the server says (llama-cpp-python does not): info reports it
+        self.context_source = "profile" if context_length else "server" if served else "assumed"
+        self.context_length = int(context_length or served or DEFAULT_CONTEXT)
         local = local_tokenizer(tokenizer) if tokenizer else None
         self.tokenizer = RemoteTokenizer(self.name, self.transport, self.kind, model, local)
         self.load_seconds = time.perf_counter() - t0
@@ -340,8 +343,12 @@ class RemoteBackend:
         return "stop"  # other servers say "stop" for both; a stop string is the likelier with --stop given
 
     def score(self, text: str, *, context: str | None = None, alternatives: int = 0, stride: int | None = None,
-              progress=None) -> list[ScoredToken]:
+              window: int | None = None, progress=None) -> list[ScoredToken]:
         from basecli.backends.remote_score import score
+
+        if stride is not None or window is not None:
+            raise UsageError("--window/--stride need the local engine: a server scores the whole text in one request "
+                             "(with --base-url leave them out)")
 
         return score(self, text, context=context, alternatives=alternatives, progress=progress)
 
