@@ -249,5 +249,6 @@ def test_info_through_the_server_says_what_it_knows(llama_server):
     d = json.loads(cli(llama_server, "info", "--json").stdout)
     assert d["server"] == {"base_url": llama_server, "kind": "llama-cpp-python"}
     assert d["model"].endswith(".gguf") and d["context_length_from"] == "assumed"
+    assert d["context_length"] == 2048  # llama-cpp-python's default n_ctx (the fixture passes the same)
     plain = cli(llama_server, "info").stdout
     assert "assumed" in plain and "not visible" in plain

@@ -22,6 +22,7 @@ from basecli.errors import UsageError
 from basecli.events import Event, ScoredToken
 
 DEFAULT_CONTEXT = 4096  # when the server does not say and the profile does not either
+LLAMA_CPP_PYTHON_CONTEXT = 2048  # llama-cpp-python's own default n_ctx, which it never reports
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,8 @@ class RemoteBackend:
         served = info.get("max_model_len") or self._llamacpp_context()
         # "assumed" where neither the profile nor the server says (llama-cpp-python does not): info reports it
         self.context_source = "profile" if context_length else "server" if served else "assumed"
-        self.context_length = int(context_length or served or DEFAULT_CONTEXT)
+        assumed = LLAMA_CPP_PYTHON_CONTEXT if self.kind == "llama-cpp-python" else DEFAULT_CONTEXT
+        self.context_length = int(context_length or served or assumed)
         local = local_tokenizer(tokenizer) if tokenizer else None
         self.tokenizer = RemoteTokenizer(self.name, self.transport, self.kind, model, local)
         self.load_seconds = time.perf_counter() - t0
