@@ -347,3 +347,10 @@ def test_cli_info_reports_the_servers_context_window():
     d = json.loads(r.stdout)
     assert d["model"] == "big-base" and d["context_length"] == 131072 and d["context_length_from"] == "server"
     assert d["server"]["kind"] == "vllm" and d["tokenizer"]["from"] == "server"
+
+
+def test_a_misspelt_option_is_a_usage_error_not_a_traceback():
+    """typer vendors click: its usage errors must still end as one message with exit 2."""
+    r = run_cli("complete", "x", "--base-ur", "http://127.0.0.1:9/v1")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "No such option: --base-ur" in r.stderr
