@@ -121,8 +121,8 @@ def free_memory(device) -> int:
 def rows_per_batch(backend, prompt: str, max_tokens: int, *, truncate: bool = False) -> int:
     """How many rows of this prompt fit in one batch (at least 1, at most MAX_ROWS)."""
     model = getattr(backend, "model", None)
-    if model is None or not hasattr(backend, "encode"):
-        return MAX_ROWS  # a remote server batches on its own side
+    if not hasattr(model, "config"):  # a remote backend's model is a name: the server batches on its own side
+        return MAX_ROWS
     need = bytes_per_row(model, len(backend.encode(prompt, truncate=truncate)), max_tokens)
     return max(1, min(MAX_ROWS, free_memory(model.device) // max(need, 1)))
 

@@ -84,15 +84,25 @@ def main() -> None:
 
     from basecli.errors import BasecliError, PipeClosed
 
+    # typer >= 0.17 vendors click as typer._click: its usage errors are not click's classes
+    usage_errors, aborts = [click.ClickException], [click.exceptions.Abort]
+    try:
+        from typer._click.exceptions import ClickException as VendoredClickException
+        from typer.exceptions import Abort as TyperAbort
+
+        usage_errors.append(VendoredClickException)
+        aborts.append(TyperAbort)
+    except ImportError:
+        pass
     try:
         code = app(standalone_mode=False)
     except BasecliError as e:
         _say(f"basecli: error: {e}")
         code = e.exit_code
-    except click.ClickException as e:
+    except tuple(usage_errors) as e:
         e.show()
         code = e.exit_code
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, *aborts):
         code = 130
     except (BrokenPipeError, PipeClosed):
         code = 0

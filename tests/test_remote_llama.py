@@ -4,6 +4,7 @@ embedded GGUF on 127.0.0.1. Skipped, with the reason, where llama-cpp-python[ser
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -42,7 +43,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one server for every test: it takes seconds to start
 def llama_server(tmp_path_factory):
     os.environ["BASECLI_HOME"] = str(REAL_HOME)  # the embedded GGUF is in the real cache
     from basecli.models import embedded_gguf
@@ -156,29 +157,98 @@ def test_cli_complete_and_json_through_the_server(llama_server):
     assert r.returncode == 0, r.stderr
     record = json.loads(r.stdout)
     assert record["finish_reason"] in ("length", "eos") and 1 <= len(record["tokens"]) <= 6
-    assert all(t["logprob"] <= 0 and len(t["alternatives"]) == 5 for t in record["tokens"])
+    assert all(t["logprob"] <= 0 and len(t["alternatives"]) == 2 for t in record["tokens"])  # --alternatives 2
     assert record["completion"] == "".join(t["text"] for t in record["tokens"])
 
 
-# The "done means" list. Commands other engineers build are run where this checkout has them.
-COMMANDS = [
-    ("resample", ["Once upon a time", "-N", "4", "-n", "8"]),
-    ("sweep", ["Once upon a time", "-n", "8"]),
-    ("fewshot", ["prompts/en_ko.txt", "-n", "8"]),
-    ("chat", ["--message", "Hello!", "-n", "16"]),
-    ("score", ["The capital of France is Paris."]),
-]
+# The "done means" list, and the other commands, through the server: each checked against
+# a definition (seeds S+i, greedy rows identical, Hangul for Korean, log-probs <= 0) or the local tokenizer.
 
 
-@pytest.mark.parametrize("command, args", COMMANDS, ids=[c for c, _ in COMMANDS])
-def test_other_commands_through_the_server(command, args, llama_server):
-    from basecli.cli import app
-    import typer.main
-
-    if command not in typer.main.get_command(app).commands:
-        pytest.skip(f"'{command}' is not in this checkout yet")
-    if any(a.startswith("prompts/") and not Path(a).is_file() for a in args):
-        pytest.skip("prompts/en_ko.txt is not in this checkout yet")
-    r = run_cli(command, *args, "--base-url", llama_server)
+def cli(server, *args):
+    r = run_cli(*args, "--base-url", server)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip()
+    assert "Traceback" not in r.stderr
+    return r
+
+
+def test_resample_through_the_server_seeds_rows_s_plus_i(llama_server):
+    r = cli(llama_server, "resample", "Once upon a time", "-N", "4", "-n", "4", "-s", "11", "--jsonl")
+    records = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(x["index"], x["seed"]) for x in records] == [(i, 11 + i) for i in range(4)]
+    for x in records:
+        assert x["completion"] == "".join(t["text"] for t in x["tokens"]) and 1 <= len(x["tokens"]) <= 4
+        assert all(t["logprob"] <= 0 for t in x["tokens"])
+    assert len({x["completion"] for x in records}) > 1  # different seeds, different universes
+
+
+def test_sweep_through_the_server_greedy_cells_agree(llama_server):
+    r = cli(llama_server, "sweep", "Once upon a time", "-t", "0,1.5", "-N", "2", "-n", "4", "-s", "5", "--jsonl")
+    records = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(records) == 4
+    greedy = [x["completion"] for x in records if x["params"]["temperature"] == 0]
+    hot = [x for x in records if x["params"]["temperature"] == 1.5]
+    assert len(greedy) == 2 and greedy[0] == greedy[1]  # temperature 0 ignores the seed
+    assert len(hot) == 2 and all(1 <= len(x["tokens"]) <= 4 for x in hot)
+
+
+def test_fewshot_through_the_server_answers_in_korean(llama_server):
+    r = cli(llama_server, "fewshot", "prompts/en_ko.txt", "-n", "8", "--json")
+    record = json.loads(r.stdout)
+    assert record["prompt"].endswith("Korean:")
+    assert any("\uac00" <= ch <= "\ud7a3" for ch in record["completion"])
+    assert "\n" not in record["completion"]  # the template's stop: one line per answer
+
+
+def test_chat_message_through_the_server_stops_before_the_next_turn(llama_server):
+    r = cli(llama_server, "chat", "--message", "Hello!", "-n", "16", "-t", "0")
+    answer = r.stdout.strip()
+    assert answer and "<|im_" not in answer and "user" not in answer.lower().split()[:1]
+
+
+def test_score_through_the_server(llama_server):
+    text = "The capital of France is Paris."
+    record = json.loads(cli(llama_server, "score", text, "--json").stdout)
+    assert "".join(t["text"] for t in record["tokens"]) == text
+    lps = [t["logprob"] for t in record["tokens"] if t["logprob"] is not None]
+    assert len(lps) >= 4 and all(v <= 0 for v in lps)
+    assert record["summary"]["bits"] == pytest.approx(-sum(lps) / math.log(2), rel=1e-3)
+
+
+def test_score_window_is_refused_in_one_line(llama_server):
+    r = run_cli("score", "Some text to score.", "--window", "64", "--base-url", llama_server)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1 and "--window" in r.stderr
+
+
+def test_recite_through_the_server_finds_where_it_diverges(llama_server, tmp_path):
+    ref = tmp_path / "mit.txt"
+    ref.write_text("Permission is hereby granted, free of charge, to any person obtaining a copy of this software")
+    record = json.loads(cli(llama_server, "recite", f"@{ref}", "--prefix-tokens", "6", "--json").stdout)
+    s = record["samples"][0]
+    assert record["prefix"] + record["reference"] == ref.read_text()
+    # the greedy continuation's first tokens are the reference's (" of charge, to"): they count as reproduced
+    d = s["diverged_at"]
+    common = len(os.path.commonprefix([s["completion"], record["reference"]]))
+    assert d is not None and d >= 1 and common >= len(" of")
+    assert s["divergence"]["reference_token"]["text"] != s["divergence"]["model_token"]["text"]
+
+
+def test_tokenize_through_the_server_matches_the_gguf_tokenizer(llama_server, monkeypatch):
+    from basecli.tokenizers import model_tokenizer
+
+    monkeypatch.setenv("BASECLI_HOME", str(REAL_HOME))  # the GGUF's tokenizer is cached there
+    text = "Hello world! The quick brown fox."
+    r = cli(llama_server, "tokenize", text, "--ids")
+    assert [int(i) for i in r.stdout.split()] == model_tokenizer(None).encode(text)
+    back = cli(llama_server, "tokenize", "--decode", *r.stdout.split())
+    assert back.stdout.rstrip("\n") == text
+
+
+def test_info_through_the_server_says_what_it_knows(llama_server):
+    d = json.loads(cli(llama_server, "info", "--json").stdout)
+    assert d["server"] == {"base_url": llama_server, "kind": "llama-cpp-python"}
+    assert d["model"].endswith(".gguf") and d["context_length_from"] == "assumed"
+    assert d["context_length"] == 2048  # llama-cpp-python's default n_ctx (the fixture passes the same)
+    plain = cli(llama_server, "info").stdout
+    assert "assumed" in plain and "not visible" in plain

@@ -22,6 +22,7 @@ from basecli.errors import UsageError
 from basecli.events import Event, ScoredToken
 
 DEFAULT_CONTEXT = 4096  # when the server does not say and the profile does not either
+LLAMA_CPP_PYTHON_CONTEXT = 2048  # llama-cpp-python's own default n_ctx, which it never reports
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,11 @@ class RemoteBackend:
         self.model = model
         self.name = name or model
         info = next((m for m in listed if m.get("id") == model), {})
-        self.context_length = int(context_length or info.get("max_model_len") or self._llamacpp_context() or DEFAULT_CONTEXT)
+        served = info.get("max_model_len") or self._llamacpp_context()
+        # "assumed" where neither the profile nor the server says (llama-cpp-python does not): info reports it
+        self.context_source = "profile" if context_length else "server" if served else "assumed"
+        assumed = LLAMA_CPP_PYTHON_CONTEXT if self.kind == "llama-cpp-python" else DEFAULT_CONTEXT
+        self.context_length = int(context_length or served or assumed)
         local = local_tokenizer(tokenizer) if tokenizer else None
         self.tokenizer = RemoteTokenizer(self.name, self.transport, self.kind, model, local)
         self.load_seconds = time.perf_counter() - t0
@@ -340,8 +345,12 @@ class RemoteBackend:
         return "stop"  # other servers say "stop" for both; a stop string is the likelier with --stop given
 
     def score(self, text: str, *, context: str | None = None, alternatives: int = 0, stride: int | None = None,
-              progress=None) -> list[ScoredToken]:
+              window: int | None = None, progress=None) -> list[ScoredToken]:
         from basecli.backends.remote_score import score
+
+        if stride is not None or window is not None:
+            raise UsageError("--window/--stride need the local engine: a server scores the whole text in one request "
+                             "(with --base-url leave them out)")
 
         return score(self, text, context=context, alternatives=alternatives, progress=progress)
 

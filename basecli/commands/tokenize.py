@@ -33,6 +33,7 @@ def tokenize(
     allow_special: Annotated[bool, typer.Option("--allow-special", help="Parse special tokens such as <|endoftext|> (default: plain text).")] = False,
     whitespace: Annotated[bool, typer.Option("--whitespace/--no-whitespace", help="Show spaces as ·, newlines as ↵, tabs as →.")] = True,
     limit: Annotated[int, typer.Option("--limit", min=0, help="Show at most this many tokens in the terminal view (0 = all); --ids, --json and --count are never cut.")] = DEFAULT_LIMIT,
+    base_url: o.BaseUrl = None,
 ):
     """Show how TEXT becomes tokens: coloured spans, ids and counts.
 
@@ -44,6 +45,7 @@ def tokenize(
       basecli tokenize @notes.txt --count
       basecli tokenize --compare cl100k_base,o200k_base,model:smollm2-135m "안녕하세요 😀"
       basecli tokenize -e cl100k_base --ids "hello" | basecli tokenize -e cl100k_base --decode -
+      basecli tokenize --base-url http://localhost:8000/v1 "hello world"   (the server's own tokenizer)
     """
     from basecli.errors import UsageError
 
@@ -59,13 +61,13 @@ def tokenize(
         raise UsageError("--decode prints the text of the ids; it combines only with --json")
 
     if decode:
-        tok = _tokenizer(encoding, model)
+        tok = _tokenizer(encoding, model, base_url)
         return _decode(tok, _read_ids(text), json_out)
     source = _read(text)
     if compare:
         return _compare(compare, source, allow_special=allow_special, count=count, json_out=json_out, ids_out=ids_out,
                         whitespace=whitespace, limit=limit)
-    tok = _tokenizer(encoding, model)
+    tok = _tokenizer(encoding, model, base_url)
     if ids_out or count:  # ids alone: no bytes or offsets to work out, so a megabyte takes a fraction of a second
         ids = tok.encode(source, allow_special=allow_special)
         sys.stdout.write((" ".join(map(str, ids)) if ids_out else str(len(ids))) + "\n")
@@ -93,9 +95,18 @@ def _read(text: Optional[List[str]]) -> str:
     return source
 
 
-def _tokenizer(encoding: Optional[str], model: Optional[str]):
+def _tokenizer(encoding: Optional[str], model: Optional[str], base_url: Optional[str] = None):
     from basecli.tokenizers import model_tokenizer, tiktoken_tokenizer
 
+    if base_url and not encoding:  # --encoding names a local tokenizer, which wins over the server
+        from basecli.backends import open_backend
+        from basecli.errors import UsageError
+
+        tok = open_backend(model, base_url=base_url).tokenizer
+        if not tok.available:
+            raise UsageError(f"the server at {base_url} has no tokenize endpoint; name a local tokenizer with --encoding "
+                             "(or BASECLI_TOKENIZER=MODEL_DIR|ENCODING)")
+        return tok
     return tiktoken_tokenizer(encoding) if encoding else model_tokenizer(model)
 
 
