@@ -64,9 +64,9 @@ def complete(
 
     events = timed(backend.stream([text], [params], alternatives=k, truncate=truncate))
     if json_out:
+        events = list(events)  # timings are read once generation is over
         record = completion_record(model=backend.name, prompt=text, events=events, params=params,
                                    tokenizer=backend.tokenizer, timings=timer.as_dict())
-        record["timings"] = timer.as_dict()
         sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
         return
     seen = render.stream_completion(text, events, show_probs=show_probs)
