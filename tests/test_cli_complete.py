@@ -149,3 +149,30 @@ def test_help_lists_complete_flags():
     for flag in ("--max-tokens", "--temperature", "--top-k", "--top-p", "--min-p", "--repetition-penalty", "--seed", "--stop",
                  "--json", "--show-probs", "--alternatives", "--ignore-eos", "--truncate"):
         assert flag in r.stdout
+
+
+def test_show_probs_colours_each_token_by_its_probability_band(monkeypatch):
+    """On a terminal, --show-probs styles each piece by its probability band and prints the legend."""
+    import io
+    import math
+
+    from rich.console import Console
+
+    from basecli import render
+    from basecli.events import Event
+
+    monkeypatch.delenv("NO_COLOR", raising=False)  # the autouse fixture sets it; this test is about colour
+    out, err = io.StringIO(), io.StringIO()
+    consoles = {False: Console(file=out, force_terminal=True, color_system="standard", soft_wrap=True, highlight=False),
+                True: Console(file=err, force_terminal=True, color_system="standard", soft_wrap=True, highlight=False)}
+    monkeypatch.setattr(render, "console", lambda stderr=False: consoles[stderr])
+    monkeypatch.setattr(render, "is_tty", lambda: True)
+    events = [Event(0, 0, 1, "A", "A", math.log(0.95)), Event(0, 1, 2, "B", "B", math.log(0.005), finish_reason="length")]
+    render.stream_completion("P", events, show_probs=True)
+    coloured = out.getvalue()
+    assert render.prob_style(math.log(0.95)) == "bright_green" and render.prob_style(math.log(0.005)) == "red"
+    assert "\x1b[92mA" in coloured and "\x1b[31mB" in coloured  # bright green and red
+    assert "p≥0.9" in err.getvalue()  # the legend
+    out.truncate(0), out.seek(0), err.truncate(0), err.seek(0)
+    render.stream_completion("P", events, show_probs=False)
+    assert "\x1b[92m" not in out.getvalue() and "\x1b[31m" not in out.getvalue() and err.getvalue() == ""
