@@ -176,3 +176,18 @@ def test_show_probs_colours_each_token_by_its_probability_band(monkeypatch):
     out.truncate(0), out.seek(0), err.truncate(0), err.seek(0)
     render.stream_completion("P", events, show_probs=False)
     assert "\x1b[92m" not in out.getvalue() and "\x1b[31m" not in out.getvalue() and err.getvalue() == ""
+
+
+def test_sampling_flags_reach_the_sampler(tiny_dirs):
+    """Each knob, from the command line, changes what is sampled as its definition says."""
+    base = ("complete", "The quick brown fox", "-m", str(tiny_dirs["llama"]), "-n", "12", "--ignore-eos", "--json")
+    tokens = lambda *a: [t["id"] for t in json.loads(invoke(*base, *a).stdout)["tokens"]]  # noqa: E731
+    greedy = tokens("-t", "0")
+    hot = [tokens("-t", "3", "--seed", str(s)) for s in range(3)]
+    assert any(h != greedy for h in hot)  # a hot temperature alone does wander
+    for flag in (("--top-k", "1"), ("--top-p", "0.0001"), ("--min-p", "0.999")):
+        assert tokens("-t", "3", "--seed", "0", *flag) == greedy, flag  # each leaves only the top token
+    long = ("-t", "0", "-n", "40")
+    plain, penalised = tokens(*long), tokens(*long, "--repetition-penalty", "1000")
+    assert len(set(plain)) < len(plain)  # greedy on this model loops...
+    assert len(set(penalised)) == len(penalised)  # ...a huge penalty on seen tokens stops every repeat
