@@ -128,16 +128,16 @@ def generate(
         logits = out.logits[:, -1, :].float()
     next_pos = positions[:, -1:] + 1
     for step in range(max(p.max_tokens for p in params)):
-        logprobs = logits.log_softmax(-1)
+        norm = logits.logsumexp(-1, keepdim=True)  # log-probabilities are logits - norm; only the few read are formed
         processed = process(logits, rows_cfg, seen)
         tokens = sample(processed, rows_cfg.greedy, generators)
-        chosen_lp = logprobs.gather(1, tokens[:, None])[:, 0]
-        top = torch.topk(logprobs, alternatives, dim=-1) if alternatives else None
+        chosen_lp = (logits.gather(1, tokens[:, None]) - norm)[:, 0]
+        top = torch.topk(logits, alternatives, dim=-1) if alternatives else None
         ent = _entropy(processed, rows_cfg.greedy) if entropy else None
 
         tokens_l, chosen_l = tokens.tolist(), chosen_lp.tolist()
         top_ids = top.indices.tolist() if top is not None else None
-        top_lps = top.values.tolist() if top is not None else None
+        top_lps = (top.values - norm).tolist() if top is not None else None
         ent_l = ent.tolist() if ent is not None else None
         keep = []
         for b, row in enumerate(live):

@@ -97,12 +97,19 @@ def process(logits: torch.Tensor, rows: RowParams, seen: torch.Tensor | None) ->
 def sample(logits: torch.Tensor, greedy: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
     """One token per row: argmax for greedy rows, else a draw from softmax(logits).
 
-    The draw is argmax(p / E) with E ~ Exp(1) from the row's own generator (equivalent to
-    multinomial sampling), so each row's randomness depends only on its seed, not on its batch.
+    The draw inverts the cumulative distribution at one uniform number from the row's own
+    generator, so each row's randomness depends only on its seed, not on its batch. (One
+    number per row: exponential noise over the whole vocabulary, argmax(p / E), cost 1.7 ms
+    per row and step for 49k tokens, more than the rest of sampling together.)
     """
-    probs = logits.softmax(-1)
-    noise = torch.empty_like(probs)
-    for i, g in enumerate(generators):
-        noise[i].exponential_(generator=g)
-    sampled = (probs / noise).argmax(-1)
+    if bool(greedy.all()):
+        return logits.argmax(-1)
+    cdf = logits.softmax(-1).cumsum_(-1)  # (B, V), non-decreasing
+    u = torch.cat([torch.rand(1, generator=g, device=logits.device) for g in generators])
+    total = cdf[:, -1]
+    # strictly below the total, so the first column past it always has probability > 0
+    target = torch.minimum(u * total, total.nextafter(torch.zeros_like(total)))
+    sampled = torch.searchsorted(cdf, target[:, None], right=True)[:, 0]
+    if not bool(greedy.any()):
+        return sampled
     return torch.where(greedy, logits.argmax(-1), sampled)
