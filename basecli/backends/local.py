@@ -83,7 +83,8 @@ def pick_dtype(name: str, device: str):
 
 class LocalBackend:
     def __init__(self, model: str | None = None, *, device: str = "auto", dtype: str = "auto",
-                 trust_remote_code: bool = False, allow_pickle: bool = False, engine: str | None = None):
+                 trust_remote_code: bool = False, allow_pickle: bool = False, engine: str | None = None,
+                 quantize: str | None = None):
         t0 = time.perf_counter()
         self.source = models.resolve(model)
         self.folder = models.model_dir(self.source, allow_pickle=allow_pickle)
@@ -104,6 +105,11 @@ class LocalBackend:
         if self.model is None:
             self.engine = "transformers"
             self.model = load_weights(self.folder, self.dtype, self.device, trust_remote_code, allow_pickle)
+        self.quantize = quantize or os.environ.get("BASECLI_QUANTIZE") or None
+        if self.quantize:  # engine/quant.py: fp16 or int8 weights for the lean engine on x86 CPUs
+            from basecli.engine import quant
+
+            quant.apply(self.model, self.quantize)
         cfg = self.model.config
         self.context_length = int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 1024))
         self.load_seconds = time.perf_counter() - t0

@@ -23,6 +23,8 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
+from basecli.engine.quant import linear
+
 
 class Unsupported(Exception):
     """This model needs transformers' own code."""
@@ -137,35 +139,36 @@ class LeanLlama(torch.nn.Module):
         cos, sin = self.rope(position_ids)
         x = F.embedding(input_ids, self.embed)
         end = start + steps
+        heads, kv, hd = self.n_heads, self.n_kv, self.head_dim
+        causal, gqa = mask is None and steps > 1, kv != heads
         for i, layer in enumerate(self.layers):
             h = F.rms_norm(x, (self.dim,), layer.norm1, self.eps)
-            q, k, v = F.linear(h, layer.qkv).split([self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim], -1)
-            q = q.view(batch, steps, self.n_heads, self.head_dim).transpose(1, 2)  # (B, heads, T, hd)
-            k = k.view(batch, steps, self.n_kv, self.head_dim).transpose(1, 2)
-            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-            cache.k[i, :, :, start:end] = k
-            cache.v[i, :, :, start:end] = v.view(batch, steps, self.n_kv, self.head_dim).transpose(1, 2)
-            o = F.scaled_dot_product_attention(q, cache.k[i, :, :, :end], cache.v[i, :, :, :end], attn_mask=mask,
-                                               is_causal=mask is None and steps > 1, enable_gqa=self.n_kv != self.n_heads)
-            x = x + F.linear(o.transpose(1, 2).reshape(batch, steps, -1), layer.o)
+            qkv = linear(h, layer.qkv).view(batch, steps, heads + 2 * kv, hd)
+            qk = qkv[:, :, : heads + kv]
+            # rope on q and k at once: x cos + rotate_half(x) sin, where rotate_half(x) = roll(x) with the first half negated
+            qk = torch.addcmul(qk * cos, qk.roll(hd // 2, -1), sin)
+            cache.k[i, :, :, start:end] = qk[:, :, heads:].transpose(1, 2)  # (B, kv, T, hd)
+            cache.v[i, :, :, start:end] = qkv[:, :, heads + kv :].transpose(1, 2)
+            o = F.scaled_dot_product_attention(qk[:, :, :heads].transpose(1, 2), cache.k[i, :, :, :end], cache.v[i, :, :, :end],
+                                               attn_mask=mask, is_causal=causal, enable_gqa=gqa)  # (B, heads, T, hd)
+            x = x + linear(o.transpose(1, 2).reshape(batch, steps, heads * hd), layer.o)
             h = F.rms_norm(x, (self.dim,), layer.norm2, self.eps)
-            gate, up = F.linear(h, layer.gate_up).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, layer.down)
+            gate, up = linear(h, layer.gate_up).chunk(2, dim=-1)
+            x = x + linear(F.silu(gate, inplace=True) * up, layer.down)
         cache.length = end
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
-        return LeanOutput(F.linear(F.rms_norm(x, (self.dim,), self.norm, self.eps), self.head))
+        return LeanOutput(linear(F.rms_norm(x, (self.dim,), self.norm, self.eps), self.head))
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin for every position, (B, 1, T, head_dim), as transformers computes them (in fp32)."""
-        freqs = positions[..., None].float() * self.inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None]
-        return emb.cos().to(self.embed.dtype), emb.sin().to(self.embed.dtype)
+        """cos and sign-folded sin for every position, (B, T, 1, head_dim), as transformers computes them (in fp32).
 
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    a, b = x.chunk(2, dim=-1)
-    return torch.cat((-b, a), dim=-1)
+        sin's first half is negated so that rotate_half(x) * sin == x.roll(head_dim / 2) * this sin.
+        """
+        freqs = positions[..., None].float() * self.inv_freq  # (B, T, hd/2)
+        cos, sin = freqs.cos(), freqs.sin()
+        cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
+        return cos[:, :, None].to(self.embed.dtype), sin[:, :, None].to(self.embed.dtype)
 
 
 def attention_bias(keys: torch.Tensor, steps: int) -> torch.Tensor | None:
