@@ -35,7 +35,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--n", type=int, default=16, help="rows sampled from one prompt (resample N)")
     ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--engines", default="basecli,basecli-lean,transformers,llama.cpp", help="comma-separated subset to run")
+    ap.add_argument("--engines", default="basecli,basecli-lean,basecli-fp16,basecli-int8,transformers,llama.cpp",
+                    help="comma-separated subset to run (basecli-fp16/-int8: the lean engine with BASECLI_QUANTIZE)")
     ap.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     ap.add_argument("--markdown", action="store_true", help="print a results-table row block for bench/README.md")
     args = ap.parse_args()
@@ -56,11 +57,13 @@ def main() -> None:
     results = {}
     if "basecli" in engines:
         results["basecli (transformers model code)"] = run_basecli(backend, prompt, args, say)
-    if "basecli-lean" in engines:
-        lean = LocalBackend(args.model, device="cpu", dtype=args.dtype, engine="lean")
-        if lean.engine == "lean":
-            results["basecli (lean engine)"] = run_basecli(lean, prompt, args, say)
-        del lean
+    for name, quantize, label in [("basecli-lean", None, "basecli (lean engine)"), ("basecli-fp16", "fp16", "basecli (lean, fp16 weights)"),
+                                  ("basecli-int8", "int8", "basecli (lean, int8 weights)")]:
+        if name in engines:
+            lean = LocalBackend(args.model, device="cpu", dtype=args.dtype, engine="lean", quantize=quantize)
+            if lean.engine == "lean":
+                results[label] = run_basecli(lean, prompt, args, say)
+            del lean
     if "transformers" in engines:
         results["transformers generate"] = run_transformers(backend, prompt, args, say)
     if "llama.cpp" in engines:
