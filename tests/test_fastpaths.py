@@ -103,6 +103,32 @@ def test_shared_prefill_equals_single_rows(tiny_dirs, kind, engine):
     assert len({tuple(r) for r in batch}) > 1
 
 
+def test_shared_prompt_attention_equals_unshared(pair, monkeypatch):
+    """The prompt's keys kept once for all rows (two-part attention) gives the logprobs of a per-row copy,
+    through cache growth from a tiny capacity and rows leaving the batch."""
+    plain, fast = pair
+    monkeypatch.setattr(fast.model, "new_cache", lambda: lean.KVCache(fast.model.n_layers, fast.model.n_kv,
+                                                                      fast.model.head_dim, torch.float32, "cpu", capacity=2))
+    params = [SamplingParams(max_tokens=n, temperature=1.0, seed=s, ignore_eos=True) for s, n in [(1, 30), (2, 7), (3, 19)]]
+    shared = list(fast.stream([PROMPTS[2]] * 3, params))
+    assert fast.model.new_cache().shared == 0
+    single = [e for i, p in enumerate(params) for e in fast.stream([PROMPTS[2]], [p]) if not setattr(e, "row", i)]
+    key = lambda e: (e.row, e.step)  # noqa: E731
+    shared, single = sorted(shared, key=key), sorted(single, key=key)
+    assert [(e.row, e.token_id) for e in shared] == [(e.row, e.token_id) for e in single]
+    assert [e.logprob for e in shared] == pytest.approx([e.logprob for e in single], abs=1e-5)
+
+
+def test_shared_prefix_cache_is_kept_once(pair):
+    _, fast = pair
+    cache = fast.model.new_cache()
+    ids = torch.tensor([fast.encode(PROMPTS[0])])
+    with torch.inference_mode():
+        fast.model(ids, past_key_values=cache)
+    cache.batch_repeat_interleave(4)
+    assert cache.shared == ids.shape[1] and cache.prefix_k.shape[1] == 1 and cache.k is None
+
+
 def test_lean_refuses_other_architectures(tiny_dirs, capsys):
     b = LocalBackend(str(tiny_dirs["gpt2"]), device="cpu", dtype="float32", engine="lean")
     assert b.engine == "transformers" and "lean engine does not run this model" in capsys.readouterr().err

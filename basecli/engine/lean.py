@@ -39,6 +39,10 @@ class KVCache:
     """Keys and values of every layer in one buffer (layers, B, kv_heads, capacity, head_dim).
 
     Left padding keeps every row's next token in the same column, so one `length` serves all rows.
+    After a shared prefill (resample: n samples of one prompt) the prompt's keys and values are
+    kept once, in `prefix_k`/`prefix_v` (layers, 1, kv_heads, shared, head_dim), and the
+    per-row buffers hold only what each row generated: attention reads the prompt once per
+    step for all rows instead of once per row (at 16 rows it was a quarter of the step).
     """
 
     def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype, device, capacity: int = 256):
@@ -46,11 +50,14 @@ class KVCache:
         self.dtype, self.device = dtype, device
         self.capacity = capacity
         self.k = self.v = None
-        self.length = 0
+        self.length = 0  # positions seen, shared ones included
+        self.shared = 0  # of which in prefix_k/prefix_v
+        self.prefix_k = self.prefix_v = None
 
     def reserve(self, batch: int, extra: int) -> None:
         """Room for `extra` more columns; doubling keeps the copies rare (log n of them)."""
-        need = self.length + extra
+        held = self.length - self.shared
+        need = held + extra
         if self.k is not None and need <= self.k.shape[3]:
             return
         layers, heads, dim = self.shape
@@ -60,8 +67,8 @@ class KVCache:
         k = torch.empty(layers, batch, heads, size, dim, dtype=self.dtype, device=self.device)
         v = torch.empty_like(k)
         if self.k is not None:
-            k[:, :, :, : self.length] = self.k[:, :, :, : self.length]
-            v[:, :, :, : self.length] = self.v[:, :, :, : self.length]
+            k[:, :, :, :held] = self.k[:, :, :, :held]
+            v[:, :, :, :held] = self.v[:, :, :, :held]
         self.k, self.v = k, v
 
     def batch_select_indices(self, rows: torch.Tensor) -> None:
@@ -70,7 +77,29 @@ class KVCache:
 
     def batch_repeat_interleave(self, n: int) -> None:
         """Each row becomes n rows: one prefill shared by n samples of the same prompt."""
+        if self.k.shape[1] == 1 and self.shared == 0 and n > 1 and torch.device(self.device).type == "cpu":  # the merge uses the CPU flash kernel's lse
+            self.prefix_k, self.prefix_v = self.k[:, :, :, : self.length], self.v[:, :, :, : self.length]
+            self.shared, self.k, self.v = self.length, None, None
+            return
+        self.unshare()
         self.k, self.v = self.k.repeat_interleave(n, dim=1), self.v.repeat_interleave(n, dim=1)
+
+    def unshare(self) -> None:
+        """Copy the shared prefix into every row's buffer (for steps the two-part attention does not cover)."""
+        if not self.shared:
+            return
+        batch, held = self.k.shape[1], self.length - self.shared
+        k, v = self.k[:, :, :, :held], self.v[:, :, :, :held]
+        self.k = self.v = None
+        self.length, shared = held, self.shared
+        self.shared = 0
+        self.reserve(batch, shared + held)
+        self.k[:, :, :, :shared] = self.prefix_k
+        self.v[:, :, :, :shared] = self.prefix_v
+        self.k[:, :, :, shared : shared + held] = k
+        self.v[:, :, :, shared : shared + held] = v
+        self.length = shared + held
+        self.prefix_k = self.prefix_v = None
 
     def get_seq_length(self, layer: int = 0) -> int:
         return self.length
@@ -134,11 +163,14 @@ class LeanLlama(torch.nn.Module):
             attention_mask = torch.ones(batch, start + steps, dtype=torch.long, device=input_ids.device)
         if position_ids is None:
             position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, start:]
-        cache.reserve(batch, steps)
         mask = attention_bias(attention_mask.bool(), steps)
+        if cache.shared and (steps > 1 or mask is not None):
+            cache.unshare()
+        cache.reserve(batch, steps)
         cos, sin = self.rope(position_ids)
         x = F.embedding(input_ids, self.embed)
         end = start + steps
+        col, held = start - cache.shared, end - cache.shared  # this step's columns in the per-row buffers
         heads, kv, hd = self.n_heads, self.n_kv, self.head_dim
         causal, gqa = mask is None and steps > 1, kv != heads
         for i, layer in enumerate(self.layers):
@@ -147,11 +179,15 @@ class LeanLlama(torch.nn.Module):
             qk = qkv[:, :, : heads + kv]
             # rope on q and k at once: x cos + rotate_half(x) sin, where rotate_half(x) = roll(x) with the first half negated
             qk = torch.addcmul(qk * cos, qk.roll(hd // 2, -1), sin)
-            cache.k[i, :, :, start:end] = qk[:, :, heads:].transpose(1, 2)  # (B, kv, T, hd)
-            cache.v[i, :, :, start:end] = qkv[:, :, heads + kv :].transpose(1, 2)
-            o = F.scaled_dot_product_attention(qk[:, :, :heads].transpose(1, 2), cache.k[i, :, :, :end], cache.v[i, :, :, :end],
-                                               attn_mask=mask, is_causal=causal, enable_gqa=gqa)  # (B, heads, T, hd)
-            x = x + linear(o.transpose(1, 2).reshape(batch, steps, heads * hd), layer.o)
+            cache.k[i, :, :, col:held] = qk[:, :, heads:].transpose(1, 2)  # (B, kv, T, hd)
+            cache.v[i, :, :, col:held] = qkv[:, :, heads + kv :].transpose(1, 2)
+            if cache.shared:
+                o = shared_prefix_attention(qk[:, 0, :heads], cache, i, held)  # (B, heads * hd)
+            else:
+                o = F.scaled_dot_product_attention(qk[:, :, :heads].transpose(1, 2), cache.k[i, :, :, :end], cache.v[i, :, :, :end],
+                                                   attn_mask=mask, is_causal=causal, enable_gqa=gqa)  # (B, heads, T, hd)
+                o = o.transpose(1, 2).reshape(batch, steps, heads * hd)
+            x = x + linear(o.view(batch, steps, heads * hd), layer.o)
             h = F.rms_norm(x, (self.dim,), layer.norm2, self.eps)
             gate, up = linear(h, layer.gate_up).chunk(2, dim=-1)
             x = x + linear(F.silu(gate, inplace=True) * up, layer.down)
@@ -169,6 +205,26 @@ class LeanLlama(torch.nn.Module):
         cos, sin = freqs.cos(), freqs.sin()
         cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
         return cos[:, :, None].to(self.embed.dtype), sin[:, :, None].to(self.embed.dtype)
+
+
+def shared_prefix_attention(q: torch.Tensor, cache: KVCache, layer: int, held: int) -> torch.Tensor:
+    """One decode step's attention over a prefix every row shares plus each row's own keys, (B, heads * hd).
+
+    The queries of all rows that use one kv head attend to the prefix as one block (the prefix
+    is read once), each row attends to its own keys, and the two softmaxes are merged by their
+    log-sum-exps: softmax over the union = each part's output weighted by exp(part lse - total lse).
+    """
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    batch, heads, hd = q.shape
+    kv = cache.shape[1]
+    q = q.reshape(batch, kv, heads // kv, hd)  # query head h uses kv head h // (heads / kv), as in enable_gqa
+    rows = q.transpose(0, 1).reshape(1, kv, -1, hd)  # (1, kv, B * group, hd): every row's queries, per kv head
+    o1, lse1 = flash(rows, cache.prefix_k[layer], cache.prefix_v[layer])
+    o1, lse1 = o1.view(kv, batch, -1, hd).transpose(0, 1), lse1.view(kv, batch, -1).transpose(0, 1)
+    o2, lse2 = flash(q, cache.k[layer, :, :, :held], cache.v[layer, :, :, :held])
+    lse = torch.logaddexp(lse1, lse2)
+    o = o1 * (lse1 - lse).exp_()[..., None] + o2 * (lse2 - lse).exp_()[..., None]
+    return o.reshape(batch, heads * hd)
 
 
 def attention_bias(keys: torch.Tensor, steps: int) -> torch.Tensor | None:
