@@ -33,6 +33,28 @@ def test_top_p_per_row_and_unsorted_vocab():
     assert kept(out).tolist() == [[False, True, False], [True, False, True]]
 
 
+def sorted_top_p(logits, p):
+    """The definition: sort the whole row, drop every token whose more likely tokens already hold mass p."""
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    drop_sorted = probs.cumsum(-1) - probs >= p[:, None]
+    drop_sorted[:, 0] = False
+    return logits.masked_fill(torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted), -float("inf"))
+
+
+def test_top_p_on_a_large_vocabulary_equals_sorting_everything():
+    """Peaked rows are resolved among the top candidates, a flat row needs the full sort; both equal the definition."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 5000, generator=g) * torch.tensor([[8.0], [4.0], [0.1], [2.0]])
+    for p in (0.3, 0.9, 0.99):
+        ps = torch.tensor([p, p, p, 1.0])
+        want = sorted_top_p(logits, ps)
+        got = kept(P.top_p(logits, ps))
+        assert torch.equal(got[:3], kept(want[:3])) and got[3].all()  # p = 1 keeps every token
+        assert torch.equal(kept(P.top_p(logits[:2], ps[:2])), kept(want[:2]))  # resolved without the fallback
+    assert kept(P.top_p(logits[:1], torch.tensor([0.9]))).sum() < P.TOP_P_CANDIDATES
+
+
 def test_top_k_per_row_zero_means_off():
     logits = torch.tensor([[1.0, 4.0, 3.0, 2.0], [4.0, 3.0, 2.0, 1.0]])
     out = P.top_k(logits, torch.tensor([2, 0]))

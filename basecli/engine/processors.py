@@ -62,14 +62,27 @@ def top_k(logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 def top_p(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Nucleus sampling: keep the smallest set of most likely tokens whose mass reaches p."""
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    probs = sorted_logits.softmax(-1)
-    mass_before = probs.cumsum(-1) - probs  # mass of the strictly more likely tokens
-    drop_sorted = mass_before >= p[:, None]
-    drop_sorted[:, 0] = False  # the most likely token always stays
-    drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
-    return logits.masked_fill(drop, -float("inf"))
+    """Nucleus sampling: keep the smallest set of most likely tokens whose mass reaches p.
+
+    Only the TOP_P_CANDIDATES most likely tokens are sorted when they already hold mass p in
+    every row (sorting all 49k logits of 16 rows took 70-130 ms per step here; the top 1024, a
+    few ms); otherwise the whole vocabulary is sorted.
+    """
+    probs = logits.softmax(-1)
+    k = min(TOP_P_CANDIDATES, logits.shape[-1])
+    top, order = probs.topk(k, dim=-1)  # descending
+    cum = top.cumsum(-1)
+    if k < logits.shape[-1] and bool((cum[:, -1] < p).any()):  # some nucleus reaches past the candidates
+        top, order = probs.sort(dim=-1, descending=True)
+        cum = top.cumsum(-1)
+    mass_before = cum - top  # mass of the strictly more likely tokens
+    keep_sorted = (mass_before < p[:, None]) | (p[:, None] >= 1)  # p = 1 keeps all, whatever the rounding of the sums
+    keep_sorted[:, 0] = True  # the most likely token always stays
+    keep = torch.zeros_like(probs, dtype=torch.bool).scatter_(1, order, keep_sorted)  # tokens past the candidates: dropped
+    return logits.masked_fill(~keep, -float("inf"))
+
+
+TOP_P_CANDIDATES = 1024
 
 
 def min_p(logits: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
