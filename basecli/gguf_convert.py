@@ -237,6 +237,18 @@ def build_tokenizer(meta: dict):
     return tok, config
 
 
+def write_tokenizer(gguf_path: Path, out: Path) -> None:
+    """tokenizer.json of any GGUF with a byte-level BPE vocabulary, whatever its architecture, and a
+    config.json naming its start and end tokens (models.tokenizer_for reads them); no weights read."""
+    meta = GGUFFile(gguf_path).metadata
+    if meta.get("tokenizer.ggml.model") != "gpt2":
+        raise Unsupported(f"tokenizer {meta.get('tokenizer.ggml.model')!r}")
+    tok, _ = build_tokenizer(meta)
+    tok.save(str(out / "tokenizer.json"))
+    ids = {"bos_token_id": meta.get("tokenizer.ggml.bos_token_id"), "eos_token_id": meta.get("tokenizer.ggml.eos_token_id")}
+    (out / "config.json").write_text(json.dumps(ids))
+
+
 # --- weights -------------------------------------------------------------------------------------
 
 

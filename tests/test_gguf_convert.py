@@ -274,3 +274,21 @@ def test_embedded_model_converts_to_the_transformers_converted_cache(real_model,
         assert ours.encode(text) == real_model.tokenizer.encode(text), text
         assert ours.encode(text, allow_special=True) == real_model.tokenizer.encode(text, allow_special=True), text
     assert ours.eos_ids == real_model.tokenizer.eos_ids and ours.prefix_ids == real_model.tokenizer.prefix_ids
+
+
+def test_tokenizer_alone_comes_out_of_the_gguf_without_transformers(converted, tmp_path):
+    """`basecli tokenize -m x.gguf` before any conversion: tokenizer.json from the metadata, no torch or transformers."""
+    import subprocess
+    import sys
+
+    gguf, _, _, reference = converted["llama3-like"]
+    probe = ("import sys; from basecli.tokenizers import model_tokenizer; tok = model_tokenizer(sys.argv[1]); "
+             "print(tok.encode(sys.argv[2]), tok.prefix_ids, sorted(tok.eos_ids)); "
+             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    text = "Hello 세계 😀, a GGUF tokenizer\n\n  x"
+    r = subprocess.run([sys.executable, "-c", probe, str(gguf), text], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    ids, heavy = r.stdout.splitlines()
+    want = reference(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    assert ids == f"{want} {[reference.bos_token_id]} {[reference.eos_token_id]}" and heavy == "[]"
+    assert "reading the tokenizer" in r.stderr
