@@ -1,4 +1,4 @@
-"""GGUF -> safetensors + config.json + tokenizer.json for Llama-shaped models, without transformers.
+"""GGUF -> safetensors + config.json + tokenizer.json for Llama and Qwen2 GGUFs, without transformers.
 
 transformers' own GGUF loading takes 25-30 s on 2 cores for a 135M model (most of it building
 the tokenizer in Python, and importing itself); this does the same conversion in a few seconds:
@@ -66,12 +66,14 @@ _LAYER_NAMES = {
 }
 _TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 _BLOCK = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
+# GGUF architecture -> the transformers class its conversion loads
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 # transformers' llama model has no parameter for llama.cpp's precomputed rope frequencies and drops them
 _DROPPED = {"rope_freqs.weight"}
 
 
 def hf_name(gguf_name: str) -> str | None:
-    """The Hugging Face parameter name of a llama GGUF tensor; None for one transformers drops too."""
+    """The Hugging Face parameter name of a llama/qwen2 GGUF tensor; None for one transformers drops too."""
     if gguf_name in _DROPPED:
         return None
     if m := _BLOCK.fullmatch(gguf_name):
@@ -88,7 +90,7 @@ def hf_name(gguf_name: str) -> str | None:
 def check_supported(gguf: GGUFFile) -> None:
     meta = gguf.metadata
     arch = meta.get("general.architecture")
-    if arch != "llama":
+    if arch not in ARCHITECTURES:
         raise Unsupported(f"architecture {arch!r}")
     if meta.get("general.name") == "mistral":  # transformers loads this one name as a Mistral model
         raise Unsupported("a GGUF named 'mistral'")
@@ -101,34 +103,26 @@ def check_supported(gguf: GGUFFile) -> None:
 # --- config.json ---------------------------------------------------------------------------------
 
 
-def llama_config(gguf: GGUFFile) -> dict:
-    """config.json as transformers' conversion (models.py's fallback) writes it for llama."""
+def model_config(gguf: GGUFFile) -> dict:
+    """config.json as transformers' conversion (models.py's fallback) writes it: the fields its GGUF
+    config mapping reads, the class's own fields at their defaults, and the generic PretrainedConfig
+    ones, so that the file says what the transformers-converted one says (less transformers_version)."""
     meta = gguf.metadata
-    key = lambda name, default=None: meta.get(f"llama.{name}", default)  # noqa: E731
+    arch = meta["general.architecture"]
+    key = lambda name, default=None: meta.get(f"{arch}.{name}", default)  # noqa: E731
     heads = key("attention.head_count")
-    hidden = key("embedding_length")
     names = {t.name for t in gguf.tensors}
 
     def token_id(name: str, default):
         value = meta.get(f"tokenizer.ggml.{name}")
         return default if value is None else int(value)
 
-    # In the order transformers' to_dict() writes them, generic PretrainedConfig defaults included,
-    # so the file says what the transformers-converted one says (less transformers_version).
-    cfg = {
-        "architectures": ["LlamaForCausalLM"],
-        "output_hidden_states": False,
-        "return_dict": True,
-        "dtype": "float32",
-        "chunk_size_feed_forward": 0,
-        "is_encoder_decoder": False,
-        "id2label": {"0": "LABEL_0", "1": "LABEL_1"},
-        "label2id": {"LABEL_0": 0, "LABEL_1": 1},
-        "problem_type": None,
+    layers = key("block_count")
+    shape = {
         "vocab_size": key("vocab_size") or len(meta["tokenizer.ggml.tokens"]),
-        "hidden_size": hidden,
+        "hidden_size": key("embedding_length"),
         "intermediate_size": key("feed_forward_length"),
-        "num_hidden_layers": key("block_count"),
+        "num_hidden_layers": layers,
         "num_attention_heads": heads,
         "num_key_value_heads": key("attention.head_count_kv", heads),
         "hidden_act": "silu",
@@ -136,27 +130,33 @@ def llama_config(gguf: GGUFFile) -> dict:
         "initializer_range": 0.02,
         "rms_norm_eps": key("attention.layer_norm_rms_epsilon"),
         "use_cache": True,
-        # LlamaConfig's defaults where the file names no token
-        "pad_token_id": token_id("padding_token_id", None),
-        "bos_token_id": token_id("bos_token_id", 1),
-        "eos_token_id": token_id("eos_token_id", 2),
-        "pretraining_tp": 1,
-        # llama.cpp writes the output projection only when it is not the embedding matrix
-        "tie_word_embeddings": "output.weight" not in names,
-        "rope_parameters": {"rope_theta": float(key("rope.freq_base", 10000.0)), "rope_type": "default"},
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "mlp_bias": False,
-        "head_dim": key("rope.dimension_count") or hidden // heads,
-        "_name_or_path": str(gguf.path.parent),
-        "model_type": "llama",
-        "_model_name_or_path": meta.get("general.name"),
     }
+    # the class defaults where the file names no token: LlamaConfig's 1 and 2, Qwen2Config's None
+    defaults = (1, 2) if arch == "llama" else (None, None)
+    tokens = {
+        "pad_token_id": token_id("padding_token_id", None),
+        "bos_token_id": token_id("bos_token_id", defaults[0]),
+        "eos_token_id": token_id("eos_token_id", defaults[1]),
+    }
+    # llama.cpp writes the output projection only when it is not the embedding matrix
+    tied = {"tie_word_embeddings": "output.weight" not in names}
+    rope = {"rope_parameters": {"rope_theta": float(key("rope.freq_base", 10000.0)), "rope_type": "default"}}
+    head = {"architectures": [ARCHITECTURES[arch]], "output_hidden_states": False, "return_dict": True, "dtype": "float32",
+            "chunk_size_feed_forward": 0, "is_encoder_decoder": False, "id2label": {"0": "LABEL_0", "1": "LABEL_1"},
+            "label2id": {"LABEL_0": 0, "LABEL_1": 1}, "problem_type": None}
+    if arch == "llama":
+        body = {**shape, **tokens, "pretraining_tp": 1, **tied, **rope, "attention_bias": False, "attention_dropout": 0.0,
+                "mlp_bias": False, "head_dim": key("rope.dimension_count") or shape["hidden_size"] // heads}
+    else:  # qwen2: no sliding window unless a config says so, which a GGUF cannot
+        body = {**shape, **tied, **rope, "use_sliding_window": False, "sliding_window": None, "max_window_layers": 28,
+                "layer_types": ["full_attention"] * layers, "attention_dropout": 0.0, **tokens}
+    cfg = {**head, **body, "_name_or_path": str(gguf.path.parent), "model_type": arch,
+           "_model_name_or_path": meta.get("general.name")}
     if "tokenizer.ggml.unknown_token_id" in meta:
         cfg["unk_token_id"] = int(meta["tokenizer.ggml.unknown_token_id"])
     cfg["output_attentions"] = False
     cfg["torch_dtype"] = "float32"
-    missing = [k for k, v in cfg.items() if v is None and k not in ("pad_token_id", "_model_name_or_path", "problem_type")]
+    missing = [k for k, v in shape.items() if v is None]
     if missing:
         raise Unsupported(f"metadata lacks {', '.join(missing)}")
     return cfg
@@ -275,13 +275,15 @@ def write_safetensors(gguf: GGUFFile, path: Path, cfg: dict, *, threads: int, on
     blob += b" " * (-len(blob) % 8)  # safetensors pads the header to 8 bytes
     base = 8 + len(blob)
     heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    # llama.cpp permutes q and k rows for llama only (its Qwen2 converter writes them as they are)
+    permuted = cfg["model_type"] == "llama"
 
     def one(name: str) -> None:
         info = chosen[name]
         w = dequantize(gguf.raw(info), info.ggml_type, info.shape)
-        if ".self_attn.q_proj." in name:
+        if permuted and ".self_attn.q_proj." in name:
             w = reverse_permute(w, heads)
-        elif ".self_attn.k_proj." in name:
+        elif permuted and ".self_attn.k_proj." in name:
             w = reverse_permute(w, kv_heads)
         data = memoryview(np.ascontiguousarray(w, dtype="<f4")).cast("B")
         offset = base + header[name]["data_offsets"][0]
@@ -331,7 +333,7 @@ def convert(gguf_path: Path, out: Path, *, progress: Progress | None = None, thr
     t = time.perf_counter()
     gguf = GGUFFile(gguf_path)
     check_supported(gguf)
-    cfg = llama_config(gguf)
+    cfg = model_config(gguf)
     times["read_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -29,8 +29,8 @@ TEXTS = [
 ]
 
 
-def write_tiny_gguf(path: Path, *, tied: bool, pre: str, add_bos: bool, endoftext: bool) -> Path:
-    """A 2-layer Llama GGUF with random weights in several ggml types and a real BPE vocabulary."""
+def write_tiny_gguf(path: Path, *, tied: bool, pre: str, add_bos: bool, endoftext: bool, arch: str = "llama") -> Path:
+    """A 2-layer Llama (or Qwen2: with q/k/v biases) GGUF with random weights in several ggml types and a real BPE vocabulary."""
     from gguf import GGMLQuantizationType as T
     from gguf import GGUFWriter
     from gguf.quants import quantize
@@ -45,7 +45,7 @@ def write_tiny_gguf(path: Path, *, tied: bool, pre: str, add_bos: bool, endoftex
         tokens[0] = "<s>"
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
     vocab_size, hidden, ffn, layers, heads, kv_heads = len(tokens), 64, 128, 2, 4, 2
-    w = GGUFWriter(str(path), "llama")
+    w = GGUFWriter(str(path), arch)
     w.add_name("tiny test")
     w.add_block_count(layers)
     w.add_context_length(256)
@@ -86,6 +86,9 @@ def write_tiny_gguf(path: Path, *, tied: bool, pre: str, add_bos: bool, endoftex
         add(f"blk.{i}.attn_q.weight", hidden, hidden, T.Q4_1)
         add(f"blk.{i}.attn_k.weight", kv_heads * hidden // heads, hidden, T.Q8_0)
         add(f"blk.{i}.attn_v.weight", kv_heads * hidden // heads, hidden, T.Q4_0)
+        if arch == "qwen2":
+            for part, rows in (("q", hidden), ("k", kv_heads * hidden // heads), ("v", kv_heads * hidden // heads)):
+                add(f"blk.{i}.attn_{part}.bias", rows)
         add(f"blk.{i}.attn_output.weight", hidden, hidden, T.F16)
         add(f"blk.{i}.ffn_gate.weight", ffn, hidden, T.Q4_1)
         add(f"blk.{i}.ffn_up.weight", ffn, hidden)
@@ -100,10 +103,11 @@ def write_tiny_gguf(path: Path, *, tied: bool, pre: str, add_bos: bool, endoftex
     return path
 
 
-# a: like SmolLM2 (tied, no BOS, GPT-2 split); b: like Llama 3 (untied, BOS added, llama-bpe split)
+# like SmolLM2 (tied, no BOS, GPT-2 split), like Llama 3 (untied, BOS added, llama-bpe split), like Qwen2.5
 VARIANTS = {
     "smollm-like": dict(tied=True, pre="smollm", add_bos=False, endoftext=True),
     "llama3-like": dict(tied=False, pre="llama-bpe", add_bos=True, endoftext=False),
+    "qwen2-like": dict(tied=True, pre="qwen2", add_bos=False, endoftext=True, arch="qwen2"),
 }
 
 
@@ -149,7 +153,7 @@ def test_model_from_our_files_computes_what_transformers_computes(converted, var
     _, ours, reference, _ = converted[variant]
     model = AutoModelForCausalLM.from_pretrained(str(ours), dtype=torch.float32)
     # the keys models.py's transformers path sets or drops too
-    settled = {"_name_or_path": "", "architectures": ["LlamaForCausalLM"], "quantization_config": None}
+    settled = {"_name_or_path": "", "architectures": [type(reference).__name__], "quantization_config": None}
     assert model.config.to_dict() | settled == reference.config.to_dict() | settled
     ids = torch.tensor([[5, 17, 99, 230, 3, 64, 301, 12]])
     with torch.no_grad():
@@ -164,7 +168,7 @@ def test_config_json_says_what_transformers_conversion_says(converted, variant):
     want.pop("transformers_version", None)
     want.pop("quantization_config")
     # what models.py's transformers path writes on top of to_dict()
-    want.update(architectures=["LlamaForCausalLM"], dtype="float32", torch_dtype="float32", _name_or_path=str(gguf.parent))
+    want.update(architectures=[type(model).__name__], dtype="float32", torch_dtype="float32", _name_or_path=str(gguf.parent))
     assert cfg == want
 
 
@@ -232,18 +236,18 @@ def test_other_architectures_fall_back_to_transformers_with_a_note(tmp_path, cap
     gguf = write_tiny_gguf(tmp_path / "g" / "tiny.gguf", **VARIANTS["smollm-like"])
     real = gguf_convert.GGUFFile
 
-    def as_qwen2(path):  # the same file, claiming another architecture
+    def as_phi3(path):  # the same file, claiming another architecture
         f = real(path)
-        f.metadata["general.architecture"] = "qwen2"
+        f.metadata["general.architecture"] = "phi3"
         return f
 
-    monkeypatch.setattr(gguf_convert, "GGUFFile", as_qwen2)
+    monkeypatch.setattr(gguf_convert, "GGUFFile", as_phi3)
     calls = []
     monkeypatch.setattr(models, "_convert_with_transformers", lambda g, tmp: (calls.append(g), (tmp / "tokenizer.json").write_text("{}")))
     folder = models.model_dir(models.resolve(str(gguf)))
     err = capsys.readouterr().err
     assert calls == [gguf] and models.manifest(folder)["converter"] == "transformers"
-    assert err.count("note:") == 1 and "architecture 'qwen2'" in err and "transformers" in err
+    assert err.count("note:") == 1 and "architecture 'phi3'" in err and "transformers" in err
 
 
 @pytest.mark.parametrize("name, why", [("blk.0.attn_q_norm.weight", "no llama counterpart"), ("rope_freqs.weight", None)])
