@@ -30,7 +30,8 @@ TEXTS = [
 
 
 def write_tiny_gguf(path: Path, *, tied: bool, pre: str, add_bos: bool, endoftext: bool, arch: str = "llama") -> Path:
-    """A 2-layer Llama (or Qwen2: with q/k/v biases) GGUF with random weights in several ggml types and a real BPE vocabulary."""
+    """A 2-layer Llama (or Qwen2: with q/k/v biases) GGUF with random weights in F32, F16, BF16, Q8_0,
+    Q4_0, Q4_1 and Q5_0, and a real BPE vocabulary."""
     from gguf import GGMLQuantizationType as T
     from gguf import GGUFWriter
     from gguf.quants import quantize
@@ -91,7 +92,7 @@ def write_tiny_gguf(path: Path, *, tied: bool, pre: str, add_bos: bool, endoftex
                 add(f"blk.{i}.attn_{part}.bias", rows)
         add(f"blk.{i}.attn_output.weight", hidden, hidden, T.F16)
         add(f"blk.{i}.ffn_gate.weight", ffn, hidden, T.Q4_1)
-        add(f"blk.{i}.ffn_up.weight", ffn, hidden)
+        add(f"blk.{i}.ffn_up.weight", ffn, hidden, [T.Q5_0, T.BF16][i])  # Q5_0: dequantised by gguf.quants
         add(f"blk.{i}.ffn_down.weight", hidden, ffn, T.Q4_1)
     add("output_norm.weight", hidden)
     if not tied:
@@ -271,6 +272,10 @@ def test_embedded_model_converts_to_the_transformers_converted_cache(real_model,
             np.testing.assert_allclose(got.get_tensor(name), want.get_tensor(name), rtol=0, atol=1e-6, err_msg=name)
     assert json.loads((tmp_path / "config.json").read_text()).items() <= (
         json.loads((real_model.folder / "config.json").read_text()) | {"transformers_version": None}).items()
+    assert (tmp_path / "chat_template.jinja").read_text() == (real_model.folder / "chat_template.jinja").read_text()
+    loaded_as = {"is_local": True, "local_files_only": False}  # how transformers had loaded it, not what it is
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text()) | loaded_as == json.loads(
+        (real_model.folder / "tokenizer_config.json").read_text())
     ours = models.tokenizer_for(tmp_path, "ours")
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
     texts = TEXTS + readme.splitlines() + [readme[i : i + 300] for i in range(0, len(readme), 300)]
