@@ -512,7 +512,7 @@ def test_tiktoken_and_model_tokenizer_paths_import_no_torch(tok_dir):
 
 @pytest.mark.slow
 def test_gguf_tokenizer_extracted_once_then_cached(capsys):
-    """Without a converted model, the tokenizer comes out of the GGUF (transformers, once), then from the cache."""
+    """Without a converted model, the tokenizer comes out of the GGUF (once), then from the cache."""
     from tokenizers import Tokenizer
 
     from basecli import config
