@@ -92,10 +92,13 @@ def _cell(token_id: int, data: bytes, whitespace: bool) -> Cell:
     return Cell(text, str(token_id), style, style.split(" on ")[1], newline)
 
 
-def grid_lines(groups: list[list[Cell]], width: int):
-    """Pack units into rows no wider than `width`; yields (token row, id row) as rich Texts."""
+def grid_lines(groups: list[list[Cell]], width: int, Text=None):
+    """Pack units into rows no wider than `width`; yields (token row, id row) as rich Texts
+    (or as `Text`, any class with rich Text's append/rstrip/plain)."""
     from rich.cells import cell_len
-    from rich.text import Text
+
+    if Text is None:
+        from rich.text import Text
 
     top, bottom, used = Text(), Text(), 0
     for cells in groups:
@@ -130,16 +133,30 @@ def show(name: str, text: str, ids, pieces, spans, *, whitespace: bool = True, l
     from basecli.render import console as default_console
 
     con = console or (default_console() if sys.stdout.isatty() else PlainConsole())
+    line = PlainLine if isinstance(con, PlainConsole) else None
     con.print(header(name, counts(text, len(ids))), style="bold", markup=False, highlight=False)
     cut = len(ids) - limit if limit and len(ids) > limit else 0
     if cut:
         ids, pieces, spans = ids[:limit], pieces[:limit], spans[:limit]
-    for top, bottom in grid_lines(units(text, ids, pieces, spans, whitespace=whitespace), max(con.width, 20)):
+    for top, bottom in grid_lines(units(text, ids, pieces, spans, whitespace=whitespace), max(con.width, 20), line):
         top.rstrip()
         bottom.rstrip()
         con.print(top)
         con.print(bottom)
     return cut
+
+
+class PlainLine:
+    """A row of the grid without styles, for pipes: rich.text's imports cost more than tokenizing."""
+
+    def __init__(self):
+        self.plain = ""
+
+    def append(self, text: str, style=None) -> None:
+        self.plain += text
+
+    def rstrip(self) -> None:
+        self.plain = self.plain.rstrip()
 
 
 class PlainConsole:
