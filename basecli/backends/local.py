@@ -95,7 +95,7 @@ class LocalBackend:
 
             torch.set_num_threads(threads)
         self.dtype = pick_dtype(dtype, self.device)
-        self.engine = engine or os.environ.get("BASECLI_ENGINE") or "transformers"
+        self.engine = engine or os.environ.get("BASECLI_ENGINE") or "auto"
         if self.engine not in ENGINES:
             raise UsageError(f"unknown engine {self.engine!r} (BASECLI_ENGINE); choose one of: {', '.join(ENGINES)}")
         self.model = None

@@ -24,6 +24,17 @@ import torch
 import torch.nn.functional as F
 
 
+# Layer fields and the checkpoint tensors they hold (q, k, v and gate, up are fused on load).
+CHECKPOINT_NAMES = {
+    "norm1": "input_layernorm.weight",
+    "qkv": "self_attn.q_k_v_proj.weight",
+    "o": "self_attn.o_proj.weight",
+    "norm2": "post_attention_layernorm.weight",
+    "gate_up": "mlp.gate_up_proj.weight",
+    "down": "mlp.down_proj.weight",
+}
+
+
 class Unsupported(Exception):
     """This model needs transformers' own code."""
 
@@ -116,6 +127,20 @@ class LeanLlama(torch.nn.Module):
         yield from (self.embed, self.norm, self.head)
         for layer in self.layers:
             yield from vars(layer).values()
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
+        """Every weight once, named as in the checkpoint; fused matrices are named for what they hold.
+
+        What torch's `parameters()` answers for transformers' models, so `info`, the batch planner
+        and anything else that asks a model for its weights works on this one too.
+        """
+        yield "model.embed_tokens.weight", self.embed
+        for i, layer in enumerate(self.layers):
+            for field, value in vars(layer).items():
+                yield f"model.layers.{i}.{CHECKPOINT_NAMES.get(field, field)}", value
+        yield "model.norm.weight", self.norm
+        if self.head is not self.embed:  # tied: the head is the embedding matrix, already listed
+            yield "lm_head.weight", self.head
 
     def get_output_embeddings(self):
         return SimpleNamespace(weight=self.head)
