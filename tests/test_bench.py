@@ -52,11 +52,12 @@ def test_startup_figures_time_the_right_commands(monkeypatch):
     monkeypatch.setattr(benchmark, "run_process", fake)
     out = benchmark.startup_figures("some-model", device="cpu", dtype="float32", engine="lean", threads=2)
     helps = [a for a, _ in calls if a[-1] == "--help"]
-    assert len(helps) >= 1 and helps[0][1:] == ["-m", "basecli", "--help"]
+    assert len(helps) >= 1 and helps[0] == [*benchmark.entry_point(), "--help"]
+    assert [*benchmark.entry_point(), "tokenize", "-e", "cl100k_base", "hi"] in [a for a, _ in calls]
     (complete, env), = [(a, e) for a, e in calls if "complete" in a]
     assert complete[complete.index("-n") + 1] == "1" and complete[complete.index("--model") + 1] == "some-model"
     assert env == {"BASECLI_ENGINE": "lean", "OMP_NUM_THREADS": "2"}
-    assert out == {"help_s": 1.5, "import_s": 0.5, "load_fresh_process_s": 0.25, "complete_first_token_s": 1.5,
+    assert out == {"help_s": 1.5, "tokenize_s": 1.5, "import_s": 0.5, "load_fresh_process_s": 0.25, "complete_first_token_s": 1.5,
                    "complete_peak_rss_mb": 300.0}
 
 
@@ -70,12 +71,13 @@ def test_run_process_reports_the_childs_peak_memory():
 def test_startup_rows_are_shown():
     from basecli.commands.bench import table_rows
 
-    startup = {"help_s": 0.2, "import_s": 1.0, "load_fresh_process_s": 0.3, "complete_first_token_s": 2.1, "complete_peak_rss_mb": 700}
+    startup = {"help_s": 0.2, "tokenize_s": 0.3, "import_s": 1.0, "load_fresh_process_s": 0.3, "complete_first_token_s": 2.1, "complete_peak_rss_mb": 700}
     r = benchmark.Report(model="m", engine="lean", device="cpu", dtype="float32", threads=2, prompt_tokens=8, new_tokens=4,
                          load_s=0.1, prefill_tokens_per_s=100, first_token_s=0.05, decode=[], peak_rss_mb=800, weights_mb=500,
                          startup=startup)
     rows = dict(table_rows(r))
     assert rows["basecli --help (new process)"] == "0.20 s"
+    assert rows["tokenize -e cl100k_base (new process)"] == "0.30 s"
     assert rows["complete peak RSS"] == "700 MiB (1.40x weights)"
 
 
@@ -110,3 +112,11 @@ def test_weights_mb_counts_tied_weights_once():
     m = torch.nn.Sequential(torch.nn.Embedding(256, 1024), torch.nn.Linear(1024, 256, bias=False))
     m[1].weight = m[0].weight  # tied, as in SmolLM2 and GPT-2
     assert benchmark.weights_mb(m) == pytest.approx(256 * 1024 * 4 / 2**20)
+
+
+def test_entry_point_is_the_installed_script_and_runs():
+    import subprocess
+
+    args = benchmark.entry_point()
+    out = subprocess.run([*args, "tokenize", "-e", "cl100k_base", "--count", "hello world"], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "2"

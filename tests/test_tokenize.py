@@ -479,7 +479,7 @@ def test_unreadable_file(tmp_path, cli):
     usage_error(cli("-e", "cl100k_base", f"@{f}"), "cannot read")
 
 
-# --- start-up: no torch, no transformers ---------------------------------------------------------
+# --- start-up: no torch, no transformers, and in a pipe not even rich.console ----------------------
 
 PROBE = """
 import sys
@@ -489,7 +489,7 @@ try:
     main()
 except SystemExit as e:
     assert e.code == 0, e.code
-heavy = sorted(m for m in ("torch", "transformers") if m in sys.modules)
+heavy = sorted(m for m in ("torch", "transformers", "rich.console") if m in sys.modules)
 print("HEAVY:", ",".join(heavy) or "none", file=sys.stderr)
 """
 

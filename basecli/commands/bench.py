@@ -79,6 +79,7 @@ def table_rows(r) -> list[tuple[str, str]]:
     if s:
         rows += [
             ("basecli --help (new process)", f"{s['help_s']:.2f} s"),
+            ("tokenize -e cl100k_base (new process)", f"{s['tokenize_s']:.2f} s") if "tokenize_s" in s else None,
             ("import torch + load (new process)", f"{s['import_s']:.2f} + {s['load_fresh_process_s']:.2f} s"),
             ("complete -n 1 (start to exit)", f"{s['complete_first_token_s']:.2f} s"),
             ("complete peak RSS", f"{s['complete_peak_rss_mb']:.0f} MiB ({s['complete_peak_rss_mb'] / r.weights_mb:.2f}x weights)"),
@@ -96,4 +97,4 @@ def table_rows(r) -> list[tuple[str, str]]:
     rows.append(("peak RSS (this process)", f"{r.peak_rss_mb:.0f} MiB"))
     if r.gpu_peak_mb is not None:
         rows.append(("peak GPU memory", f"{r.gpu_peak_mb:.0f} MiB"))
-    return rows
+    return [row for row in rows if row]
