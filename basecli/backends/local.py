@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import os
 import sys
 import time
 from typing import Iterator, Sequence
@@ -85,10 +84,12 @@ class LocalBackend:
     def __init__(self, model: str | None = None, *, device: str = "auto", dtype: str = "auto",
                  trust_remote_code: bool = False, allow_pickle: bool = False, engine: str | None = None):
         t0 = time.perf_counter()
+        import_torch()
         self.source = models.resolve(model)
         self.folder = models.model_dir(self.source, allow_pickle=allow_pickle)
         self.name = self.source.name
         self.tokenizer = models.tokenizer_for(self.folder, self.name)
+        return_free_memory()  # before the weights arrive, or the peak is already set
         self.device = pick_device(device)
         if self.device == "cpu" and (threads := pick_threads()):
             import torch
@@ -141,6 +142,41 @@ class LocalBackend:
 
         return score_text(self.model, self.tokenizer, self.context_length, text, context=context, alternatives=alternatives,
                           stride=stride, window=window, progress=progress)
+
+
+def import_torch() -> None:
+    """Import torch with the garbage collector paused, then freeze what it made.
+
+    Importing torch creates about 166,000 tracked objects; the collector ran 358 times
+    during the import (0.23 s of a 2.3 s import here) and once more, 0.13 s, soon after.
+    Module objects live as long as the process, so nothing collectable is lost.
+    """
+    import gc
+
+    if "torch" in sys.modules:
+        return
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        import torch  # noqa: F401
+    finally:
+        if enabled:
+            gc.enable()
+    gc.freeze()
+
+
+def return_free_memory() -> None:
+    """Hand the C heap's free pages back to the OS (glibc keeps them by default).
+
+    Building the tokenizer parses a 3.5 MB JSON file in Rust; what that freed stayed resident,
+    16 MiB of peak memory for SmolLM2. Not glibc (musl, macOS): nothing to do.
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # the process's own symbols, libc's among them
+    except (OSError, AttributeError):
+        pass
 
 
 def load_lean(folder, dtype, device: str, *, quiet: bool):
