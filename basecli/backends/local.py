@@ -13,7 +13,9 @@ from basecli.errors import UsageError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-ENGINES = ("transformers", "lean", "auto")  # lean: basecli's own Llama forward (engine/lean.py); auto: lean where it applies
+# auto (the default): basecli's own Llama forward (engine/lean.py) where it applies, transformers' model code elsewhere;
+# lean: the same, but saying so when it falls back; transformers: always transformers (BASECLI_ENGINE=transformers).
+ENGINES = ("transformers", "lean", "auto")
 
 
 def pick_device(name: str = "auto") -> str:
@@ -102,6 +104,7 @@ class LocalBackend:
         self.model = None
         if self.engine != "transformers":
             self.model = load_lean(self.folder, self.dtype, self.device, quiet=self.engine == "auto")
+            self.engine = "lean"  # what runs, not what was asked: auto resolves to one of the two
         if self.model is None:
             self.engine = "transformers"
             self.model = load_weights(self.folder, self.dtype, self.device, trust_remote_code, allow_pickle)
