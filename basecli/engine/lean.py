@@ -232,7 +232,7 @@ def load(folder: Path, dtype, device) -> LeanLlama:
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise Unsupported("no safetensors weights")
-    return LeanLlama(cfg, Weights(files), dtype, device).eval()
+    return LeanLlama(cfg, Weights(files, dtype, device), dtype, device).eval()
 
 
 SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
@@ -249,17 +249,24 @@ class Weights:
     came from are released at once, so no weight is ever resident twice.
     """
 
-    def __init__(self, files: list[Path]):
+    def __init__(self, files: list[Path], dtype=None, device="cpu"):
         self.index = {}
         self.maps = {}
         for path in files:
             with open(path, "rb") as f:
                 size = int.from_bytes(f.read(8), "little")
                 header = json.loads(f.read(size))
-                self.maps[path] = map_file(f)
             header.pop("__metadata__", None)
             for name, entry in header.items():
                 self.index[name] = (path, 8 + size, entry)
+        # Map every page up front only when most weights will be used in place; when they are all
+        # converted (bf16 from an fp32 file) or copied to a GPU, pages come in as each tensor is
+        # copied and leave right after, so the whole file is never resident at once.
+        in_place = torch.device(device).type == "cpu" and all(
+            SAFETENSORS_DTYPES.get(e["dtype"]) == dtype for _, _, e in self.index.values())
+        for path in files:
+            with open(path, "rb") as f:
+                self.maps[path] = map_file(f, populate=in_place)
 
     def view(self, name: str) -> torch.Tensor:
         """The stored tensor, in the mapped file (read-only: never write to it)."""
@@ -296,8 +303,9 @@ class Weights:
             self.maps[path].madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
-def map_file(f) -> mmap.mmap:
-    """The whole file mapped read-only, its pages mapped in one go where the OS can (MAP_POPULATE)."""
+def map_file(f, *, populate: bool) -> mmap.mmap:
+    """The whole file mapped read-only; with `populate`, its pages mapped in one go where the OS can."""
     if hasattr(mmap, "MAP_SHARED") and hasattr(mmap, "PROT_READ"):
-        return mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), prot=mmap.PROT_READ)
+        flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
+        return mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
     return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
