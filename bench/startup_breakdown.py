@@ -41,15 +41,14 @@ wrap(models, "model_dir", "model resolved, cache checked")
 wrap(models, "tokenizer_for", "tokenizer")
 wrap(local, "load_lean", "weights (lean engine)")
 wrap(local, "load_weights", "weights (transformers)")
-import basecli.engine.loop as loop
-generate = loop.generate
-def first_step(*a, **k):
-    events = generate(*a, **k)
+stream = local.LocalBackend.stream
+def first_step(*a, **k):  # importing the loop here would import torch before the CLI does
+    events = stream(*a, **k)
     first = next(events)
     mark("first token (prefill + sample)")
     yield first
     yield from events
-loop.generate = first_step
+local.LocalBackend.stream = first_step
 sys.argv = ["basecli", *json.loads(os.environ["BREAKDOWN_ARGS"])]
 try:
     cli.main()
