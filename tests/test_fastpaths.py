@@ -139,6 +139,9 @@ def test_weights_are_the_files_tensors(tiny_dirs):
     assert torch.equal(w.read(("lm_head.weight",), torch.bfloat16), want["lm_head.weight"].to(torch.bfloat16))
     # the pages of q, k and v were released after the copy: the file's values are still what a view reads
     assert torch.equal(w.view(a + "q_proj.weight"), want[a + "q_proj.weight"])
+    # a weight used in place is copy-on-write: writing to it neither fails nor reaches the file
+    w.read(("model.norm.weight",), torch.float32).add_(1.0)
+    assert torch.equal(load_file(str(path))["model.norm.weight"], want["model.norm.weight"])
 
 
 LOGPROB_TOLERANCE = 1e-4  # fp32, lean engine against transformers' model code; measured: 7e-6 (stream), 0 (score)

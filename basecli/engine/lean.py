@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import mmap
-import warnings
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -239,7 +239,7 @@ SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.
 
 
 class Weights:
-    """The tensors of safetensors files, memory-mapped read-only.
+    """The tensors of safetensors files, memory-mapped.
 
     A weight stored in the dtype wanted, on the CPU, is used where it lies: a view of the
     mapped file, so the OS page cache holds the only copy and loading costs no copy and no
@@ -269,15 +269,13 @@ class Weights:
                 self.maps[path] = map_file(f, populate=in_place)
 
     def view(self, name: str) -> torch.Tensor:
-        """The stored tensor, in the mapped file (read-only: never write to it)."""
+        """The stored tensor, where it lies in the mapped file."""
         path, base, e = self.index[name]
         stored = SAFETENSORS_DTYPES.get(e["dtype"])
         if stored is None:
             raise Unsupported(f"weights stored as {e['dtype']}")
         begin, end = e["data_offsets"]
-        with warnings.catch_warnings():  # torch warns that the buffer is read-only: it is, on purpose
-            warnings.simplefilter("ignore", UserWarning)
-            flat = torch.frombuffer(self.maps[path], dtype=stored, count=(end - begin) // stored.itemsize, offset=base + begin)
+        flat = torch.frombuffer(self.maps[path], dtype=stored, count=(end - begin) // stored.itemsize, offset=base + begin)
         return flat.view(e["shape"])
 
     def read(self, names: tuple[str, ...], dtype, device="cpu") -> torch.Tensor:
@@ -304,8 +302,16 @@ class Weights:
 
 
 def map_file(f, *, populate: bool) -> mmap.mmap:
-    """The whole file mapped read-only; with `populate`, its pages mapped in one go where the OS can."""
-    if hasattr(mmap, "MAP_SHARED") and hasattr(mmap, "PROT_READ"):
-        flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
-        return mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
-    return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    """The whole file mapped copy-on-write: reads share the OS page cache, and a write (nothing here
+    writes to weights) would make a private copy of the page instead of failing or changing the file.
+    With `populate`, every page is mapped in one go (Linux's MADV_POPULATE_READ, 0.05 s for 513 MiB)
+    rather than one fault at a time during the first forward pass."""
+    if not hasattr(mmap, "MAP_PRIVATE"):  # Windows
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    m = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    if populate and sys.platform == "linux":
+        try:
+            m.madvise(getattr(mmap, "MADV_POPULATE_READ", 22))
+        except OSError:  # kernels before 5.14: pages come in on first use instead
+            pass
+    return m
