@@ -94,10 +94,12 @@ class HFTokenizer:
     def __init__(self, backend, name: str, eos_ids: Sequence[int] = (), bos_id: int | None = None):
         self._tk = backend
         self.name = name
-        spec = json.loads(backend.to_str())
-        self._byte_level = "ByteLevel" in json.dumps(spec.get("decoder"))
-        self._added = {t["id"]: t["content"] for t in spec.get("added_tokens", [])}
-        self.special_tokens = {t["content"]: t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
+        # Asked of the library directly: serialising the whole tokenizer to JSON and parsing it back
+        # cost 0.3 s and 40 MiB at start-up for a 49k vocabulary.
+        added = backend.get_added_tokens_decoder()  # {id: AddedToken}
+        self._byte_level = backend.decoder is not None and b"ByteLevel" in backend.decoder.__getstate__()
+        self._added = {i: t.content for i, t in sorted(added.items())}
+        self.special_tokens = {t.content: i for i, t in sorted(added.items()) if t.special}
         self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
         eos = set(eos_ids)
         if "<|endoftext|>" in self.special_tokens:  # the document separator of most base models
