@@ -28,6 +28,8 @@ class _NoNetwork(Exception):
 
 
 def get_encoding(name: str):
+    if name in OFFLINE_ALIASES and (enc := _from_cache(OFFLINE_ALIASES[name])) is not None:
+        return enc  # before listing tiktoken's plugins: importing them is a tenth of `tokenize`'s start-up
     import tiktoken
 
     known = set(tiktoken.list_encoding_names())
@@ -72,23 +74,40 @@ def _bundled(alias: str):
     import marshal
 
     import tiktoken
-    from tiktoken import registry
 
-    from basecli import config
-
-    if alias in registry.ENCODINGS:
-        return registry.ENCODINGS[alias]
-    cache = config.home() / "tiktoken" / f"{alias}-{tiktoken.__version__}.marshal"
-    try:
-        spec = marshal.loads(cache.read_bytes())
-    except (OSError, ValueError, EOFError, TypeError):
-        spec = None
-    if not isinstance(spec, dict) or set(spec) != {"name", "pat_str", "mergeable_ranks", "special_tokens"}:
+    enc = _from_cache(alias)
+    if enc is None:
         enc = tiktoken.get_encoding(alias)
         spec = {"name": enc.name, "pat_str": enc._pat_str, "mergeable_ranks": enc._mergeable_ranks,
                 "special_tokens": enc._special_tokens}
-        _write_quietly(cache, marshal.dumps(spec))
-        return enc
+        _write_quietly(_cache_path(alias), marshal.dumps(spec))
+    return enc
+
+
+def _cache_path(alias: str):
+    import tiktoken
+
+    from basecli import config
+
+    return config.home() / "tiktoken" / f"{alias}-{tiktoken.__version__}.marshal"
+
+
+def _from_cache(alias: str):
+    """The encoding built from BASECLI_HOME's copy of its ranks, or None if there is none (or it is damaged)."""
+    import marshal
+
+    from tiktoken import registry
+
+    if alias in registry.ENCODINGS:
+        return registry.ENCODINGS[alias]
+    try:
+        spec = marshal.loads(_cache_path(alias).read_bytes())
+    except (OSError, ValueError, EOFError, TypeError):
+        return None
+    if not isinstance(spec, dict) or set(spec) != {"name", "pat_str", "mergeable_ranks", "special_tokens"}:
+        return None
+    import tiktoken
+
     enc = registry.ENCODINGS[alias] = tiktoken.Encoding(**spec)
     return enc
 

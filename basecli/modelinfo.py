@@ -108,8 +108,10 @@ def tokenizer_info(tok) -> dict:
 
 
 def code_info(model) -> dict:
+    """The class that runs the model (transformers' or basecli's lean engine) and its source file."""
+    from importlib.metadata import version
+
     import torch
-    import transformers
 
     cls = type(model)
     path = inspect.getsourcefile(cls)
@@ -119,7 +121,7 @@ def code_info(model) -> dict:
         "source_file": str(src) if src else None,
         "source_bytes": src.stat().st_size if src else None,
         "source_lines": len(src.read_text(encoding="utf-8").splitlines()) if src else None,
-        "transformers": transformers.__version__,
+        "transformers": version("transformers"),  # read, not imported: the lean engine never imports it
         "torch": torch.__version__,
     }
 

@@ -233,34 +233,26 @@ def _atomic_write(path: Path, text: str) -> None:
 def _convert(gguf: Path, digest: str, target: Path) -> None:
     import time
 
-    t0 = time.perf_counter()
-    progress(f"basecli: converting {gguf.name} to safetensors once (about 20-30 s on 2 cores)...")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from safetensors.torch import save_file
+    from basecli import gguf_convert
 
+    t0 = time.perf_counter()
+    progress(f"basecli: converting {gguf.name} to safetensors once...")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + ".tmp-"))
     try:
-        progress("basecli: [1/3] reading the tokenizer")
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        progress("basecli: [2/3] dequantising the weights")
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-        progress("basecli: [3/3] writing safetensors")
-        tied = bool(getattr(model.config, "tie_word_embeddings", False))
-        # Tied weights are stored once; transformers re-ties them on load.
-        state = {k: v.contiguous() for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        cfg = model.config.to_dict()
-        cfg.pop("quantization_config", None)  # the weights we write are plain floats
-        cfg["architectures"] = [type(model).__name__]  # lets a loader pick the class without Auto* lookups
-        cfg["torch_dtype"] = cfg["dtype"] = "float32"
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-        tok.save_pretrained(str(tmp))
+        try:
+            stages = gguf_convert.convert(gguf, tmp)
+            converter = "basecli"
+        except gguf_convert.Unsupported as e:
+            progress(f"basecli: note: basecli's own converter does not handle this GGUF ({e}); "
+                     f"converting with transformers instead (20-30 s for a 135M model on 2 cores)")
+            _convert_with_transformers(gguf, tmp)
+            stages, converter = {}, "transformers"
         if not (tmp / "tokenizer.json").is_file():
-            raise BasecliError(f"{gguf.name}: transformers produced no tokenizer.json; cannot use this GGUF")
+            raise BasecliError(f"{gguf.name}: the conversion produced no tokenizer.json; cannot use this GGUF")
         files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
-        info = {"source": str(gguf), "sha256": digest, "files": files, "format": "gguf", "cache_format": CACHE_FORMAT, "converted_s": round(time.perf_counter() - t0, 1)}
+        info = {"source": str(gguf), "sha256": digest, "files": files, "format": "gguf", "cache_format": CACHE_FORMAT,
+                "converter": converter, "converted_s": round(time.perf_counter() - t0, 1), **stages}
         (tmp / MANIFEST).write_text(json.dumps(info, indent=2))
         try:
             os.replace(tmp, target)
@@ -270,6 +262,29 @@ def _convert(gguf: Path, digest: str, target: Path) -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     progress(f"basecli: converted in {time.perf_counter() - t0:.1f} s, cached at {target}")
+
+
+def _convert_with_transformers(gguf: Path, tmp: Path) -> None:
+    """Any architecture transformers reads from GGUF; slow (its tokenizer conversion is Python)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from safetensors.torch import save_file
+
+    progress("basecli: [1/3] reading the tokenizer")
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    progress("basecli: [2/3] dequantising the weights")
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    progress("basecli: [3/3] writing safetensors")
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    # Tied weights are stored once; transformers re-ties them on load.
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    cfg = model.config.to_dict()
+    cfg.pop("quantization_config", None)  # the weights we write are plain floats
+    cfg["architectures"] = [type(model).__name__]  # lets a loader pick the class without Auto* lookups
+    cfg["torch_dtype"] = cfg["dtype"] = "float32"
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+    tok.save_pretrained(str(tmp))
 
 
 # --- the hub ----------------------------------------------------------------------------------

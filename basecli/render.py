@@ -40,7 +40,7 @@ def stream_completion(prompt: str, events, *, show_probs: bool = False, out=None
     """Print the prompt dimmed, then each piece of the continuation as it arrives. Returns the events."""
     seen = []
     tty = is_tty()
-    con = console()
+    con = console() if tty else None  # a pipe gets plain writes: rich is not even imported
     if tty:
         con.print(prompt, style="dim", end="", markup=False)
     try:

@@ -70,14 +70,35 @@ def tiny_dir(request, tiny_dirs) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_backends(tiny_dirs):
+    """The tiny models on the default engine (the Llama on basecli's lean forward), and the Llama
+    once more on transformers' model code, so tests taking `tiny_backend` run on both engines."""
     from basecli.backends.local import LocalBackend
 
-    return {kind: LocalBackend(str(d), device="cpu", dtype="float32") for kind, d in tiny_dirs.items()}
+    out = {kind: LocalBackend(str(d), device="cpu", dtype="float32") for kind, d in tiny_dirs.items()}
+    out["llama-transformers"] = LocalBackend(str(tiny_dirs["llama"]), device="cpu", dtype="float32", engine="transformers")
+    return out
 
 
-@pytest.fixture(params=["gpt2", "llama"])
+@pytest.fixture(params=["gpt2", "llama", "llama-transformers"])
 def tiny_backend(request, tiny_backends):
     return tiny_backends[request.param]
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """transformers' own model for a model directory (fp32), loaded once: what every engine is checked against."""
+    loaded = {}
+
+    def load(folder):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        key = str(folder)
+        if key not in loaded:
+            loaded[key] = AutoModelForCausalLM.from_pretrained(key, dtype=torch.float32).eval()
+        return loaded[key]
+
+    return load
 
 
 REAL_HOME = Path(os.environ.get("BASECLI_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "basecli")

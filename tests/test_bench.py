@@ -47,17 +47,32 @@ def test_startup_figures_time_the_right_commands(monkeypatch):
 
     def fake(args, env=None, timeout=600):
         calls.append((list(args), env))
-        return 1.5, 300.0, json.dumps({"import_s": 0.5, "load_s": 0.25})
+        first = [0.9, 0.7, 0.8][sum("complete" in a for a, _ in calls) - 1] if "complete" in args else None
+        return 1.5, first, 300.0 + len(calls), json.dumps({"import_s": 0.5, "load_s": 0.25})
 
-    monkeypatch.setattr(benchmark, "run_process", fake)
+    monkeypatch.setattr(benchmark, "run_process_timed", fake)
     out = benchmark.startup_figures("some-model", device="cpu", dtype="float32", engine="lean", threads=2)
     helps = [a for a, _ in calls if a[-1] == "--help"]
-    assert len(helps) >= 1 and helps[0][1:] == ["-m", "basecli", "--help"]
-    (complete, env), = [(a, e) for a, e in calls if "complete" in a]
+    assert len(helps) >= 1 and helps[0] == [*benchmark.entry_point(), "--help"]
+    assert [*benchmark.entry_point(), "tokenize", "-e", "cl100k_base", "hi"] in [a for a, _ in calls]
+    completes = [(a, e) for a, e in calls if "complete" in a]
+    assert len(completes) == 3
+    complete, env = completes[0]
     assert complete[complete.index("-n") + 1] == "1" and complete[complete.index("--model") + 1] == "some-model"
     assert env == {"BASECLI_ENGINE": "lean", "OMP_NUM_THREADS": "2"}
-    assert out == {"help_s": 1.5, "import_s": 0.5, "load_fresh_process_s": 0.25, "complete_first_token_s": 1.5,
-                   "complete_peak_rss_mb": 300.0}
+    assert calls[-1][0][-2:] == ["-c", "import torch"]
+    last_complete = max(i for i, (a, _) in enumerate(calls, start=1) if "complete" in a)
+    assert out == {"help_s": 1.5, "tokenize_s": 1.5, "import_s": 0.5, "load_fresh_process_s": 0.25, "complete_first_token_s": 1.5,
+                   "complete_first_output_s": 0.7, "complete_peak_rss_mb": 300.0 + last_complete,
+                   "torch_import_rss_mb": 300.0 + len(calls)}
+
+
+def test_first_output_is_timed_when_it_arrives_not_at_exit():
+    import sys
+
+    wall, first, _, out = benchmark.run_process_timed(
+        [sys.executable, "-c", "import sys, time; print('tok', flush=True); time.sleep(0.6)"])
+    assert out == "tok\n" and first is not None and first <= wall - 0.5
 
 
 def test_run_process_reports_the_childs_peak_memory():
@@ -70,13 +85,17 @@ def test_run_process_reports_the_childs_peak_memory():
 def test_startup_rows_are_shown():
     from basecli.commands.bench import table_rows
 
-    startup = {"help_s": 0.2, "import_s": 1.0, "load_fresh_process_s": 0.3, "complete_first_token_s": 2.1, "complete_peak_rss_mb": 700}
+    startup = {"help_s": 0.2, "tokenize_s": 0.3, "import_s": 1.0, "load_fresh_process_s": 0.3, "complete_first_token_s": 2.1, "complete_peak_rss_mb": 700,
+               "complete_first_output_s": 1.9, "torch_import_rss_mb": 200}
     r = benchmark.Report(model="m", engine="lean", device="cpu", dtype="float32", threads=2, prompt_tokens=8, new_tokens=4,
                          load_s=0.1, prefill_tokens_per_s=100, first_token_s=0.05, decode=[], peak_rss_mb=800, weights_mb=500,
                          startup=startup)
     rows = dict(table_rows(r))
     assert rows["basecli --help (new process)"] == "0.20 s"
+    assert rows["tokenize -e cl100k_base (new process)"] == "0.30 s"
     assert rows["complete peak RSS"] == "700 MiB (1.40x weights)"
+    assert rows["complete -n 1 (start to first token)"] == "1.90 s"
+    assert rows["  less import torch alone"] == "200 MiB: 1.00x weights"
 
 
 @pytest.mark.parametrize("batch", ["1,x", "0", ","])
@@ -110,3 +129,11 @@ def test_weights_mb_counts_tied_weights_once():
     m = torch.nn.Sequential(torch.nn.Embedding(256, 1024), torch.nn.Linear(1024, 256, bias=False))
     m[1].weight = m[0].weight  # tied, as in SmolLM2 and GPT-2
     assert benchmark.weights_mb(m) == pytest.approx(256 * 1024 * 4 / 2**20)
+
+
+def test_entry_point_is_the_installed_script_and_runs():
+    import subprocess
+
+    args = benchmark.entry_point()
+    out = subprocess.run([*args, "tokenize", "-e", "cl100k_base", "--count", "hello world"], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "2"

@@ -14,12 +14,12 @@ import torch
 from tests.conftest import invoke, run_cli
 
 
-def test_pipe_prints_only_the_continuation(tiny_dirs, tiny_backends):
+def test_pipe_prints_only_the_continuation(tiny_dirs, tiny_backends, reference):
     r = run_cli("complete", "The quick brown fox", "-m", str(tiny_dirs["gpt2"]), "-n", "8", "-t", "0", "--ignore-eos")
     assert r.returncode == 0, r.stderr
     b = tiny_backends["gpt2"]
     ids = b.encode("The quick brown fox")
-    want = b.model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+    want = reference(b.folder).generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
     assert r.stdout == b.tokenizer.decode(want[0, len(ids):].tolist()) + "\n"
     assert "\x1b[" not in r.stdout
 

@@ -138,15 +138,69 @@ def test_lean_refuses_other_architectures(tiny_dirs, capsys):
         lean.check_supported({"model_type": "llama", "rope_scaling": {"rope_type": "llama3"}})
 
 
-def test_lean_load_never_imports_transformers(tiny_dirs):
+def test_complete_on_the_default_engine_never_imports_transformers(tiny_dirs):
+    """The whole `complete` path on a Llama (resolve, tokenizer, load, generate, print) without
+    transformers or huggingface_hub: importing them costs about a second of start-up."""
     probe = (
-        "import sys; from basecli.backends.local import LocalBackend; from basecli.config import SamplingParams\n"
-        f"b = LocalBackend({str(tiny_dirs['llama'])!r}, device='cpu', dtype='float32', engine='lean')\n"
-        "list(b.stream(['hi'], [SamplingParams(max_tokens=3, temperature=0)]))\n"
-        "print(b.engine, 'transformers' in sys.modules)"
+        "import sys; from basecli.cli import main\n"
+        f"sys.argv = ['basecli', 'complete', 'The quick', '-m', {str(tiny_dirs['llama'])!r}, '-n', '3', '-t', '0', '--ignore-eos']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('transformers', 'huggingface_hub') if m in sys.modules), file=sys.stderr)"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    assert out.stdout.split() == ["lean", "False"], out.stderr[-500:]
+    assert out.stdout.strip() and out.stderr.strip().splitlines()[-1] == "[]", out.stderr[-500:]
+
+
+def test_weights_are_the_files_tensors(tiny_dirs):
+    """Mapped in place, fused by copying, converted: each equals what safetensors itself reads."""
+    from safetensors.torch import load_file
+
+    path = tiny_dirs["llama"] / "model.safetensors"
+    want = load_file(str(path))
+    w = lean.Weights([path])
+    a = "model.layers.1.self_attn."
+    qkv = (a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight")
+    assert torch.equal(w.read(qkv, torch.float32), torch.cat([want[n] for n in qkv]))
+    assert torch.equal(w.read(("model.norm.weight",), torch.float32), want["model.norm.weight"])
+    assert torch.equal(w.read(("lm_head.weight",), torch.bfloat16), want["lm_head.weight"].to(torch.bfloat16))
+    # the pages of q, k and v were released after the copy: the file's values are still what a view reads
+    assert torch.equal(w.view(a + "q_proj.weight"), want[a + "q_proj.weight"])
+    # a weight used in place is copy-on-write: writing to it neither fails nor reaches the file
+    w.read(("model.norm.weight",), torch.float32).add_(1.0)
+    assert torch.equal(load_file(str(path))["model.norm.weight"], want["model.norm.weight"])
+
+
+LOGPROB_TOLERANCE = 1e-4  # fp32, lean engine against transformers' model code; measured: 7e-6 (stream), 0 (score)
+
+
+@pytest.mark.slow
+def test_lean_equals_transformers_on_the_embedded_model(real_model, reference):
+    """The default engine on SmolLM2 against transformers' LlamaForCausalLM on the same weights (fp32):
+    sampled tokens' logprobs, teacher-forced scores, and left-padded batch rows against single rows.
+    (Greedy tokens against `generate`: test_real_model.py.)"""
+    from basecli.engine.score import start_ids
+
+    assert real_model.engine == "lean"
+    ref = reference(real_model.folder)
+    prompt = "Here's my top-10 list of the top landmarks to see in Paris:"
+    events = list(real_model.stream([prompt], [SamplingParams(max_tokens=12, temperature=1.0, seed=5, ignore_eos=True)]))
+    n = len(real_model.encode(prompt))
+    ids = real_model.encode(prompt) + [e.token_id for e in events]
+    with torch.no_grad():
+        logp = ref(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+    assert [e.logprob for e in events] == pytest.approx([logp[n - 1 + i, e.token_id].item() for i, e in enumerate(events)],
+                                                       abs=LOGPROB_TOLERANCE)
+
+    text = "Four score and seven years ago our fathers brought forth on this continent, a new nation."
+    start, tids = start_ids(real_model.tokenizer, None), real_model.tokenizer.encode(text)
+    with torch.no_grad():
+        logp = ref(torch.tensor([start + tids])).logits[0].float().log_softmax(-1)
+    want = [logp[len(start) - 1 + i, t].item() for i, t in enumerate(tids)]
+    assert [t.logprob for t in real_model.score(text)] == pytest.approx(want, abs=LOGPROB_TOLERANCE)
+
+    prompts = ["The capital of France is", "def fib(n):", "Once upon a time, in a small village by the sea, there lived"]
+    greedy = [SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)] * 3
+    assert tokens(real_model, prompts, greedy) == [tokens(real_model, [p], greedy[:1])[0] for p in prompts]
 
 
 def test_unknown_engine_is_a_usage_error(tiny_dirs):
@@ -154,3 +208,12 @@ def test_unknown_engine_is_a_usage_error(tiny_dirs):
 
     with pytest.raises(UsageError, match="unknown engine"):
         LocalBackend(str(tiny_dirs["llama"]), device="cpu", dtype="float32", engine="fast")
+
+
+def test_default_engine_is_lean_for_a_llama_and_the_env_gives_transformers_back(tiny_dirs, monkeypatch):
+    monkeypatch.delenv("BASECLI_ENGINE", raising=False)
+    b = LocalBackend(str(tiny_dirs["llama"]), device="cpu", dtype="float32")
+    assert b.engine == "lean" and type(b.model).__name__ == "LeanLlama"
+    monkeypatch.setenv("BASECLI_ENGINE", "transformers")
+    b = LocalBackend(str(tiny_dirs["llama"]), device="cpu", dtype="float32")
+    assert b.engine == "transformers" and type(b.model).__name__ == "LlamaForCausalLM"

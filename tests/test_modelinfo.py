@@ -23,12 +23,12 @@ def tensor_sizes(folder) -> dict[str, int]:
     return out
 
 
-def test_counts_equal_the_tensors_in_the_file(tiny_backend):
+def test_counts_equal_the_tensors_in_the_file(tiny_backend, reference):
     b = tiny_backend
     sizes = tensor_sizes(b.folder)
     counts = parameter_counts(b.model)
     tied = b.model.config.tie_word_embeddings
-    assert counts["total"] == sum(sizes.values()) == b.model.num_parameters()
+    assert counts["total"] == sum(sizes.values()) == reference(b.folder).num_parameters()
     assert sum(v for k, v in counts.items() if k != "total") == counts["total"]
     head = b.model.get_output_embeddings().weight.numel()
     if tied:
@@ -53,8 +53,10 @@ def test_components_by_name(name, part):
     assert component(name) == part
 
 
-def test_memory_equals_transformers_footprint(tiny_backend):
-    assert memory_bytes(tiny_backend.model) == tiny_backend.model.get_memory_footprint()
+def test_memory_equals_transformers_footprint(tiny_backend, reference):
+    """The weights' bytes as transformers counts them; buffers (rotary tables) are each engine's own."""
+    buffers = sum(b.numel() * b.element_size() for b in tiny_backend.model.buffers())
+    assert memory_bytes(tiny_backend.model) - buffers == reference(tiny_backend.folder).get_memory_footprint(return_buffers=False)
 
 
 def test_cli_json_describes_the_model(tiny_dirs, tiny_backends, capsys):

@@ -19,10 +19,10 @@ def test_embedded_model_facts(real_model):
     assert real_model.context_length == 8192
 
 
-def test_greedy_completion_equals_transformers_generate(real_model):
+def test_greedy_completion_equals_transformers_generate(real_model, reference):
     ids = real_model.encode(PARIS)
     events = list(real_model.stream([PARIS], [SamplingParams(max_tokens=30, temperature=0)]))
-    want = real_model.model.generate(torch.tensor([ids]), max_new_tokens=30, do_sample=False)
+    want = reference(real_model.folder).generate(torch.tensor([ids]), max_new_tokens=30, do_sample=False)
     got = [e.token_id for e in events if e.finish_reason != "eos"]
     assert got == want[0, len(ids):].tolist()[: len(got)]
     assert "Eiffel" in "".join(e.text for e in events) or "Notre" in "".join(e.text for e in events)

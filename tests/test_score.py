@@ -19,11 +19,11 @@ def forward_logprobs(model, ids):
         return model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
 
 
-def test_score_equals_a_direct_forward_pass(tiny_backend):
+def test_score_equals_a_direct_forward_pass(tiny_backend, reference):
     b = tiny_backend
     scored = b.score(TEXT, alternatives=3)
     ids = [b.tokenizer.bos_id] + b.tokenizer.encode(TEXT)
-    logp = forward_logprobs(b.model, ids)
+    logp = forward_logprobs(reference(b.folder), ids)
     assert [t.token_id for t in scored] == ids[1:]
     want = [logp[i - 1, ids[i]].item() for i in range(1, len(ids))]
     assert [t.logprob for t in scored] == pytest.approx(want, abs=1e-4)
@@ -35,12 +35,12 @@ def test_score_equals_a_direct_forward_pass(tiny_backend):
         assert t.context == i
 
 
-def test_context_replaces_the_start_token(tiny_backend):
+def test_context_replaces_the_start_token(tiny_backend, reference):
     b = tiny_backend
     scored = b.score("over the lazy dog", context="The quick brown fox jumps")
     ctx = b.tokenizer.encode("The quick brown fox jumps")
     ids = ctx + b.tokenizer.encode("over the lazy dog")
-    logp = forward_logprobs(b.model, ids)
+    logp = forward_logprobs(reference(b.folder), ids)
     assert [t.logprob for t in scored] == pytest.approx([logp[i - 1, ids[i]].item() for i in range(len(ctx), len(ids))], abs=1e-4)
 
 
@@ -63,14 +63,14 @@ def test_what_the_first_token_is_conditioned_on(tok, context, want):
     assert start_ids(tok, context) == want
 
 
-def test_without_a_start_token_the_first_token_is_not_scored(tiny_backends, monkeypatch):
+def test_without_a_start_token_the_first_token_is_not_scored(tiny_backends, reference, monkeypatch):
     b = tiny_backends["gpt2"]
     monkeypatch.setattr(b.tokenizer, "special_tokens", {})
     monkeypatch.setattr(b.tokenizer, "bos_id", None)
     scored = b.score(TEXT)
     assert scored[0].logprob is None and scored[0].context == 0
     ids = b.tokenizer.encode(TEXT)
-    logp = forward_logprobs(b.model, ids)
+    logp = forward_logprobs(reference(b.folder), ids)
     assert [t.logprob for t in scored[1:]] == pytest.approx([logp[i - 1, ids[i]].item() for i in range(1, len(ids))], abs=1e-4)
 
 
@@ -83,7 +83,7 @@ def test_sliding_window_equals_single_window_when_the_text_fits(tiny_backend):
         assert [t.logprob for t in again] == pytest.approx([t.logprob for t in whole], abs=1e-5)
 
 
-def test_sliding_window_scores_each_token_from_its_own_window(tiny_backends):
+def test_sliding_window_scores_each_token_from_its_own_window(tiny_backends, reference):
     """Definition: a token with context c has the log-prob of a forward pass over its c predecessors alone.
     Llama: rotary positions restart at 0 in every window, as in that forward pass."""
     b = tiny_backends["llama"]
@@ -94,7 +94,7 @@ def test_sliding_window_scores_each_token_from_its_own_window(tiny_backends):
     for pos, t in enumerate(scored, start=1):
         c = t.context
         assert c == pos if pos < window else window - stride <= c <= window - 1
-        logp = forward_logprobs(b.model, ids[pos - c : pos + 1])
+        logp = forward_logprobs(reference(b.folder), ids[pos - c : pos + 1])
         assert t.logprob == pytest.approx(logp[-2, ids[pos]].item(), abs=1e-4)
 
 

@@ -479,7 +479,7 @@ def test_unreadable_file(tmp_path, cli):
     usage_error(cli("-e", "cl100k_base", f"@{f}"), "cannot read")
 
 
-# --- start-up: no torch, no transformers ---------------------------------------------------------
+# --- start-up: no torch, no transformers, and in a pipe not even rich.console ----------------------
 
 PROBE = """
 import sys
@@ -489,7 +489,7 @@ try:
     main()
 except SystemExit as e:
     assert e.code == 0, e.code
-heavy = sorted(m for m in ("torch", "transformers") if m in sys.modules)
+heavy = sorted(m for m in ("torch", "transformers", "rich.console") if m in sys.modules)
 print("HEAVY:", ",".join(heavy) or "none", file=sys.stderr)
 """
 
@@ -512,7 +512,7 @@ def test_tiktoken_and_model_tokenizer_paths_import_no_torch(tok_dir):
 
 @pytest.mark.slow
 def test_gguf_tokenizer_extracted_once_then_cached(capsys):
-    """Without a converted model, the tokenizer comes out of the GGUF (transformers, once), then from the cache."""
+    """Without a converted model, the tokenizer comes out of the GGUF (once), then from the cache."""
     from tokenizers import Tokenizer
 
     from basecli import config
@@ -533,3 +533,42 @@ def test_gguf_tokenizer_extracted_once_then_cached(capsys):
     assert tok.eos_ids == tokenizer_for(converted[0].parent, "converted").eos_ids  # what `complete` stops on
     assert list((config.home() / "tokenizers").glob("gguf-*/tokenizer.json"))
     assert probe("-m", str(gguf), "--count", text) == "HEAVY: none"  # the next run: the cache alone
+
+
+def test_terminal_view_without_rich_matches_rich(cl100k, monkeypatch):
+    """On a terminal the view writes its own ANSI colours (rich.console costs more to import than
+    tokenizing); what it prints must be what rich prints for the same styles."""
+    import io
+    import re
+
+    from rich.console import Console
+
+    from basecli.tokenizers import segment
+    from basecli.views.tokens import show
+
+    monkeypatch.delenv("NO_COLOR")
+    monkeypatch.setenv("COLUMNS", "60")
+    text = "Tokens: 안녕 😀 tabs\tand\nnew lines, cat dog cat dog " * 3
+    ids, pieces, spans = segment(cl100k, text)
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    ours = Terminal()
+    monkeypatch.setattr(sys, "stdout", ours)
+    show("cl100k_base", text, ids, pieces, spans)
+    monkeypatch.undo()
+    theirs = io.StringIO()
+    show("cl100k_base", text, ids, pieces, spans, console=Console(file=theirs, force_terminal=True, color_system="standard", width=60, soft_wrap=True))
+    strip = lambda s: re.sub(r"\x1b\[[0-9;]*m", "", s)  # noqa: E731
+    assert strip(ours.getvalue()) == strip(theirs.getvalue())  # same grid
+    cells = lambda s: re.findall(r"\x1b\[([0-9;]+)m([^\x1b]*)\x1b\[0m", s)  # noqa: E731
+    assert [c for c in cells(ours.getvalue()) if c[1].strip()] == [c for c in cells(theirs.getvalue()) if c[1].strip()]
+
+    monkeypatch.setenv("NO_COLOR", "1")
+    plain = Terminal()
+    monkeypatch.setattr(sys, "stdout", plain)
+    show("cl100k_base", text, ids, pieces, spans)
+    monkeypatch.undo()
+    assert "\x1b[" not in plain.getvalue() and plain.getvalue().strip()

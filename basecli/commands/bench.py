@@ -79,9 +79,13 @@ def table_rows(r) -> list[tuple[str, str]]:
     if s:
         rows += [
             ("basecli --help (new process)", f"{s['help_s']:.2f} s"),
+            ("tokenize -e cl100k_base (new process)", f"{s['tokenize_s']:.2f} s") if "tokenize_s" in s else None,
             ("import torch + load (new process)", f"{s['import_s']:.2f} + {s['load_fresh_process_s']:.2f} s"),
+            ("complete -n 1 (start to first token)", f"{s['complete_first_output_s']:.2f} s") if s.get("complete_first_output_s") else None,
             ("complete -n 1 (start to exit)", f"{s['complete_first_token_s']:.2f} s"),
             ("complete peak RSS", f"{s['complete_peak_rss_mb']:.0f} MiB ({s['complete_peak_rss_mb'] / r.weights_mb:.2f}x weights)"),
+            (("  less import torch alone", f"{s['torch_import_rss_mb']:.0f} MiB: "
+              f"{(s['complete_peak_rss_mb'] - s['torch_import_rss_mb']) / r.weights_mb:.2f}x weights") if s.get("torch_import_rss_mb") else None),
         ]
     if r.conversion_s is not None:
         rows.append(("GGUF conversion (once, recorded)", f"{r.conversion_s:.1f} s"))
@@ -96,4 +100,4 @@ def table_rows(r) -> list[tuple[str, str]]:
     rows.append(("peak RSS (this process)", f"{r.peak_rss_mb:.0f} MiB"))
     if r.gpu_peak_mb is not None:
         rows.append(("peak GPU memory", f"{r.gpu_peak_mb:.0f} MiB"))
-    return rows
+    return [row for row in rows if row]

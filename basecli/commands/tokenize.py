@@ -124,8 +124,8 @@ def _spec(spec: str):
 def _compare(specs: str, source: str, *, allow_special, count, json_out, ids_out, whitespace, limit):
     from basecli.encodings import Unavailable
     from basecli.errors import UsageError
-    from basecli.render import console
     from basecli.tokenizers import segment
+    from basecli.views.tokens import terminal_console
 
     names = [s.strip() for s in specs.split(",") if s.strip()]
     if len(names) < 1:
@@ -152,11 +152,12 @@ def _compare(specs: str, source: str, *, allow_special, count, json_out, ids_out
         for b in blocks:
             sys.stdout.write(f"{b['tokenizer']:<{width}}  {b['counts']['tokens'] if 'counts' in b else '-'}\n")
         return
+    con = terminal_console()
     for n, b in enumerate(blocks):
         if n:
-            console().print()
+            con.print()
         if "error" in b:
-            console().print(f"{b['tokenizer']}: not available (see stderr)", style="bold red", markup=False)
+            con.print(f"{b['tokenizer']}: not available (see stderr)", style="bold red")
             continue
         ids = [t["id"] for t in b["tokens"]]
         pieces = [bytes.fromhex(t["bytes"]) for t in b["tokens"]]

@@ -92,10 +92,13 @@ def _cell(token_id: int, data: bytes, whitespace: bool) -> Cell:
     return Cell(text, str(token_id), style, style.split(" on ")[1], newline)
 
 
-def grid_lines(groups: list[list[Cell]], width: int):
-    """Pack units into rows no wider than `width`; yields (token row, id row) as rich Texts."""
+def grid_lines(groups: list[list[Cell]], width: int, Text=None):
+    """Pack units into rows no wider than `width`; yields (token row, id row) as rich Texts
+    (or as `Text`, any class with rich Text's append/rstrip/plain)."""
     from rich.cells import cell_len
-    from rich.text import Text
+
+    if Text is None:
+        from rich.text import Text
 
     top, bottom, used = Text(), Text(), 0
     for cells in groups:
@@ -125,16 +128,81 @@ def grid_lines(groups: list[list[Cell]], width: int):
 
 def show(name: str, text: str, ids, pieces, spans, *, whitespace: bool = True, limit: int = 0, console=None) -> int:
     """Print the header and the grid; returns how many tokens were left out by `limit`."""
+    import sys
+
     from basecli.render import console as default_console
 
-    con = console or default_console()
+    con = console or terminal_console()
+    line = (AnsiLine if con.colour else PlainLine) if isinstance(con, PlainConsole) else None
     con.print(header(name, counts(text, len(ids))), style="bold", markup=False, highlight=False)
     cut = len(ids) - limit if limit and len(ids) > limit else 0
     if cut:
         ids, pieces, spans = ids[:limit], pieces[:limit], spans[:limit]
-    for top, bottom in grid_lines(units(text, ids, pieces, spans, whitespace=whitespace), max(con.width, 20)):
+    for top, bottom in grid_lines(units(text, ids, pieces, spans, whitespace=whitespace), max(con.width, 20), line):
         top.rstrip()
         bottom.rstrip()
         con.print(top)
         con.print(bottom)
     return cut
+
+
+class PlainLine:
+    """A row of the grid without styles, for pipes: rich.text's imports cost more than tokenizing."""
+
+    def __init__(self):
+        self.plain = ""
+
+    def append(self, text: str, style=None) -> None:
+        self.plain += text
+
+    def rstrip(self) -> None:
+        self.plain = self.plain.rstrip()
+
+
+# SGR codes of the few styles this view uses; "X on Y" is foreground X on background Y
+SGR = {"bold": 1, "dim": 2, **{name: 30 + i for i, name in enumerate(("black", "red", "green", "yellow", "blue", "magenta", "cyan", "white"))},
+       **{f"bright_{name}": 90 + i for i, name in enumerate(("black", "red", "green", "yellow", "blue", "magenta", "cyan", "white"))}}
+
+
+def sgr(style: str) -> str:
+    fore, _, back = style.partition(" on ")
+    codes = [SGR[word] for word in fore.split()] + ([SGR[back] + 10] if back else [])
+    return ";".join(map(str, codes))
+
+
+class AnsiLine(PlainLine):
+    """A row with its colours as ANSI escapes: the 16 named colours work on every terminal."""
+
+    def append(self, text: str, style=None) -> None:
+        self.plain += f"\x1b[{sgr(style)}m{text}\x1b[0m" if style and text else text
+
+
+def terminal_console() -> "PlainConsole":
+    import sys
+
+    return PlainConsole(colour=sys.stdout.isatty() and colour_allowed())
+
+
+def colour_allowed() -> bool:
+    import os
+
+    return not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+class PlainConsole:
+    """What the view needs of a rich Console: print a line, know the width. rich.console and
+    rich.text cost more to import than `tokenize -e cl100k_base` has in all, and this view only
+    needs 16 colours, so it writes text (pipes: 80 columns unless COLUMNS says otherwise, as
+    rich does) or ANSI-coloured text (terminals: their width)."""
+
+    def __init__(self, colour: bool = False):
+        import shutil
+
+        self.colour = colour
+        self.width = shutil.get_terminal_size().columns
+
+    def print(self, obj="", style=None, **_) -> None:
+        import sys
+
+        text = getattr(obj, "plain", obj)
+        sys.stdout.write(f"\x1b[{sgr(style)}m{text}\x1b[0m\n" if self.colour and style else text + "\n")
