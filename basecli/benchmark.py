@@ -148,13 +148,13 @@ def run(model: str | None = None, *, batches: Sequence[int] = (1, 8, 32), prompt
     from basecli import models
     from basecli.backends.local import LocalBackend
 
-    if threads:
-        torch.set_num_threads(threads)
     progress("loading the model")
     LocalBackend(model, device=device, dtype=dtype, engine=engine)  # the first load pays for imports and reads the file
     t0 = time.perf_counter()
     backend = LocalBackend(model, device=device, dtype=dtype, engine=engine)
     load_s = time.perf_counter() - t0
+    if threads:  # after loading: LocalBackend sets threads from the load average, which would undo --threads
+        torch.set_num_threads(threads)
     prompt = prompt_ids(backend.tokenizer, prompt_tokens)
     if len(prompt) + new_tokens > backend.context_length:
         from basecli.errors import UsageError

@@ -137,3 +137,17 @@ def test_entry_point_is_the_installed_script_and_runs():
     args = benchmark.entry_point()
     out = subprocess.run([*args, "tokenize", "-e", "cl100k_base", "--count", "hello world"], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "2"
+
+
+def test_threads_flag_survives_the_load_average(tiny_dirs, monkeypatch):
+    """LocalBackend picks threads from the load average; --threads must still be what runs (and is reported)."""
+    monkeypatch.delenv("BASECLI_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.getloadavg", lambda: (8.0, 8.0, 8.0))  # busy: the backend alone would pick 1 thread
+    before = torch.get_num_threads()
+    try:
+        report = benchmark.run(str(tiny_dirs["llama"]), batches=(1,), prompt_tokens=4, new_tokens=2, device="cpu",
+                               dtype="float32", engine="lean", threads=2, startup=False)
+        assert report.threads == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
