@@ -9,9 +9,9 @@ only): fp32 45 ms per step at batch 1 and 128 ms at batch 16; fbgemm's fp16 weig
 fast kernels need AVX-512), so they are not used.
 
 - fp16: weights stored in fp16, products and sums in fp32. Within fp16 rounding of fp32.
-- int8: weights per output channel in int8; each call quantises its input to 8 bits with one
-  scale for the whole input (fbgemm's dynamic quantisation), so a row's numbers depend a
-  little on the other rows it is batched with. Its cost in bits per byte is in README.md.
+- int8: weights per output channel in int8, and every input row quantised to 8 bits on its own
+  scale (per_row), so no row depends on the others in its batch. Its cost in bits per byte is
+  in README.md.
 
 The token embedding stays in the model's dtype: a lookup reads one row, not the matrix.
 """
@@ -35,7 +35,7 @@ class Packed:
     """
 
     def __init__(self, weight: torch.Tensor, mode: str):
-        self.shape = tuple(weight.shape)
+        self.shape, self.mode = tuple(weight.shape), mode
         w = weight.float().contiguous()
         with warnings.catch_warnings():  # torch warns that quantized tensors are deprecated; fbgemm's packing needs one
             warnings.simplefilter("ignore")
@@ -50,9 +50,9 @@ class Packed:
                 self._op, self._bytes = (lambda x, p: torch.ops.quantized.linear_dynamic(x, p, False)), 1
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self._bytes == 2:
-            return self._op(x, self.params)
-        return per_row(x, self._op, self.params)
+        if self.mode == "int8":
+            return per_row(x, self._op, self.params)
+        return self._op(x, self.params)
 
     def numel(self) -> int:
         return self.shape[0] * self.shape[1]
@@ -85,7 +85,11 @@ _BUFFERS: dict[tuple[int, int], torch.Tensor] = {}
 
 
 def _padded(n: int, k: int) -> torch.Tensor:
-    """A reused (n, k + 2) input buffer whose last two columns hold +1 and -1 (fbgemm copies its input; nothing keeps it)."""
+    """A reused (n, k + 2) input buffer whose last two columns hold +1 and -1.
+
+    fbgemm quantises its input into its own buffer, so nothing keeps this one between calls
+    (one model decoding at a time per process, as in every basecli command).
+    """
     buf = _BUFFERS.get((n, k))
     if buf is None:
         if len(_BUFFERS) > 64:  # prompts of many lengths: keep memory bounded
