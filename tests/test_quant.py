@@ -50,6 +50,15 @@ def test_every_matrix_but_the_embedding_is_packed(backends):
     assert m.head.numel() * m.head.element_size() == m.head.shape[0] * m.head.shape[1]  # one byte per weight
 
 
+def test_a_tied_head_is_still_counted_once(tiny_dirs):
+    """The embedding stays for lookups while the head is packed: `info` must not count the tied matrix twice."""
+    b = LocalBackend(str(tiny_dirs["llama"]), device="cpu", dtype="float32", engine="lean")
+    b.model.head = b.model.embed  # as in SmolLM2 (tie_word_embeddings)
+    names = [n for n, _ in b.model.named_parameters()]
+    quant.apply(b.model, "int8")
+    assert [n for n, _ in b.model.named_parameters()] == names and "lm_head.weight" not in names
+
+
 @pytest.mark.parametrize("mode, top_tol, mean_tol", [("fp16", 2e-3, 1e-3), ("int8", 0.75, 0.1)])
 def test_logprobs_close_to_fp32(backends, mode, top_tol, mean_tol):
     """Next-token log-probabilities at every position of a prompt and the plain engine's greedy continuation:

@@ -172,7 +172,7 @@ class LeanLlama(torch.nn.Module):
             for field, value in vars(layer).items():
                 yield f"model.layers.{i}.{CHECKPOINT_NAMES.get(field, field)}", value
         yield "model.norm.weight", self.norm
-        if self.head is not self.embed:  # tied: the head is the embedding matrix, already listed
+        if self.head is not self.embed and not getattr(self, "head_tied", False):  # tied: the embedding, already listed
             yield "lm_head.weight", self.head
 
     def get_output_embeddings(self):
