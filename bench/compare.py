@@ -35,7 +35,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--n", type=int, default=16, help="rows sampled from one prompt (resample N)")
     ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--repeats", type=int, default=1, help="decode runs per engine and batch; the fastest counts (least disturbed by other load)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="decode runs per engine and batch; the fastest counts (least disturbed by other load)")
     ap.add_argument("--engines", default="basecli,basecli-lean,basecli-fp16,basecli-int8,transformers,llama.cpp",
                     help="comma-separated subset to run (basecli-fp16/-int8: the lean engine with BASECLI_QUANTIZE)")
     ap.add_argument("--json", action="store_true", help="print the figures as one JSON object")

@@ -90,7 +90,8 @@ class KVCache:
 
     def batch_repeat_interleave(self, n: int) -> None:
         """Each row becomes n rows: one prefill shared by n samples of the same prompt."""
-        if self.k.shape[1] == 1 and self.shared == 0 and n > 1 and torch.device(self.device).type == "cpu":  # the merge uses the CPU flash kernel's lse
+        # kept once on the CPU only: the merge needs the log-sum-exps that only the CPU flash kernel returns
+        if self.k.shape[1] == 1 and self.shared == 0 and n > 1 and torch.device(self.device).type == "cpu":
             self.prefix_k, self.prefix_v = self.k[:, :, :, : self.length], self.v[:, :, :, : self.length]
             self.shared, self.k, self.v = self.length, None, None
             return
