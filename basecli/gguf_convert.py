@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 
 from basecli.gguf_reader import GGUFFile, TensorInfo, dequantize
+from basecli.tokenizers import byte_alphabet
 
 
 class Unsupported(Exception):
@@ -165,19 +166,6 @@ def model_config(gguf: GGUFFile) -> dict:
 # --- tokenizer.json ------------------------------------------------------------------------------
 
 _CONTROL, _USER_DEFINED = 3, 4
-
-
-def byte_alphabet() -> dict[int, str]:
-    """GPT-2's bytes_to_unicode: every byte as a printable character."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
 
 
 def build_tokenizer(meta: dict):

@@ -20,6 +20,12 @@ class Timer:
             self.first = time.perf_counter()
         self.tokens += 1
 
+    def timed(self, events):
+        """The events, each counted as it arrives."""
+        for ev in events:
+            self.tick()
+            yield ev
+
     def as_dict(self) -> dict:
         end = time.perf_counter()
         first = self.first or end

@@ -77,8 +77,8 @@ def tiktoken_tokenizer(name: str) -> TiktokenTokenizer:
 
 
 @lru_cache(maxsize=1)
-def _byte_decoder() -> dict[str, int]:
-    """Inverse of GPT-2's bytes_to_unicode: byte-level BPE writes each byte as a printable char."""
+def byte_alphabet() -> dict[int, str]:
+    """GPT-2's bytes_to_unicode: byte-level BPE writes each byte as a printable character."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     n = 0
@@ -87,7 +87,13 @@ def _byte_decoder() -> dict[str, int]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """The inverse of byte_alphabet: a token's printable spelling back to its bytes."""
+    return {c: b for b, c in byte_alphabet().items()}
 
 
 class HFTokenizer:

@@ -19,15 +19,8 @@ from conftest import run_cli
 
 PROMPTS = ["The quick brown fox", "Hello world! 안녕", "def add(a, b):\n"]
 
-pytestmark = pytest.mark.skipif("fbgemm" not in torch.backends.quantized.supported_engines, reason="fbgemm is x86 only")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.skipif("fbgemm" not in torch.backends.quantized.supported_engines, reason="fbgemm is x86 only"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")

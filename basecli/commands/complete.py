@@ -57,12 +57,7 @@ def complete(
     timer = Timer(getattr(backend, "load_seconds", None))
     k = alternatives or (5 if json_out else 0)  # JSON carries a few alternatives unless told how many
 
-    def timed(events):
-        for ev in events:
-            timer.tick()
-            yield ev
-
-    events = timed(backend.stream([text], [params], alternatives=k, truncate=truncate))
+    events = timer.timed(backend.stream([text], [params], alternatives=k, truncate=truncate))
     if json_out:
         events = list(events)  # timings are read once generation is over
         record = completion_record(model=backend.name, prompt=text, events=events, params=params,

@@ -72,14 +72,8 @@ def resample(
     params = seeded([base] * samples, base.seed if base.seed is not None else fresh_seed())
     backend = open_backend(model, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     timer = Timer(getattr(backend, "load_seconds", None))
-
-    def timed(events):
-        for ev in events:
-            timer.tick()
-            yield ev
-
-    events = timed(stream_rows(backend, [text] * samples, params, batch_size=batch_size, alternatives=5 if jsonl else 0,
-                               truncate=truncate, on_chunks=note_chunks))
+    events = timer.timed(stream_rows(backend, [text] * samples, params, batch_size=batch_size, alternatives=5 if jsonl else 0,
+                                     truncate=truncate, on_chunks=note_chunks))
     rows = [Sample(i, p) for i, p in enumerate(params)]
     con = view.console()
     tty = render.is_tty() and not jsonl

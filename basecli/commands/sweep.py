@@ -116,14 +116,8 @@ def sweep(
 
     backend = open_backend(model, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     timer = Timer(getattr(backend, "load_seconds", None))
-
-    def timed(events):
-        for ev in events:
-            timer.tick()
-            yield ev
-
-    events = timed(stream_rows(backend, [text] * len(rows), params, batch_size=batch_size, entropy=True,
-                               alternatives=5 if jsonl else 0, truncate=truncate, on_chunks=note_chunks))
+    events = timer.timed(stream_rows(backend, [text] * len(rows), params, batch_size=batch_size, entropy=True,
+                                     alternatives=5 if jsonl else 0, truncate=truncate, on_chunks=note_chunks))
     tty = render.is_tty() and not jsonl
     con = rview.console()
     if tty:

@@ -8,6 +8,7 @@ together with the neighbours that complete the character, followed by that chara
 from __future__ import annotations
 
 import codecs
+import sys
 from dataclasses import dataclass
 
 # named colours, so that neighbours stay distinct on 16-colour terminals too (hex pastels all become white)
@@ -128,10 +129,6 @@ def grid_lines(groups: list[list[Cell]], width: int, Text=None):
 
 def show(name: str, text: str, ids, pieces, spans, *, whitespace: bool = True, limit: int = 0, console=None) -> int:
     """Print the header and the grid; returns how many tokens were left out by `limit`."""
-    import sys
-
-    from basecli.render import console as default_console
-
     con = console or terminal_console()
     line = (AnsiLine if con.colour else PlainLine) if isinstance(con, PlainConsole) else None
     con.print(header(name, counts(text, len(ids))), style="bold", markup=False, highlight=False)
@@ -178,8 +175,6 @@ class AnsiLine(PlainLine):
 
 
 def terminal_console() -> "PlainConsole":
-    import sys
-
     return PlainConsole(colour=sys.stdout.isatty() and colour_allowed())
 
 
@@ -202,7 +197,5 @@ class PlainConsole:
         self.width = shutil.get_terminal_size().columns
 
     def print(self, obj="", style=None, **_) -> None:
-        import sys
-
         text = getattr(obj, "plain", obj)
         sys.stdout.write(f"\x1b[{sgr(style)}m{text}\x1b[0m\n" if self.colour and style else text + "\n")
