@@ -37,8 +37,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--repeats", type=int, default=1,
                     help="decode runs per engine and batch; the fastest counts (least disturbed by other load)")
-    ap.add_argument("--engines", default="basecli,basecli-lean,basecli-fp16,basecli-int8,transformers,llama.cpp",
-                    help="comma-separated subset to run (basecli-fp16/-int8: the lean engine with BASECLI_QUANTIZE)")
+    ap.add_argument("--engines", default="basecli,basecli-lean,basecli-fp16,basecli-int8,basecli-q8,basecli-q4,transformers,llama.cpp",
+                    help="comma-separated subset to run (basecli-fp16/-int8/-q8/-q4: the lean engine with BASECLI_QUANTIZE)")
     ap.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     ap.add_argument("--markdown", action="store_true", help="print a results-table row block for bench/README.md")
     args = ap.parse_args()
@@ -62,7 +62,9 @@ def main() -> None:
     if "basecli" in engines:
         results["basecli (transformers model code)"] = run_basecli(backend, prompt, args, say)
     for name, quantize, label in [("basecli-lean", None, "basecli (lean engine)"), ("basecli-fp16", "fp16", "basecli (lean, fp16 weights)"),
-                                  ("basecli-int8", "int8", "basecli (lean, int8 weights)")]:
+                                  ("basecli-int8", "int8", "basecli (lean, int8 weights)"),
+                                  ("basecli-q8", "q8", "basecli (native, Q8_0 weights)"),
+                                  ("basecli-q4", "q4", "basecli (native, Q4_1 weights)")]:
         if name in engines:
             lean = LocalBackend(args.model, device="cpu", dtype=args.dtype, engine="lean", quantize=quantize)
             if lean.engine == "lean":

@@ -195,6 +195,11 @@ class LeanLlama(torch.nn.Module):
         if cache.shared and (steps > 1 or mask is not None):
             cache.unshare()
         cache.reserve(batch, steps)
+        if steps == 1 and getattr(self, "native", None) is not None:  # engine/native.py: the whole step in one call
+            first = attention_mask[:, :start + 1].int().argmax(-1)  # left padding: each row's first real key
+            logits = self.native.step(input_ids, position_ids, first, cache)
+            cache.length = start + 1
+            return LeanOutput(logits[:, None])
         cos, sin = self.rope(position_ids)
         x = F.embedding(input_ids, self.embed)
         end = start + steps

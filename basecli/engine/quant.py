@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from basecli.errors import UsageError
 
-MODES = ("fp16", "int8")
+MODES = ("fp16", "int8", "q4", "q8")  # q4 and q8: basecli's own kernels (engine/native.py)
 
 
 class Packed:
@@ -109,6 +109,10 @@ def check(mode: str, model, device: str) -> None:
     """A UsageError saying what to change, unless `mode` can run for this model here."""
     if mode not in MODES:
         raise UsageError(f"unknown quantisation {mode!r} (BASECLI_QUANTIZE); choose one of: {', '.join(MODES)}")
+    if mode in ("q4", "q8"):
+        from basecli.engine import native
+
+        return native.check(mode, model, device)
     if device != "cpu":
         raise UsageError(f"BASECLI_QUANTIZE={mode} runs on the CPU only (fbgemm); unset it or use --device cpu")
     if not hasattr(model, "layers"):
@@ -121,6 +125,10 @@ def check(mode: str, model, device: str) -> None:
 
 def apply(model, mode: str) -> None:
     """Replace every matrix of a LeanLlama except the embedding lookup by its Packed form, in place."""
+    if mode in ("q4", "q8"):
+        from basecli.engine import native
+
+        return native.apply(model, mode)
     check(mode, model, model.device.type)
     for layer in model.layers:
         for name in ("qkv", "o", "gate_up", "down"):

@@ -1,0 +1,410 @@
+/* basecli's CPU kernels for 4- and 8-bit weights: a Llama decode step in one call.
+ *
+ * Why C: on a 2-core CPU a decode step of a 135M model is bounded by two things torch cannot
+ * fix from Python: bytes of weights read per token (torch has no fast 4-bit matmul on AVX2
+ * CPUs) and the cost per call into torch (about 2,000 small calls per step, 3-5 us each).
+ * Here a whole step is one call, and weights are read in llama.cpp's block formats:
+ *
+ *   Q4_1: 32 weights = fp16 scale d, fp16 minimum m, 16 bytes of 4-bit values  (5 bits a weight)
+ *   Q8_0: 32 weights = fp16 scale d, 32 signed bytes                           (8.5 bits a weight)
+ *
+ * Activations are quantised per block of 32 to 8 bits (scale = max|x| / 127) right before each
+ * matmul, so the inner product is integer arithmetic (AVX2 maddubs), as in llama.cpp.
+ * Everything else (norms, rope, attention, softmax, silu) is fp32.
+ *
+ * Built once per machine by basecli/engine/native.py with the system C compiler
+ * (-O3 -march=native -fopenmp); without AVX2 the plain C loops below are used instead.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define BASECLI_AVX2 1
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define QK 32
+
+typedef struct { uint16_t d, m; uint8_t qs[QK / 2]; } block_q4_1;  /* element j in the low nibble of qs[j], j+16 in its high nibble */
+typedef struct { uint16_t d; int8_t qs[QK]; } block_q8_0;
+typedef struct { float d, s; int8_t qs[QK]; } block_act;           /* an activation block; s = sum of its 32 inputs */
+
+enum { Q4_1 = 0, Q8_0 = 1 };
+
+/* ---- fp16 <-> fp32 (IEEE half, round to nearest even) ---- */
+
+static inline float half_to_float(uint16_t h) {
+#ifdef BASECLI_AVX2
+    return _cvtsh_ss(h);
+#else
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) bits = sign;
+        else {  /* subnormal: normalise */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400)) { man <<= 1; exp--; }
+            bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 31) bits = sign | 0x7f800000 | (man << 13);
+    else bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    float f; memcpy(&f, &bits, 4); return f;
+#endif
+}
+
+static inline uint16_t float_to_half(float f) {
+#ifdef BASECLI_AVX2
+    return _cvtss_sh(f, 0);
+#else
+    uint32_t x; memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000;
+    int32_t exp = (int32_t)((x >> 23) & 0xff) - 127 + 15;
+    uint32_t man = x & 0x7fffff;
+    if (((x >> 23) & 0xff) == 0xff) return (uint16_t)(sign | 0x7c00 | (man ? 0x200 : 0));
+    if (exp >= 31) return (uint16_t)(sign | 0x7c00);
+    if (exp <= 0) {
+        if (exp < -10) return (uint16_t)sign;
+        man |= 0x800000;
+        uint32_t shift = (uint32_t)(14 - exp), half = 1u << (shift - 1), rest = man & ((1u << shift) - 1);
+        uint32_t h = man >> shift;
+        if (rest > half || (rest == half && (h & 1))) h++;
+        return (uint16_t)(sign | h);
+    }
+    uint32_t h = sign | ((uint32_t)exp << 10) | (man >> 13), rest = man & 0x1fff;
+    if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++;  /* a carry into the exponent is still right */
+    return (uint16_t)h;
+#endif
+}
+
+/* ---- quantisation ---- */
+
+static void quantize_block_q4_1(const float *x, block_q4_1 *y) {
+    float lo = x[0], hi = x[0];
+    for (int j = 1; j < QK; j++) { lo = x[j] < lo ? x[j] : lo; hi = x[j] > hi ? x[j] : hi; }
+    float d = (hi - lo) / 15.0f, id = d ? 1.0f / d : 0.0f;
+    y->d = float_to_half(d);
+    y->m = float_to_half(lo);
+    for (int j = 0; j < QK / 2; j++) {
+        int a = (int)((x[j] - lo) * id + 0.5f), b = (int)((x[j + QK / 2] - lo) * id + 0.5f);
+        a = a > 15 ? 15 : a; b = b > 15 ? 15 : b;
+        y->qs[j] = (uint8_t)(a | (b << 4));
+    }
+}
+
+static void quantize_block_q8_0(const float *x, block_q8_0 *y) {
+    float amax = 0;
+    for (int j = 0; j < QK; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
+    float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
+    y->d = float_to_half(d);
+    for (int j = 0; j < QK; j++) y->qs[j] = (int8_t)lrintf(x[j] * id);
+}
+
+/* Bytes of a (rows, cols) matrix in `type`; cols must be a multiple of 32. */
+int64_t basecli_matrix_bytes(int type, int64_t rows, int64_t cols) {
+    int64_t blocks = rows * (cols / QK);
+    return blocks * (type == Q4_1 ? (int64_t)sizeof(block_q4_1) : (int64_t)sizeof(block_q8_0));
+}
+
+void basecli_quantize(int type, const float *x, void *out, int64_t rows, int64_t cols) {
+    int64_t nb = cols / QK;
+    #pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t b = 0; b < nb; b++) {
+            const float *src = x + r * cols + b * QK;
+            if (type == Q4_1) quantize_block_q4_1(src, (block_q4_1 *)out + r * nb + b);
+            else quantize_block_q8_0(src, (block_q8_0 *)out + r * nb + b);
+        }
+}
+
+void basecli_dequantize(int type, const void *w, float *out, int64_t rows, int64_t cols) {
+    int64_t nb = cols / QK;
+    for (int64_t i = 0; i < rows * nb; i++) {
+        float *y = out + i * QK;
+        if (type == Q4_1) {
+            const block_q4_1 *b = (const block_q4_1 *)w + i;
+            float d = half_to_float(b->d), m = half_to_float(b->m);
+            for (int j = 0; j < QK / 2; j++) { y[j] = (b->qs[j] & 15) * d + m; y[j + QK / 2] = (b->qs[j] >> 4) * d + m; }
+        } else {
+            const block_q8_0 *b = (const block_q8_0 *)w + i;
+            float d = half_to_float(b->d);
+            for (int j = 0; j < QK; j++) y[j] = b->qs[j] * d;
+        }
+    }
+}
+
+static void quantize_act_row(const float *x, block_act *y, int64_t n) {
+    for (int64_t b = 0; b < n / QK; b++, x += QK, y++) {
+        float amax = 0, s = 0;
+        for (int j = 0; j < QK; j++) { float a = fabsf(x[j]); amax = a > amax ? a : amax; s += x[j]; }
+        float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
+        y->d = d; y->s = s;
+        for (int j = 0; j < QK; j++) y->qs[j] = (int8_t)lrintf(x[j] * id);
+    }
+}
+
+/* ---- dot products of one weight row with one activation row ---- */
+
+#ifdef BASECLI_AVX2
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
+static float dot_q4_1(const block_q4_1 *w, const block_act *a, int64_t nb) {
+#ifdef BASECLI_AVX2
+    const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    __m256 acc = _mm256_setzero_ps();
+    float mins = 0;
+    for (int64_t i = 0; i < nb; i++) {
+        __m128i raw = _mm_loadu_si128((const __m128i *)w[i].qs);
+        __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
+        __m256i y = _mm256_loadu_si256((const __m256i *)a[i].qs);
+        __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(w[i].d) * a[i].d), _mm256_cvtepi32_ps(p), acc);
+        mins += half_to_float(w[i].m) * a[i].s;
+    }
+    return hsum(acc) + mins;
+#else
+    float sum = 0;
+    for (int64_t i = 0; i < nb; i++) {
+        int s = 0;
+        for (int j = 0; j < QK / 2; j++) s += (w[i].qs[j] & 15) * a[i].qs[j] + (w[i].qs[j] >> 4) * a[i].qs[j + QK / 2];
+        sum += half_to_float(w[i].d) * a[i].d * s + half_to_float(w[i].m) * a[i].s;
+    }
+    return sum;
+#endif
+}
+
+static float dot_q8_0(const block_q8_0 *w, const block_act *a, int64_t nb) {
+#ifdef BASECLI_AVX2
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        __m256i q = _mm256_loadu_si256((const __m256i *)w[i].qs);
+        __m256i y = _mm256_loadu_si256((const __m256i *)a[i].qs);
+        /* maddubs takes unsigned x signed: |q| times y with q's sign moved onto y */
+        __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q)), ones);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(w[i].d) * a[i].d), _mm256_cvtepi32_ps(p), acc);
+    }
+    return hsum(acc);
+#else
+    float sum = 0;
+    for (int64_t i = 0; i < nb; i++) {
+        int s = 0;
+        for (int j = 0; j < QK; j++) s += w[i].qs[j] * a[i].qs[j];
+        sum += half_to_float(w[i].d) * a[i].d * s;
+    }
+    return sum;
+#endif
+}
+
+/* out[r, c] = sum_k W[c, k] x[r, k] for r < M, c < N, with x already quantised (M rows of K/32 blocks).
+ * Split over output columns: each thread reads its own share of the weights once for all M rows. */
+static void matmul_q(int type, const void *W, const block_act *x, int64_t M, int64_t K, float *out, int64_t N) {
+    int64_t nb = K / QK;
+    #pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < N; c++) {
+        if (type == Q4_1) {
+            const block_q4_1 *w = (const block_q4_1 *)W + c * nb;
+            for (int64_t r = 0; r < M; r++) out[r * N + c] = dot_q4_1(w, x + r * nb, nb);
+        } else {
+            const block_q8_0 *w = (const block_q8_0 *)W + c * nb;
+            for (int64_t r = 0; r < M; r++) out[r * N + c] = dot_q8_0(w, x + r * nb, nb);
+        }
+    }
+}
+
+static void quantize_act(const float *x, block_act *y, int64_t M, int64_t K) {
+    #pragma omp parallel for schedule(static) if (M > 1)
+    for (int64_t r = 0; r < M; r++) quantize_act_row(x + r * K, y + r * (K / QK), K);
+}
+
+/* F.linear(x, W) for fp32 x (M, K) and a quantised W (N, K). */
+void basecli_linear(int type, const void *W, const float *x, int64_t M, int64_t K, float *out, int64_t N) {
+    block_act *q = malloc(sizeof(block_act) * M * (K / QK));
+    quantize_act(x, q, M, K);
+    matmul_q(type, W, q, M, K, out, N);
+    free(q);
+}
+
+/* ---- fp32 helpers ---- */
+
+static inline float dot_f32(const float *a, const float *b, int64_t n) {
+#ifdef BASECLI_AVX2
+    __m256 acc = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    float s = hsum(acc);
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+#else
+    float s = 0;
+    for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+#endif
+}
+
+static inline void axpy(float *y, float a, const float *x, int64_t n) {  /* y += a x */
+#ifdef BASECLI_AVX2
+    __m256 va = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+#else
+    for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+#endif
+}
+
+static void rms_norm(const float *x, const float *w, float *out, int64_t n, float eps) {
+    double ss = 0;  /* torch accumulates in fp32 with a tree; a double sum is at least as accurate */
+    for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float r = 1.0f / sqrtf((float)(ss / n) + eps);
+    for (int64_t i = 0; i < n; i++) out[i] = x[i] * r * w[i];
+}
+
+/* ---- the model and one decode step ---- */
+
+typedef struct {
+    int64_t dim, hidden, layers, heads, kv, head_dim, vocab;
+    float eps;
+    int wtype, htype;          /* block type of the layer matrices, of the vocabulary head */
+    const float *embed;        /* (vocab, dim) fp32 rows for the token lookup */
+    const float *norm;         /* final norm */
+    const void *head;          /* (vocab, dim) quantised */
+    const float *inv_freq;     /* (head_dim / 2) */
+    const float **norm1, **norm2;
+    const void **qkv, **o, **gate_up, **down;  /* per layer; qkv is q, k, v stacked, gate_up gate then up */
+} Model;
+
+typedef struct {               /* the KV cache of engine/lean.py's KVCache, as pointers and strides (in floats) */
+    float *k, *v;              /* per-row buffers (layers, B, kv, capacity, head_dim), contiguous */
+    int64_t capacity, column;  /* this step's column in the per-row buffers */
+    const float *pk, *pv;      /* the shared prefix (layers, 1, kv, shared, head_dim), or NULL */
+    int64_t p_layer, p_head, shared;
+} Cache;
+
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* One decode step for B rows: tokens (B), positions (B), first (B: the first key each row may see,
+ * counting the shared prefix's columns first) -> logits (B, vocab). Writes each row's key and value
+ * at cache->column. Returns 0, or -1 if out of memory. */
+int basecli_decode_step(const Model *m, int64_t B, const int64_t *tokens, const int64_t *positions,
+                        const int64_t *first, const Cache *c, float *logits) {
+    const int64_t dim = m->dim, hid = m->hidden, H = m->heads, KV = m->kv, hd = m->head_dim;
+    const int64_t qkv_n = (H + 2 * KV) * hd, group = H / KV, keys = c->shared + c->column + 1;
+    const int64_t widest = max64(max64(dim, hid), H * hd);
+    float *x = malloc(sizeof(float) * B * dim), *h = malloc(sizeof(float) * B * max64(dim, H * hd));
+    float *qkv = malloc(sizeof(float) * B * qkv_n), *gu = malloc(sizeof(float) * B * 2 * hid);
+    float *act = malloc(sizeof(float) * B * hid), *tmp = malloc(sizeof(float) * B * dim);
+    float *scores = malloc(sizeof(float) * B * H * keys), *rope = malloc(sizeof(float) * B * hd);
+    block_act *q8 = malloc(sizeof(block_act) * B * (widest / QK));
+    int status = 0;
+    if (!x || !h || !qkv || !gu || !act || !tmp || !scores || !rope || !q8) { status = -1; goto done; }
+
+    for (int64_t b = 0; b < B; b++) {
+        memcpy(x + b * dim, m->embed + tokens[b] * dim, sizeof(float) * dim);
+        for (int64_t i = 0; i < hd / 2; i++) {  /* cos, then sin, of position * inv_freq, in fp32 as torch computes them */
+            float f = (float)positions[b] * m->inv_freq[i];
+            rope[b * hd + i] = cosf(f);
+            rope[b * hd + hd / 2 + i] = sinf(f);
+        }
+    }
+    const float scale = 1.0f / sqrtf((float)hd);
+    const int64_t row_stride = KV * c->capacity * hd;  /* one row's buffer within a layer */
+
+    for (int64_t l = 0; l < m->layers; l++) {
+        for (int64_t b = 0; b < B; b++) rms_norm(x + b * dim, m->norm1[l], h + b * dim, dim, m->eps);
+        quantize_act(h, q8, B, dim);
+        matmul_q(m->wtype, m->qkv[l], q8, B, dim, qkv, qkv_n);
+
+        float *kl = c->k + l * B * row_stride, *vl = c->v + l * B * row_stride;
+        for (int64_t b = 0; b < B; b++) {
+            float *row = qkv + b * qkv_n;
+            const float *cs = rope + b * hd, *sn = rope + b * hd + hd / 2;
+            for (int64_t head = 0; head < H + KV; head++) {  /* rotate q and k: x cos + rotate_half(x) sin */
+                float *v = row + head * hd;
+                for (int64_t i = 0; i < hd / 2; i++) {
+                    float a = v[i], z = v[i + hd / 2];
+                    v[i] = a * cs[i] - z * sn[i];
+                    v[i + hd / 2] = z * cs[i] + a * sn[i];
+                }
+            }
+            for (int64_t g = 0; g < KV; g++) {
+                memcpy(kl + b * row_stride + (g * c->capacity + c->column) * hd, row + (H + g) * hd, sizeof(float) * hd);
+                memcpy(vl + b * row_stride + (g * c->capacity + c->column) * hd, row + (H + KV + g) * hd, sizeof(float) * hd);
+            }
+        }
+
+        #pragma omp parallel for schedule(static)
+        for (int64_t bh = 0; bh < B * H; bh++) {
+            int64_t b = bh / H, head = bh % H, g = head / group;
+            const float *q = qkv + b * qkv_n + head * hd;
+            const float *pk = c->pk ? c->pk + l * c->p_layer + g * c->p_head : NULL;
+            const float *pv = c->pv ? c->pv + l * c->p_layer + g * c->p_head : NULL;
+            const float *ok = kl + b * row_stride + g * c->capacity * hd, *ov = vl + b * row_stride + g * c->capacity * hd;
+            float *s = scores + bh * keys, *out = h + b * H * hd + head * hd, top = -INFINITY;
+            for (int64_t j = first[b]; j < keys; j++) {
+                const float *k = j < c->shared ? pk + j * hd : ok + (j - c->shared) * hd;
+                s[j] = dot_f32(q, k, hd) * scale;
+                top = s[j] > top ? s[j] : top;
+            }
+            float total = 0;
+            for (int64_t j = first[b]; j < keys; j++) { s[j] = expf(s[j] - top); total += s[j]; }
+            memset(out, 0, sizeof(float) * hd);
+            for (int64_t j = first[b]; j < keys; j++)
+                axpy(out, s[j] / total, j < c->shared ? pv + j * hd : ov + (j - c->shared) * hd, hd);
+        }
+
+        quantize_act(h, q8, B, H * hd);
+        matmul_q(m->wtype, m->o[l], q8, B, H * hd, tmp, dim);
+        for (int64_t i = 0; i < B * dim; i++) x[i] += tmp[i];
+
+        for (int64_t b = 0; b < B; b++) rms_norm(x + b * dim, m->norm2[l], h + b * dim, dim, m->eps);
+        quantize_act(h, q8, B, dim);
+        matmul_q(m->wtype, m->gate_up[l], q8, B, dim, gu, 2 * hid);
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t i = 0; i < hid; i++) {
+                float g = gu[b * 2 * hid + i];
+                act[b * hid + i] = g / (1.0f + expf(-g)) * gu[b * 2 * hid + hid + i];
+            }
+        quantize_act(act, q8, B, hid);
+        matmul_q(m->wtype, m->down[l], q8, B, hid, tmp, dim);
+        for (int64_t i = 0; i < B * dim; i++) x[i] += tmp[i];
+    }
+    for (int64_t b = 0; b < B; b++) rms_norm(x + b * dim, m->norm, h + b * dim, dim, m->eps);
+    quantize_act(h, q8, B, dim);
+    matmul_q(m->htype, m->head, q8, B, dim, logits, m->vocab);
+done:
+    free(x); free(h); free(qkv); free(gu); free(act); free(tmp); free(scores); free(rope); free(q8);
+    return status;
+}
+
+void basecli_set_threads(int n) {
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#else
+    (void)n;
+#endif
+}
+
+int basecli_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+int basecli_has_avx2(void) {
+#ifdef BASECLI_AVX2
+    return 1;
+#else
+    return 0;
+#endif
+}

@@ -1,0 +1,230 @@
+"""4- and 8-bit weights with basecli's own CPU kernels (native.c): BASECLI_QUANTIZE=q4 or q8.
+
+- q4: the layer matrices in Q4_1 (5 bits a weight), the vocabulary head in Q8_0: the same
+  formats, block for block, as the embedded SmolLM2 GGUF, so for that model the weights are
+  exactly the file's (re-quantising its dequantised values gives back its blocks).
+- q8: every matrix in Q8_0 (8.5 bits a weight).
+
+A decode step (one new token per row) is a single call into C: norms, matmuls, rope, attention
+over the lean engine's KV cache (its shared prompt prefix included) and the head. Prompts and
+other multi-token passes stay on the lean engine's torch code, with these kernels as its
+matmuls, so masks, padding and long prompts go through torch's attention as before.
+
+The C source is compiled once per machine with the system's C compiler (CC, else cc) into
+BASECLI_HOME/native/, keyed by the source, the flags and the CPU; the token embedding stays fp32
+for the row lookups.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from basecli import config
+from basecli.errors import UsageError
+
+MODES = ("q4", "q8")
+Q4_1, Q8_0 = 0, 1
+LAYER_TYPE = {"q4": Q4_1, "q8": Q8_0}
+BLOCK = 32
+SOURCE = Path(__file__).with_name("native.c")
+FLAG_SETS = (  # the first that compiles is used: OpenMP threads and this CPU's vector units where there are
+    ["-O3", "-march=native", "-fopenmp"],
+    ["-O3", "-march=native"],
+    ["-O3", "-fopenmp"],
+    ["-O3"],
+)
+
+_lib = None
+
+
+class NativeUnavailable(Exception):
+    """The kernels cannot be built here; the message says why and what to do."""
+
+
+def library() -> ctypes.CDLL:
+    """The compiled kernels, built on first use (about a second) and kept in BASECLI_HOME."""
+    global _lib
+    if _lib is None:
+        _lib = _declare(ctypes.CDLL(str(_build())))
+    return _lib
+
+
+def _cpu_key() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [line for line in f if line.startswith(("model name", "flags"))][:2]
+    except OSError:
+        lines = []
+    return platform.machine() + platform.processor() + "".join(lines)
+
+
+def _build() -> Path:
+    source = SOURCE.read_bytes()
+    compiler = os.environ.get("CC") or "cc"
+    key = hashlib.sha256(source + compiler.encode() + _cpu_key().encode()).hexdigest()[:16]
+    folder = config.home() / "native"
+    target = folder / f"basecli-native-{key}.so"
+    if target.exists():
+        return target
+    if not shutil.which(compiler):
+        raise NativeUnavailable(f"no C compiler ({compiler}) to build basecli's 4/8-bit kernels; "
+                                "install gcc (or set CC), or unset BASECLI_QUANTIZE")
+    folder.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for flags in FLAG_SETS:
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            out = Path(tmp) / target.name
+            run = subprocess.run([compiler, *flags, "-shared", "-fPIC", "-o", str(out), str(SOURCE), "-lm"],
+                                 capture_output=True, text=True)
+            if run.returncode == 0:
+                os.replace(out, target)  # atomic: a concurrent build loses nothing
+                return target
+            errors.append(run.stderr.strip().splitlines()[-1:] or ["?"])
+    raise NativeUnavailable(f"{compiler} could not build basecli's 4/8-bit kernels ({errors[-1][0][:160]}); "
+                            "unset BASECLI_QUANTIZE")
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    i64, p = ctypes.c_int64, ctypes.c_void_p
+    lib.basecli_matrix_bytes.argtypes, lib.basecli_matrix_bytes.restype = [ctypes.c_int, i64, i64], i64
+    lib.basecli_quantize.argtypes = [ctypes.c_int, p, p, i64, i64]
+    lib.basecli_dequantize.argtypes = [ctypes.c_int, p, p, i64, i64]
+    lib.basecli_linear.argtypes = [ctypes.c_int, p, p, i64, i64, p, i64]
+    lib.basecli_decode_step.argtypes = [ctypes.POINTER(ModelStruct), i64, p, p, p, ctypes.POINTER(CacheStruct), p]
+    lib.basecli_decode_step.restype = ctypes.c_int
+    lib.basecli_set_threads.argtypes = [ctypes.c_int]
+    for name in ("basecli_quantize", "basecli_dequantize", "basecli_linear", "basecli_set_threads"):
+        getattr(lib, name).restype = None
+    return lib
+
+
+class ModelStruct(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_int64) for n in ("dim", "hidden", "layers", "heads", "kv", "head_dim", "vocab")] + [
+        ("eps", ctypes.c_float), ("wtype", ctypes.c_int), ("htype", ctypes.c_int),
+        ("embed", ctypes.c_void_p), ("norm", ctypes.c_void_p), ("head", ctypes.c_void_p), ("inv_freq", ctypes.c_void_p),
+        ("norm1", ctypes.POINTER(ctypes.c_void_p)), ("norm2", ctypes.POINTER(ctypes.c_void_p)),
+        ("qkv", ctypes.POINTER(ctypes.c_void_p)), ("o", ctypes.POINTER(ctypes.c_void_p)),
+        ("gate_up", ctypes.POINTER(ctypes.c_void_p)), ("down", ctypes.POINTER(ctypes.c_void_p)),
+    ]
+
+
+class CacheStruct(ctypes.Structure):
+    _fields_ = [("k", ctypes.c_void_p), ("v", ctypes.c_void_p), ("capacity", ctypes.c_int64), ("column", ctypes.c_int64),
+                ("pk", ctypes.c_void_p), ("pv", ctypes.c_void_p), ("p_layer", ctypes.c_int64), ("p_head", ctypes.c_int64),
+                ("shared", ctypes.c_int64)]
+
+
+class QuantizedMatrix:
+    """A (rows, cols) weight matrix in Q4_1 or Q8_0 blocks; `matrix(x)` is F.linear(x, weight) for fp32 x.
+
+    Answers numel/element_size/data_ptr like a tensor, so memory accounting counts it (element_size
+    is bytes per weight, a fraction: 0.625 for Q4_1).
+    """
+
+    def __init__(self, weight: torch.Tensor, kind: int):
+        rows, cols = weight.shape
+        if cols % BLOCK:
+            raise NativeUnavailable(f"a matrix of {cols} columns (the kernels need a multiple of {BLOCK})")
+        lib = library()
+        self.shape, self.kind, self.lib = (rows, cols), kind, lib
+        self.blocks = torch.empty(lib.basecli_matrix_bytes(kind, rows, cols), dtype=torch.uint8)
+        w = weight.float().contiguous()
+        lib.basecli_quantize(kind, w.data_ptr(), self.blocks.data_ptr(), rows, cols)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rows, cols = self.shape
+        flat = x.reshape(-1, cols).float().contiguous()
+        out = torch.empty(flat.shape[0], rows)
+        self.lib.basecli_linear(self.kind, self.blocks.data_ptr(), flat.data_ptr(), flat.shape[0], cols, out.data_ptr(), rows)
+        return out.view(*x.shape[:-1], rows)
+
+    def dequantize(self) -> torch.Tensor:
+        """The fp32 matrix these blocks stand for."""
+        out = torch.empty(self.shape)
+        self.lib.basecli_dequantize(self.kind, self.blocks.data_ptr(), out.data_ptr(), *self.shape)
+        return out
+
+    def numel(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    def element_size(self) -> float:
+        return self.blocks.numel() / self.numel()
+
+    def data_ptr(self) -> int:
+        return self.blocks.data_ptr()
+
+
+class NativeDecoder:
+    """A LeanLlama's decode step as one call into native.c; built by `apply`, which owns the matrices."""
+
+    def __init__(self, model, head_kind: int):
+        self.model, self.lib = model, library()
+        layers = model.layers
+        self.embed = model.embed.float().contiguous()
+        self.norms = [t.float().contiguous() for layer in layers for t in (layer.norm1, layer.norm2)] + [model.norm.float().contiguous()]
+        self.inv_freq = model.inv_freq.float().contiguous()
+        arr = lambda values: (ctypes.c_void_p * len(values))(*values)  # noqa: E731
+        self._arrays = [arr([self.norms[2 * i].data_ptr() for i in range(len(layers))]),
+                        arr([self.norms[2 * i + 1].data_ptr() for i in range(len(layers))])]
+        self._arrays += [arr([getattr(layer, name).data_ptr() for layer in layers]) for name in ("qkv", "o", "gate_up", "down")]
+        cfg = model.config
+        self.struct = ModelStruct(
+            model.dim, cfg.intermediate_size, len(layers), model.n_heads, model.n_kv, model.head_dim, model.head.shape[0],
+            model.eps, layers[0].qkv.kind, head_kind, self.embed.data_ptr(), self.norms[-1].data_ptr(),
+            model.head.data_ptr(), self.inv_freq.data_ptr(), *self._arrays)
+
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, first: torch.Tensor, cache) -> torch.Tensor:
+        """Logits (B, vocab) of one new token per row; writes the rows' keys and values at the cache's next column."""
+        batch = tokens.shape[0]
+        tokens, positions, first = (t.reshape(batch).to(torch.int64).contiguous() for t in (tokens, positions, first))
+        cs = CacheStruct(cache.k.data_ptr(), cache.v.data_ptr(), cache.k.shape[3], cache.length - cache.shared)
+        if cache.shared:
+            pk, pv = cache.prefix_k, cache.prefix_v
+            cs.pk, cs.pv, cs.p_layer, cs.p_head, cs.shared = pk.data_ptr(), pv.data_ptr(), pk.stride(0), pk.stride(2), cache.shared
+            assert pk.stride() == pv.stride() and pk.stride(3) == self.model.head_dim and pk.stride(4) == 1
+        logits = torch.empty(batch, self.struct.vocab)
+        if self.lib.basecli_decode_step(ctypes.byref(self.struct), batch, tokens.data_ptr(), positions.data_ptr(),
+                                        first.data_ptr(), ctypes.byref(cs), logits.data_ptr()):
+            raise MemoryError("basecli's decode step could not allocate its buffers")
+        return logits
+
+
+def check(mode: str, model, device: str) -> None:
+    """A UsageError saying what to change, unless `mode` can run for this model here."""
+    if device != "cpu":
+        raise UsageError(f"BASECLI_QUANTIZE={mode} runs on the CPU only; unset it or use --device cpu")
+    if not hasattr(model, "layers"):
+        raise UsageError(f"BASECLI_QUANTIZE={mode} needs the lean engine (Llama models): set BASECLI_ENGINE=lean or unset it")
+    if model.embed.dtype != torch.float32:
+        raise UsageError(f"BASECLI_QUANTIZE={mode} needs float32 activations: use --dtype float32")
+    try:
+        library()
+    except NativeUnavailable as e:
+        raise UsageError(str(e)) from None
+
+
+def apply(model, mode: str, threads: int | None = None) -> None:
+    """Quantise every matrix of a LeanLlama but the embedding lookup, in place, and give it the one-call decode step."""
+    check(mode, model, model.device.type)
+    lib = library()
+    lib.basecli_set_threads(threads or torch.get_num_threads())
+    kind = LAYER_TYPE[mode]
+    try:
+        for layer in model.layers:
+            for name in ("qkv", "o", "gate_up", "down"):
+                setattr(layer, name, QuantizedMatrix(getattr(layer, name), kind))
+        model.head_tied = model.head is model.embed
+        model.head = QuantizedMatrix(model.head, Q8_0)
+    except NativeUnavailable as e:
+        raise UsageError(f"BASECLI_QUANTIZE={mode} cannot run this model: {e}") from None
+    model.native = NativeDecoder(model, Q8_0)
+    model.quantized = mode
