@@ -29,6 +29,29 @@
 
 #define QK 32
 
+/* Built with -DBASECLI_PROFILE (bench/profile_step.py --quantize q4), a decode step adds the seconds
+ * it spends in each part to `profile`: matmuls, attention, everything else (norms, rope, silu, quantising). */
+#ifdef BASECLI_PROFILE
+#include <time.h>
+static double profile[3];
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
+#define TICK(part) do { double t_ = now(); profile[part] += t_ - tick_; tick_ = t_; } while (0)
+#define TICK_START double tick_ = now()
+#else
+#define TICK(part) do { } while (0)
+#define TICK_START do { } while (0)
+#endif
+enum { MATMUL = 0, ATTENTION = 1, OTHER = 2 };
+
+/* Seconds per part since the last call (zeros unless built with -DBASECLI_PROFILE); resets them. */
+void basecli_profile(double *out) {
+#ifdef BASECLI_PROFILE
+    for (int i = 0; i < 3; i++) { out[i] = profile[i]; profile[i] = 0; }
+#else
+    for (int i = 0; i < 3; i++) out[i] = 0;
+#endif
+}
+
 typedef struct { uint16_t d, m; uint8_t qs[QK / 2]; } block_q4_1;  /* element j in the low nibble of qs[j], j+16 in its high nibble */
 typedef struct { uint16_t d; int8_t qs[QK]; } block_q8_0;
 typedef struct { float d, s; int8_t qs[QK]; } block_act;           /* an activation block; s = sum of its 32 inputs */
@@ -78,6 +101,35 @@ static inline uint16_t float_to_half(float f) {
     return (uint16_t)h;
 #endif
 }
+
+#ifdef BASECLI_AVX2
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
+#ifdef BASECLI_AVX2
+/* exp(x) for 8 floats: Cody-Waite reduction x = n ln2 + r and Cephes' expf polynomial (about 1 ulp);
+ * inputs below -87.3 give about 1e-38 instead of 0, which no softmax or sigmoid here can tell apart. */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.7f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+#endif
 
 /* ---- quantisation ---- */
 
@@ -137,24 +189,34 @@ void basecli_dequantize(int type, const void *w, float *out, int64_t rows, int64
 
 static void quantize_act_row(const float *x, block_act *y, int64_t n) {
     for (int64_t b = 0; b < n / QK; b++, x += QK, y++) {
+#ifdef BASECLI_AVX2
+        const __m256 sign = _mm256_set1_ps(-0.0f);
+        __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8), v2 = _mm256_loadu_ps(x + 16), v3 = _mm256_loadu_ps(x + 24);
+        __m256 amax = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
+                                    _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float d = _mm_cvtss_f32(m4) / 127.0f, id = d ? 1.0f / d : 0.0f;
+        y->d = d;
+        y->s = hsum(_mm256_add_ps(_mm256_add_ps(v0, v1), _mm256_add_ps(v2, v3)));
+        __m256 vid = _mm256_set1_ps(id);  /* cvtps rounds to nearest even, as lrintf does */
+        __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, vid)), i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, vid));
+        __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, vid)), i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, vid));
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));  /* packs work per 128-bit lane */
+        _mm256_storeu_si256((__m256i *)y->qs, _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+#else
         float amax = 0, s = 0;
         for (int j = 0; j < QK; j++) { float a = fabsf(x[j]); amax = a > amax ? a : amax; s += x[j]; }
         float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
         y->d = d; y->s = s;
         for (int j = 0; j < QK; j++) y->qs[j] = (int8_t)lrintf(x[j] * id);
+#endif
     }
 }
 
 /* ---- dot products of one weight row with one activation row ---- */
 
-#ifdef BASECLI_AVX2
-static inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-#endif
 
 static float dot_q4_1(const block_q4_1 *w, const block_act *a, int64_t nb) {
 #ifdef BASECLI_AVX2
@@ -204,18 +266,63 @@ static float dot_q8_0(const block_q8_0 *w, const block_act *a, int64_t nb) {
 #endif
 }
 
+#ifdef BASECLI_AVX2
+/* One weight row against 4 activation rows: each weight block is unpacked once for all four. */
+static void dot4_q4_1(const block_q4_1 *w, const block_act *a, int64_t nb, float *out, int64_t ostride) {
+    const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    const block_act *a0 = a, *a1 = a + nb, *a2 = a + 2 * nb, *a3 = a + 3 * nb;
+    __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+    __m128 mins = _mm_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        __m128i raw = _mm_loadu_si128((const __m128i *)w[i].qs);
+        __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
+        float d = half_to_float(w[i].d);
+        mins = _mm_fmadd_ps(_mm_set1_ps(half_to_float(w[i].m)), _mm_setr_ps(a0[i].s, a1[i].s, a2[i].s, a3[i].s), mins);
+#define ROW(acc, ar) acc = _mm256_fmadd_ps(_mm256_set1_ps(d * ar[i].d), _mm256_cvtepi32_ps(_mm256_madd_epi16( \
+            _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)ar[i].qs)), ones)), acc)
+        ROW(c0, a0); ROW(c1, a1); ROW(c2, a2); ROW(c3, a3);
+#undef ROW
+    }
+    float m[4];
+    _mm_storeu_ps(m, mins);
+    out[0] = hsum(c0) + m[0]; out[ostride] = hsum(c1) + m[1]; out[2 * ostride] = hsum(c2) + m[2]; out[3 * ostride] = hsum(c3) + m[3];
+}
+
+static void dot4_q8_0(const block_q8_0 *w, const block_act *a, int64_t nb, float *out, int64_t ostride) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    const block_act *a0 = a, *a1 = a + nb, *a2 = a + 2 * nb, *a3 = a + 3 * nb;
+    __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+    for (int64_t i = 0; i < nb; i++) {
+        __m256i q = _mm256_loadu_si256((const __m256i *)w[i].qs), aq = _mm256_sign_epi8(q, q);
+        float d = half_to_float(w[i].d);
+#define ROW(acc, ar) acc = _mm256_fmadd_ps(_mm256_set1_ps(d * ar[i].d), _mm256_cvtepi32_ps(_mm256_madd_epi16( \
+            _mm256_maddubs_epi16(aq, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)ar[i].qs), q)), ones)), acc)
+        ROW(c0, a0); ROW(c1, a1); ROW(c2, a2); ROW(c3, a3);
+#undef ROW
+    }
+    out[0] = hsum(c0); out[ostride] = hsum(c1); out[2 * ostride] = hsum(c2); out[3 * ostride] = hsum(c3);
+}
+#endif
+
 /* out[r, c] = sum_k W[c, k] x[r, k] for r < M, c < N, with x already quantised (M rows of K/32 blocks).
  * Split over output columns: each thread reads its own share of the weights once for all M rows. */
 static void matmul_q(int type, const void *W, const block_act *x, int64_t M, int64_t K, float *out, int64_t N) {
     int64_t nb = K / QK;
     #pragma omp parallel for schedule(static)
     for (int64_t c = 0; c < N; c++) {
+        int64_t r = 0;
         if (type == Q4_1) {
             const block_q4_1 *w = (const block_q4_1 *)W + c * nb;
-            for (int64_t r = 0; r < M; r++) out[r * N + c] = dot_q4_1(w, x + r * nb, nb);
+#ifdef BASECLI_AVX2
+            for (; r + 4 <= M; r += 4) dot4_q4_1(w, x + r * nb, nb, out + r * N + c, N);
+#endif
+            for (; r < M; r++) out[r * N + c] = dot_q4_1(w, x + r * nb, nb);
         } else {
             const block_q8_0 *w = (const block_q8_0 *)W + c * nb;
-            for (int64_t r = 0; r < M; r++) out[r * N + c] = dot_q8_0(w, x + r * nb, nb);
+#ifdef BASECLI_AVX2
+            for (; r + 4 <= M; r += 4) dot4_q8_0(w, x + r * nb, nb, out + r * N + c, N);
+#endif
+            for (; r < M; r++) out[r * N + c] = dot_q8_0(w, x + r * nb, nb);
         }
     }
 }
@@ -268,6 +375,34 @@ static void rms_norm(const float *x, const float *w, float *out, int64_t n, floa
     for (int64_t i = 0; i < n; i++) out[i] = x[i] * r * w[i];
 }
 
+static void silu_mul(const float *gate, const float *up, float *out, int64_t n) {  /* silu(gate) * up */
+    int64_t i = 0;
+#ifdef BASECLI_AVX2
+    for (; i + 8 <= n; i += 8) {
+        __m256 g = _mm256_loadu_ps(gate + i);
+        __m256 sig = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), g))));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(g, sig), _mm256_loadu_ps(up + i)));
+    }
+#endif
+    for (; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
+
+static float exp_sum(float *s, int64_t n, float top) {  /* s = exp(s - top) in place; returns the sum */
+    int64_t i = 0;
+    float total = 0;
+#ifdef BASECLI_AVX2
+    __m256 acc = _mm256_setzero_ps(), vt = _mm256_set1_ps(top);
+    for (; i + 8 <= n; i += 8) {
+        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + i), vt));
+        _mm256_storeu_ps(s + i, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    total = hsum(acc);
+#endif
+    for (; i < n; i++) { s[i] = expf(s[i] - top); total += s[i]; }
+    return total;
+}
+
 /* ---- the model and one decode step ---- */
 
 typedef struct {
@@ -315,13 +450,16 @@ int basecli_decode_step(const Model *m, int64_t B, const int64_t *tokens, const 
             rope[b * hd + hd / 2 + i] = sinf(f);
         }
     }
+    TICK_START;
     const float scale = 1.0f / sqrtf((float)hd);
     const int64_t row_stride = KV * c->capacity * hd;  /* one row's buffer within a layer */
 
     for (int64_t l = 0; l < m->layers; l++) {
         for (int64_t b = 0; b < B; b++) rms_norm(x + b * dim, m->norm1[l], h + b * dim, dim, m->eps);
         quantize_act(h, q8, B, dim);
+        TICK(OTHER);
         matmul_q(m->wtype, m->qkv[l], q8, B, dim, qkv, qkv_n);
+        TICK(MATMUL);
 
         float *kl = c->k + l * B * row_stride, *vl = c->v + l * B * row_stride;
         for (int64_t b = 0; b < B; b++) {
@@ -341,6 +479,7 @@ int basecli_decode_step(const Model *m, int64_t B, const int64_t *tokens, const 
             }
         }
 
+        TICK(OTHER);
         #pragma omp parallel for schedule(static)
         for (int64_t bh = 0; bh < B * H; bh++) {
             int64_t b = bh / H, head = bh % H, g = head / group;
@@ -354,32 +493,36 @@ int basecli_decode_step(const Model *m, int64_t B, const int64_t *tokens, const 
                 s[j] = dot_f32(q, k, hd) * scale;
                 top = s[j] > top ? s[j] : top;
             }
-            float total = 0;
-            for (int64_t j = first[b]; j < keys; j++) { s[j] = expf(s[j] - top); total += s[j]; }
+            float total = exp_sum(s + first[b], keys - first[b], top);
             memset(out, 0, sizeof(float) * hd);
             for (int64_t j = first[b]; j < keys; j++)
                 axpy(out, s[j] / total, j < c->shared ? pv + j * hd : ov + (j - c->shared) * hd, hd);
         }
 
+        TICK(ATTENTION);
         quantize_act(h, q8, B, H * hd);
+        TICK(OTHER);
         matmul_q(m->wtype, m->o[l], q8, B, H * hd, tmp, dim);
+        TICK(MATMUL);
         for (int64_t i = 0; i < B * dim; i++) x[i] += tmp[i];
 
         for (int64_t b = 0; b < B; b++) rms_norm(x + b * dim, m->norm2[l], h + b * dim, dim, m->eps);
         quantize_act(h, q8, B, dim);
+        TICK(OTHER);
         matmul_q(m->wtype, m->gate_up[l], q8, B, dim, gu, 2 * hid);
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t i = 0; i < hid; i++) {
-                float g = gu[b * 2 * hid + i];
-                act[b * hid + i] = g / (1.0f + expf(-g)) * gu[b * 2 * hid + hid + i];
-            }
+        TICK(MATMUL);
+        for (int64_t b = 0; b < B; b++) silu_mul(gu + b * 2 * hid, gu + b * 2 * hid + hid, act + b * hid, hid);
         quantize_act(act, q8, B, hid);
+        TICK(OTHER);
         matmul_q(m->wtype, m->down[l], q8, B, hid, tmp, dim);
+        TICK(MATMUL);
         for (int64_t i = 0; i < B * dim; i++) x[i] += tmp[i];
     }
     for (int64_t b = 0; b < B; b++) rms_norm(x + b * dim, m->norm, h + b * dim, dim, m->eps);
     quantize_act(h, q8, B, dim);
+    TICK(OTHER);
     matmul_q(m->htype, m->head, q8, B, dim, logits, m->vocab);
+    TICK(MATMUL);
 done:
     free(x); free(h); free(qkv); free(gu); free(act); free(tmp); free(scores); free(rope); free(q8);
     return status;

@@ -51,11 +51,27 @@ class NativeUnavailable(Exception):
 
 
 def library() -> ctypes.CDLL:
-    """The compiled kernels, built on first use (about a second) and kept in BASECLI_HOME."""
+    """The compiled kernels, built on first use (about a second) and kept in BASECLI_HOME.
+
+    BASECLI_NATIVE_PROFILE=1 builds them with -DBASECLI_PROFILE (see `profile`).
+    """
     global _lib
     if _lib is None:
-        _lib = _declare(ctypes.CDLL(str(_build())))
+        extra = ["-DBASECLI_PROFILE"] if os.environ.get("BASECLI_NATIVE_PROFILE") else []
+        _lib = load(build(tuple([*flags, *extra] for flags in FLAG_SETS)))
     return _lib
+
+
+def profile() -> dict[str, float]:
+    """Seconds decode steps spent in matmuls, attention and everything else since the last call (a profiling build only)."""
+    out = (ctypes.c_double * 3)()
+    library().basecli_profile(out)
+    return dict(zip(("matmul", "attention", "other"), out))
+
+
+def load(path: Path) -> ctypes.CDLL:
+    """A built kernel library, its functions declared for ctypes."""
+    return _declare(ctypes.CDLL(str(path)))
 
 
 def _cpu_key() -> str:
@@ -67,10 +83,11 @@ def _cpu_key() -> str:
     return platform.machine() + platform.processor() + "".join(lines)
 
 
-def _build() -> Path:
+def build(flag_sets=FLAG_SETS) -> Path:
+    """The shared library of native.c built with the first of `flag_sets` that compiles, cached in BASECLI_HOME."""
     source = SOURCE.read_bytes()
     compiler = os.environ.get("CC") or "cc"
-    key = hashlib.sha256(source + compiler.encode() + _cpu_key().encode()).hexdigest()[:16]
+    key = hashlib.sha256(source + compiler.encode() + _cpu_key().encode() + repr(flag_sets).encode()).hexdigest()[:16]
     folder = config.home() / "native"
     target = folder / f"basecli-native-{key}.so"
     if target.exists():
@@ -80,7 +97,7 @@ def _build() -> Path:
                                 "install gcc (or set CC), or unset BASECLI_QUANTIZE")
     folder.mkdir(parents=True, exist_ok=True)
     errors = []
-    for flags in FLAG_SETS:
+    for flags in flag_sets:
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             out = Path(tmp) / target.name
             run = subprocess.run([compiler, *flags, "-shared", "-fPIC", "-o", str(out), str(SOURCE), "-lm"],
@@ -102,7 +119,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.basecli_decode_step.argtypes = [ctypes.POINTER(ModelStruct), i64, p, p, p, ctypes.POINTER(CacheStruct), p]
     lib.basecli_decode_step.restype = ctypes.c_int
     lib.basecli_set_threads.argtypes = [ctypes.c_int]
-    for name in ("basecli_quantize", "basecli_dequantize", "basecli_linear", "basecli_set_threads"):
+    lib.basecli_profile.argtypes = [ctypes.POINTER(ctypes.c_double)]
+    for name in ("basecli_quantize", "basecli_dequantize", "basecli_linear", "basecli_set_threads", "basecli_profile"):
         getattr(lib, name).restype = None
     return lib
 
@@ -130,11 +148,11 @@ class QuantizedMatrix:
     is bytes per weight, a fraction: 0.625 for Q4_1).
     """
 
-    def __init__(self, weight: torch.Tensor, kind: int):
+    def __init__(self, weight: torch.Tensor, kind: int, lib: ctypes.CDLL | None = None):
         rows, cols = weight.shape
         if cols % BLOCK:
             raise NativeUnavailable(f"a matrix of {cols} columns (the kernels need a multiple of {BLOCK})")
-        lib = library()
+        lib = lib or library()
         self.shape, self.kind, self.lib = (rows, cols), kind, lib
         self.blocks = torch.empty(lib.basecli_matrix_bytes(kind, rows, cols), dtype=torch.uint8)
         w = weight.float().contiguous()
@@ -166,8 +184,8 @@ class QuantizedMatrix:
 class NativeDecoder:
     """A LeanLlama's decode step as one call into native.c; built by `apply`, which owns the matrices."""
 
-    def __init__(self, model, head_kind: int):
-        self.model, self.lib = model, library()
+    def __init__(self, model, head_kind: int, lib: ctypes.CDLL | None = None):
+        self.model, self.lib = model, lib or library()
         layers = model.layers
         self.embed = model.embed.float().contiguous()
         self.norms = [t.float().contiguous() for layer in layers for t in (layer.norm1, layer.norm2)] + [model.norm.float().contiguous()]
