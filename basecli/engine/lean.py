@@ -151,6 +151,7 @@ class LeanLlama(torch.nn.Module):
         self.norm = take("model.norm.weight")
         self.head = take("lm_head.weight") if "lm_head.weight" in weights.index else self.embed
         self._device = torch.device(device)
+        self.native = None  # engine/native.py's one-call decode step, when BASECLI_QUANTIZE=q4|q8
 
     @property
     def device(self) -> torch.device:
@@ -191,15 +192,12 @@ class LeanLlama(torch.nn.Module):
             attention_mask = torch.ones(batch, start + steps, dtype=torch.long, device=input_ids.device)
         if position_ids is None:
             position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, start:]
+        if steps == 1 and self.native is not None:  # engine/native.py: the whole step in one call
+            return LeanOutput(self.native.step(input_ids, attention_mask, position_ids, cache)[:, None])
         mask = attention_bias(attention_mask.bool(), steps)
         if cache.shared and (steps > 1 or mask is not None):
             cache.unshare()
         cache.reserve(batch, steps)
-        if steps == 1 and getattr(self, "native", None) is not None:  # engine/native.py: the whole step in one call
-            first = attention_mask[:, :start + 1].int().argmax(-1)  # left padding: each row's first real key
-            logits = self.native.step(input_ids, position_ids, first, cache)
-            cache.length = start + 1
-            return LeanOutput(logits[:, None])
         cos, sin = self.rope(position_ids)
         x = F.embedding(input_ids, self.embed)
         end = start + steps

@@ -267,62 +267,85 @@ static float dot_q8_0(const block_q8_0 *w, const block_act *a, int64_t nb) {
 }
 
 #ifdef BASECLI_AVX2
-/* One weight row against 4 activation rows: each weight block is unpacked once for all four. */
-static void dot4_q4_1(const block_q4_1 *w, const block_act *a, int64_t nb, float *out, int64_t ostride) {
+/* Two weight rows against 4 activation rows: each weight block is unpacked once for four rows and each
+ * activation block loaded once for two; the 8 accumulators stay in registers. */
+#define TILE_MADD(q, a) _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(q, a), ones))
+
+static void tile_q4_1(const block_q4_1 *w0, const block_q4_1 *w1, const block_act *a, int64_t nb, float *out, int64_t ostride) {
     const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
-    const block_act *a0 = a, *a1 = a + nb, *a2 = a + 2 * nb, *a3 = a + 3 * nb;
-    __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
-    __m128 mins = _mm_setzero_ps();
+    __m256 c[2][4];
+    for (int i = 0; i < 4; i++) c[0][i] = c[1][i] = _mm256_setzero_ps();
+    __m128 m0 = _mm_setzero_ps(), m1 = _mm_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
-        __m128i raw = _mm_loadu_si128((const __m128i *)w[i].qs);
-        __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
-        float d = half_to_float(w[i].d);
-        mins = _mm_fmadd_ps(_mm_set1_ps(half_to_float(w[i].m)), _mm_setr_ps(a0[i].s, a1[i].s, a2[i].s, a3[i].s), mins);
-#define ROW(acc, ar) acc = _mm256_fmadd_ps(_mm256_set1_ps(d * ar[i].d), _mm256_cvtepi32_ps(_mm256_madd_epi16( \
-            _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)ar[i].qs)), ones)), acc)
-        ROW(c0, a0); ROW(c1, a1); ROW(c2, a2); ROW(c3, a3);
-#undef ROW
+        __m128i r0 = _mm_loadu_si128((const __m128i *)w0[i].qs), r1 = _mm_loadu_si128((const __m128i *)w1[i].qs);
+        __m256i q0 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(r0, 4), r0), low);
+        __m256i q1 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(r1, 4), r1), low);
+        __m128 ad = _mm_setr_ps(a[i].d, a[nb + i].d, a[2 * nb + i].d, a[3 * nb + i].d);
+        __m128 as = _mm_setr_ps(a[i].s, a[nb + i].s, a[2 * nb + i].s, a[3 * nb + i].s);
+        __m128 d0 = _mm_mul_ps(_mm_set1_ps(half_to_float(w0[i].d)), ad), d1 = _mm_mul_ps(_mm_set1_ps(half_to_float(w1[i].d)), ad);
+        m0 = _mm_fmadd_ps(_mm_set1_ps(half_to_float(w0[i].m)), as, m0);
+        m1 = _mm_fmadd_ps(_mm_set1_ps(half_to_float(w1[i].m)), as, m1);
+        float s0[4], s1[4];
+        _mm_storeu_ps(s0, d0); _mm_storeu_ps(s1, d1);
+        for (int r = 0; r < 4; r++) {
+            __m256i y = _mm256_loadu_si256((const __m256i *)a[r * nb + i].qs);
+            c[0][r] = _mm256_fmadd_ps(_mm256_set1_ps(s0[r]), TILE_MADD(q0, y), c[0][r]);
+            c[1][r] = _mm256_fmadd_ps(_mm256_set1_ps(s1[r]), TILE_MADD(q1, y), c[1][r]);
+        }
     }
-    float m[4];
-    _mm_storeu_ps(m, mins);
-    out[0] = hsum(c0) + m[0]; out[ostride] = hsum(c1) + m[1]; out[2 * ostride] = hsum(c2) + m[2]; out[3 * ostride] = hsum(c3) + m[3];
+    float mm0[4], mm1[4];
+    _mm_storeu_ps(mm0, m0); _mm_storeu_ps(mm1, m1);
+    for (int r = 0; r < 4; r++) { out[r * ostride] = hsum(c[0][r]) + mm0[r]; out[r * ostride + 1] = hsum(c[1][r]) + mm1[r]; }
 }
 
-static void dot4_q8_0(const block_q8_0 *w, const block_act *a, int64_t nb, float *out, int64_t ostride) {
+static void tile_q8_0(const block_q8_0 *w0, const block_q8_0 *w1, const block_act *a, int64_t nb, float *out, int64_t ostride) {
     const __m256i ones = _mm256_set1_epi16(1);
-    const block_act *a0 = a, *a1 = a + nb, *a2 = a + 2 * nb, *a3 = a + 3 * nb;
-    __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+    __m256 c[2][4];
+    for (int i = 0; i < 4; i++) c[0][i] = c[1][i] = _mm256_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
-        __m256i q = _mm256_loadu_si256((const __m256i *)w[i].qs), aq = _mm256_sign_epi8(q, q);
-        float d = half_to_float(w[i].d);
-#define ROW(acc, ar) acc = _mm256_fmadd_ps(_mm256_set1_ps(d * ar[i].d), _mm256_cvtepi32_ps(_mm256_madd_epi16( \
-            _mm256_maddubs_epi16(aq, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)ar[i].qs), q)), ones)), acc)
-        ROW(c0, a0); ROW(c1, a1); ROW(c2, a2); ROW(c3, a3);
-#undef ROW
+        __m256i q0 = _mm256_loadu_si256((const __m256i *)w0[i].qs), q1 = _mm256_loadu_si256((const __m256i *)w1[i].qs);
+        __m256i u0 = _mm256_sign_epi8(q0, q0), u1 = _mm256_sign_epi8(q1, q1);  /* |q|; q's sign goes onto the activations */
+        __m128 ad = _mm_setr_ps(a[i].d, a[nb + i].d, a[2 * nb + i].d, a[3 * nb + i].d);
+        float s0[4], s1[4];
+        _mm_storeu_ps(s0, _mm_mul_ps(_mm_set1_ps(half_to_float(w0[i].d)), ad));
+        _mm_storeu_ps(s1, _mm_mul_ps(_mm_set1_ps(half_to_float(w1[i].d)), ad));
+        for (int r = 0; r < 4; r++) {
+            __m256i y = _mm256_loadu_si256((const __m256i *)a[r * nb + i].qs);
+            c[0][r] = _mm256_fmadd_ps(_mm256_set1_ps(s0[r]), TILE_MADD(u0, _mm256_sign_epi8(y, q0)), c[0][r]);
+            c[1][r] = _mm256_fmadd_ps(_mm256_set1_ps(s1[r]), TILE_MADD(u1, _mm256_sign_epi8(y, q1)), c[1][r]);
+        }
     }
-    out[0] = hsum(c0); out[ostride] = hsum(c1); out[2 * ostride] = hsum(c2); out[3 * ostride] = hsum(c3);
+    for (int r = 0; r < 4; r++) { out[r * ostride] = hsum(c[0][r]); out[r * ostride + 1] = hsum(c[1][r]); }
 }
+#undef TILE_MADD
 #endif
 
 /* out[r, c] = sum_k W[c, k] x[r, k] for r < M, c < N, with x already quantised (M rows of K/32 blocks).
  * Split over output columns: each thread reads its own share of the weights once for all M rows. */
 static void matmul_q(int type, const void *W, const block_act *x, int64_t M, int64_t K, float *out, int64_t N) {
-    int64_t nb = K / QK;
+    int64_t nb = K / QK, tiled_m = 0, pairs = 0;
+#ifdef BASECLI_AVX2
+    tiled_m = M / 4 * 4;
+    pairs = tiled_m ? N / 2 : 0;
+#endif
     #pragma omp parallel for schedule(static)
-    for (int64_t c = 0; c < N; c++) {
-        int64_t r = 0;
+    for (int64_t p = 0; p < pairs + (N - 2 * pairs); p++) {
+        int64_t c = p < pairs ? 2 * p : pairs + p;  /* the pairs, then the columns left over */
+        int64_t width = p < pairs ? 2 : 1, r = 0;
         if (type == Q4_1) {
             const block_q4_1 *w = (const block_q4_1 *)W + c * nb;
 #ifdef BASECLI_AVX2
-            for (; r + 4 <= M; r += 4) dot4_q4_1(w, x + r * nb, nb, out + r * N + c, N);
+            if (width == 2) for (; r < tiled_m; r += 4) tile_q4_1(w, w + nb, x + r * nb, nb, out + r * N + c, N);
 #endif
-            for (; r < M; r++) out[r * N + c] = dot_q4_1(w, x + r * nb, nb);
+            for (int64_t k = 0; k < width; k++)
+                for (int64_t rr = r; rr < M; rr++) out[rr * N + c + k] = dot_q4_1(w + k * nb, x + rr * nb, nb);
         } else {
             const block_q8_0 *w = (const block_q8_0 *)W + c * nb;
 #ifdef BASECLI_AVX2
-            for (; r + 4 <= M; r += 4) dot4_q8_0(w, x + r * nb, nb, out + r * N + c, N);
+            if (width == 2) for (; r < tiled_m; r += 4) tile_q8_0(w, w + nb, x + r * nb, nb, out + r * N + c, N);
 #endif
-            for (; r < M; r++) out[r * N + c] = dot_q8_0(w, x + r * nb, nb);
+            for (int64_t k = 0; k < width; k++)
+                for (int64_t rr = r; rr < M; rr++) out[rr * N + c + k] = dot_q8_0(w + k * nb, x + rr * nb, nb);
         }
     }
 }

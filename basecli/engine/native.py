@@ -200,19 +200,29 @@ class NativeDecoder:
             model.eps, layers[0].qkv.kind, head_kind, self.embed.data_ptr(), self.norms[-1].data_ptr(),
             model.head.data_ptr(), self.inv_freq.data_ptr(), *self._arrays)
 
-    def step(self, tokens: torch.Tensor, positions: torch.Tensor, first: torch.Tensor, cache) -> torch.Tensor:
-        """Logits (B, vocab) of one new token per row; writes the rows' keys and values at the cache's next column."""
+    def step(self, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
+        """Logits (B, vocab) of one new token per row (tokens (B, 1), mask (B, length + 1), positions (B, 1)),
+        writing each row's key and value at the cache's next column.
+
+        The mask must be left padding (each row: zeros, then ones), as basecli's loop makes it; a row
+        sees keys from its first one on.
+        """
         batch = tokens.shape[0]
+        first = mask.int().argmax(-1) if not bool(mask.all()) else torch.zeros(batch, dtype=torch.int64)
+        if cache.shared and bool(first.any()):  # padding inside the shared prefix: give every row its own copy
+            cache.unshare()
+        cache.reserve(batch, 1)
         tokens, positions, first = (t.reshape(batch).to(torch.int64).contiguous() for t in (tokens, positions, first))
         cs = CacheStruct(cache.k.data_ptr(), cache.v.data_ptr(), cache.k.shape[3], cache.length - cache.shared)
         if cache.shared:
             pk, pv = cache.prefix_k, cache.prefix_v
-            cs.pk, cs.pv, cs.p_layer, cs.p_head, cs.shared = pk.data_ptr(), pv.data_ptr(), pk.stride(0), pk.stride(2), cache.shared
             assert pk.stride() == pv.stride() and pk.stride(3) == self.model.head_dim and pk.stride(4) == 1
+            cs.pk, cs.pv, cs.p_layer, cs.p_head, cs.shared = pk.data_ptr(), pv.data_ptr(), pk.stride(0), pk.stride(2), cache.shared
         logits = torch.empty(batch, self.struct.vocab)
         if self.lib.basecli_decode_step(ctypes.byref(self.struct), batch, tokens.data_ptr(), positions.data_ptr(),
                                         first.data_ptr(), ctypes.byref(cs), logits.data_ptr()):
             raise MemoryError("basecli's decode step could not allocate its buffers")
+        cache.length += 1
         return logits
 
 
