@@ -103,13 +103,14 @@ class LocalBackend:
         if self.engine not in ENGINES:
             raise UsageError(f"unknown engine {self.engine!r} (BASECLI_ENGINE); choose one of: {', '.join(ENGINES)}")
         self.model = None
+        self.quantize = quantize or os.environ.get("BASECLI_QUANTIZE") or None
         if self.engine != "transformers":
-            self.model = load_lean(self.folder, self.dtype, self.device, quiet=self.engine == "auto")
+            self.model = load_lean(self.folder, self.dtype, self.device, quiet=self.engine == "auto", populate=not self.quantize,
+                                   convert=native_converter(self.quantize, self.device, self.dtype))
             self.engine = "lean"  # what runs, not what was asked: auto resolves to one of the two
         if self.model is None:
             self.engine = "transformers"
             self.model = load_weights(self.folder, self.dtype, self.device, trust_remote_code, allow_pickle)
-        self.quantize = quantize or os.environ.get("BASECLI_QUANTIZE") or None
         if self.quantize:  # engine/quant.py: fp16 or int8 weights for the lean engine on x86 CPUs
             from basecli.engine import quant
 
@@ -184,12 +185,28 @@ def return_free_memory() -> None:
         pass
 
 
-def load_lean(folder, dtype, device: str, *, quiet: bool):
+def native_converter(quantize: str | None, device: str, dtype):
+    """For q4/q8 on the CPU in fp32, the function that quantises each matrix as the lean engine reads it
+    (the fp32 matrices are then never all resident at once); None otherwise (quant.apply does it after
+    loading, or says why it cannot)."""
+    import torch
+
+    if quantize not in ("q4", "q8") or device != "cpu" or dtype != torch.float32:
+        return None
+    from basecli.engine import native
+
+    try:
+        return native.converter(quantize)
+    except native.NativeUnavailable as e:
+        raise UsageError(str(e)) from None
+
+
+def load_lean(folder, dtype, device: str, *, quiet: bool, populate: bool = True, convert=None):
     """basecli's own forward pass where it supports the model, else None (and transformers is used)."""
     from basecli.engine import lean
 
     try:
-        return lean.load(folder, dtype, device)
+        return lean.load(folder, dtype, device, populate=populate, convert=convert)
     except lean.Unsupported as e:
         if not quiet:
             print(f"basecli: note: the lean engine does not run this model ({e}); using transformers", file=sys.stderr)

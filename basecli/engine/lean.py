@@ -120,7 +120,7 @@ class KVCache:
 
 
 class LeanLlama(torch.nn.Module):
-    def __init__(self, cfg: dict, weights: "Weights", dtype, device):
+    def __init__(self, cfg: dict, weights: "Weights", dtype, device, convert=None):
         super().__init__()
         check_supported(cfg)
         self.config = SimpleNamespace(**cfg)
@@ -134,7 +134,20 @@ class LeanLlama(torch.nn.Module):
         half = torch.arange(0, self.head_dim, 2, dtype=torch.int64).to(torch.float32) / self.head_dim
         self.register_buffer("inv_freq", (1.0 / theta**half).to(device), persistent=False)
 
+        self.weights = weights  # the mapped files, so quantising can release the pages of what it replaced
         take = lambda *names: weights.read(names, dtype, device)  # noqa: E731
+
+        def matrix(*names, role="layer", tensor=None):
+            """A weight matrix, or what `convert(matrix, role)` makes of it (engine/native.py quantising as it loads:
+            each fp32 matrix is resident only until its quantised form exists)."""
+            t = take(*names) if tensor is None else tensor
+            if convert is None:
+                return t
+            out = convert(t, role)
+            for name in names:
+                weights.release(name)
+            return out
+
         self.embed = take("model.embed_tokens.weight")
         self.layers = []
         for i in range(self.n_layers):
@@ -142,14 +155,18 @@ class LeanLlama(torch.nn.Module):
             a, m = p + "self_attn.", p + "mlp."
             self.layers.append(SimpleNamespace(
                 norm1=take(p + "input_layernorm.weight"),
-                qkv=take(a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"),
-                o=take(a + "o_proj.weight"),
+                qkv=matrix(a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"),
+                o=matrix(a + "o_proj.weight"),
                 norm2=take(p + "post_attention_layernorm.weight"),
-                gate_up=take(m + "gate_proj.weight", m + "up_proj.weight"),
-                down=take(m + "down_proj.weight"),
+                gate_up=matrix(m + "gate_proj.weight", m + "up_proj.weight"),
+                down=matrix(m + "down_proj.weight"),
             ))
         self.norm = take("model.norm.weight")
-        self.head = take("lm_head.weight") if "lm_head.weight" in weights.index else self.embed
+        if "lm_head.weight" in weights.index:
+            self.head = matrix("lm_head.weight", role="head")
+        else:  # tied: the head is the embedding, which stays for lookups (its pages come back a row at a time)
+            self.head = self.embed if convert is None else matrix("model.embed_tokens.weight", role="head", tensor=self.embed)
+            self.head_tied = True
         self._device = torch.device(device)
         self.native = None  # engine/native.py's one-call decode step, when BASECLI_QUANTIZE=q4|q8
 
@@ -288,14 +305,19 @@ def check_supported(cfg: dict) -> None:
         raise Unsupported(", ".join(found))
 
 
-def load(folder: Path, dtype, device) -> LeanLlama:
-    """The model in `folder` (config.json + safetensors), or Unsupported."""
+def load(folder: Path, dtype, device, *, populate: bool = True, convert=None) -> LeanLlama:
+    """The model in `folder` (config.json + safetensors), or Unsupported.
+
+    populate=False when the weights are about to be replaced (BASECLI_QUANTIZE): their pages then
+    come in as each matrix is read and go right after, so the fp32 file is never resident whole.
+    `convert(matrix, role)` ("layer" or "head") replaces each matrix as it is read.
+    """
     cfg = json.loads((folder / "config.json").read_text())
     check_supported(cfg)
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise Unsupported("no safetensors weights")
-    return LeanLlama(cfg, Weights(files, dtype, device), dtype, device).eval()
+    return LeanLlama(cfg, Weights(files, dtype, device, populate=populate), dtype, device, convert).eval()
 
 
 SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
@@ -312,7 +334,7 @@ class Weights:
     came from are released at once, so no weight is ever resident twice.
     """
 
-    def __init__(self, files: list[Path], dtype=None, device="cpu"):
+    def __init__(self, files: list[Path], dtype=None, device="cpu", populate: bool = True):
         self.index = {}
         self.maps = {}
         for path in files:
@@ -325,7 +347,7 @@ class Weights:
         # Map every page up front only when most weights will be used in place; when they are all
         # converted (bf16 from an fp32 file) or copied to a GPU, pages come in as each tensor is
         # copied and leave right after, so the whole file is never resident at once.
-        in_place = torch.device(device).type == "cpu" and all(
+        in_place = populate and torch.device(device).type == "cpu" and all(
             SAFETENSORS_DTYPES.get(e["dtype"]) == dtype for _, _, e in self.index.values())
         for path in files:
             with open(path, "rb") as f:

@@ -226,6 +226,14 @@ class NativeDecoder:
         return logits
 
 
+def _release(model, *names: str) -> None:
+    """Drop the resident pages of mapped fp32 weights that were just quantised (they stay readable from the file)."""
+    weights = getattr(model, "weights", None)
+    for name in names:
+        if weights is not None and name in weights.index:
+            weights.release(name)
+
+
 def check(mode: str, model, device: str) -> None:
     """A UsageError saying what to change, unless `mode` can run for this model here."""
     if device != "cpu":
@@ -240,19 +248,33 @@ def check(mode: str, model, device: str) -> None:
         raise UsageError(str(e)) from None
 
 
+def converter(mode: str):
+    """`convert(matrix, role)` for lean.load: each matrix quantised as it is read (role "head": Q8_0)."""
+    library()  # fails here, before any weight is read, when the kernels cannot be built
+    kind = LAYER_TYPE[mode]
+    return lambda matrix, role: QuantizedMatrix(matrix, Q8_0 if role == "head" else kind)
+
+
 def apply(model, mode: str, threads: int | None = None) -> None:
-    """Quantise every matrix of a LeanLlama but the embedding lookup, in place, and give it the one-call decode step."""
+    """Quantise every matrix of a LeanLlama but the embedding lookup, in place (those `converter` did at
+    load are kept), and give it the one-call decode step."""
     check(mode, model, model.device.type)
     lib = library()
     lib.basecli_set_threads(threads or torch.get_num_threads())
     kind = LAYER_TYPE[mode]
+    convert = lambda t, k: t if isinstance(t, QuantizedMatrix) else QuantizedMatrix(t, k)  # noqa: E731
     try:
-        for layer in model.layers:
+        for i, layer in enumerate(model.layers):
             for name in ("qkv", "o", "gate_up", "down"):
-                setattr(layer, name, QuantizedMatrix(getattr(layer, name), kind))
-        model.head_tied = model.head is model.embed
-        model.head = QuantizedMatrix(model.head, Q8_0)
+                setattr(layer, name, convert(getattr(layer, name), kind))
+            _release(model, f"model.layers.{i}.self_attn.o_proj.weight", f"model.layers.{i}.mlp.down_proj.weight")
+        model.head_tied = getattr(model, "head_tied", False) or model.head is model.embed
+        model.head = convert(model.head, Q8_0)
+        # the embedding is read a row per token from here on: its pages come back as rows are looked up
+        _release(model, "lm_head.weight", "model.embed_tokens.weight")
     except NativeUnavailable as e:
         raise UsageError(f"BASECLI_QUANTIZE={mode} cannot run this model: {e}") from None
+    if {m.kind for layer in model.layers for m in (layer.qkv, layer.o, layer.gate_up, layer.down)} != {kind}:
+        raise UsageError(f"this model was loaded with other quantised weights than BASECLI_QUANTIZE={mode}")
     model.native = NativeDecoder(model, Q8_0)
     model.quantized = mode

@@ -133,6 +133,6 @@ def apply(model, mode: str) -> None:
     for layer in model.layers:
         for name in ("qkv", "o", "gate_up", "down"):
             setattr(layer, name, Packed(getattr(layer, name), mode))
-    model.head_tied = model.head is model.embed  # still one matrix for counting (info), though now two objects
+    model.head_tied = getattr(model, "head_tied", False) or model.head is model.embed  # still one matrix for counting (info), though now two objects
     model.head = Packed(model.head, mode)
     model.quantized = mode
