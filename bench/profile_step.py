@@ -2,6 +2,11 @@
 
     python bench/profile_step.py                       # fp32, 1 thread, batch 1 and 16
     python bench/profile_step.py --quantize int8 --threads 2
+    python bench/profile_step.py --quantize q4 --threads 2      # basecli's C step: its own timers
+
+For q4/q8 the step is one call into C (engine/native.c), so torch's profiler sees nothing inside
+it; the kernels are built with -DBASECLI_PROFILE instead (BASECLI_NATIVE_PROFILE=1), which times
+matmuls, attention and the rest inside the step (the timers cost about 1%).
 
 Batch 16 is resample's shape: a prompt shared by every row (kept once in the cache) plus each
 row's own tokens. The step time is the median of 15 steps without the profiler; the split comes
@@ -25,7 +30,7 @@ MATMULS = ("aten::linear", "quantized::linear_dynamic", "quantized::linear_dynam
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
-    ap.add_argument("--quantize", default=None, choices=["fp16", "int8"])
+    ap.add_argument("--quantize", default=None, choices=["fp16", "int8", "q4", "q8"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", default="1,16")
     ap.add_argument("--prompt-tokens", type=int, default=128)
@@ -38,6 +43,9 @@ def main() -> None:
     from basecli.backends.local import LocalBackend
 
     os.environ["BASECLI_THREADS"] = str(args.threads)  # else LocalBackend picks threads from the load average
+    native = args.quantize in ("q4", "q8")
+    if native:
+        os.environ["BASECLI_NATIVE_PROFILE"] = "1"
     backend = LocalBackend(args.model, device="cpu", dtype="float32", engine="lean", quantize=args.quantize)
     assert torch.get_num_threads() == args.threads
     model = backend.model
@@ -64,6 +72,18 @@ def main() -> None:
                 t0 = time.perf_counter()
                 step()
                 times.append(time.perf_counter() - t0)
+            if native:
+                from basecli.engine import native as kernels
+
+                kernels.profile()
+                for _ in range(15):
+                    step()
+                parts = {k: v / 15 * 1e3 for k, v in kernels.profile().items()}
+                print(f"{args.quantize}, batch {batch}, {args.threads} thread(s): step {statistics.median(times) * 1e3:.2f} ms; "
+                      f"inside the C step: matmuls {parts['matmul']:.2f} ms, attention {parts['attention']:.2f} ms, "
+                      f"the rest {parts['other']:.2f} ms; Python and torch around it "
+                      f"{statistics.median(times) * 1e3 - sum(parts.values()):.2f} ms")
+                continue
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 for _ in range(5):
                     step()

@@ -252,7 +252,14 @@ def converter(mode: str):
     """`convert(matrix, role)` for lean.load: each matrix quantised as it is read (role "head": Q8_0)."""
     library()  # fails here, before any weight is read, when the kernels cannot be built
     kind = LAYER_TYPE[mode]
-    return lambda matrix, role: QuantizedMatrix(matrix, Q8_0 if role == "head" else kind)
+
+    def convert(matrix: torch.Tensor, role: str) -> QuantizedMatrix:
+        try:
+            return QuantizedMatrix(matrix, Q8_0 if role == "head" else kind)
+        except NativeUnavailable as e:
+            raise UsageError(f"BASECLI_QUANTIZE={mode} cannot run this model: {e}") from None
+
+    return convert
 
 
 def apply(model, mode: str, threads: int | None = None) -> None:
