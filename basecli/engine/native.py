@@ -33,6 +33,7 @@ from basecli.errors import UsageError
 
 MODES = ("q4", "q8")
 Q4_1, Q8_0 = 0, 1
+FORMAT_NAMES = {Q4_1: "Q4_1", Q8_0: "Q8_0"}  # llama.cpp's names for the block formats
 LAYER_TYPE = {"q4": Q4_1, "q8": Q8_0}
 BLOCK = 32
 SOURCE = Path(__file__).with_name("native.c")
@@ -145,7 +146,7 @@ class QuantizedMatrix:
     """A (rows, cols) weight matrix in Q4_1 or Q8_0 blocks; `matrix(x)` is F.linear(x, weight) for fp32 x.
 
     Answers numel/element_size/data_ptr like a tensor, so memory accounting counts it (element_size
-    is bytes per weight, a fraction: 0.625 for Q4_1).
+    is bytes per weight, a fraction: 0.625 for Q4_1), and `format`, what `basecli info` shows for it.
     """
 
     def __init__(self, weight: torch.Tensor, kind: int, lib: ctypes.CDLL | None = None):
@@ -170,6 +171,10 @@ class QuantizedMatrix:
         out = torch.empty(self.shape)
         self.lib.basecli_dequantize(self.kind, self.blocks.data_ptr(), out.data_ptr(), *self.shape)
         return out
+
+    @property
+    def format(self) -> str:
+        return FORMAT_NAMES[self.kind]
 
     def numel(self) -> int:
         return self.shape[0] * self.shape[1]

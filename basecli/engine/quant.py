@@ -23,16 +23,20 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from basecli.config import QUANTIZE_MODES
 from basecli.errors import UsageError
 
-MODES = ("fp16", "int8", "q4", "q8")  # q4 and q8: basecli's own kernels (engine/native.py)
+MODES = QUANTIZE_MODES  # q4 and q8: basecli's own kernels (engine/native.py)
 
 
 class Packed:
     """A weight matrix in fbgemm's packed layout; `packed(x)` is F.linear(x, weight) for fp32 x.
 
-    It also answers numel/element_size/data_ptr, so memory accounting counts its bytes like a tensor's.
+    It also answers numel/element_size/data_ptr, so memory accounting counts its bytes like a tensor's,
+    and `format`, what `basecli info` shows for it.
     """
+
+    FORMATS = {"fp16": "fp16 (fbgemm)", "int8": "int8 per channel (fbgemm)"}
 
     def __init__(self, weight: torch.Tensor, mode: str):
         self.shape, self.mode = tuple(weight.shape), mode
@@ -53,6 +57,10 @@ class Packed:
         if self.mode == "int8":
             return per_row(x, self._op, self.params)
         return self._op(x, self.params)
+
+    @property
+    def format(self) -> str:
+        return self.FORMATS[self.mode]
 
     def numel(self) -> int:
         return self.shape[0] * self.shape[1]
