@@ -40,7 +40,7 @@ class Report:
     model: str
     engine: str  # transformers, or lean (basecli's own Llama forward, engine/lean.py)
     device: str
-    dtype: str
+    dtype: str  # of activations, and of the weights unless quantized
     threads: int
     prompt_tokens: int
     new_tokens: int
@@ -49,11 +49,13 @@ class Report:
     first_token_s: float  # batch 1, prompt of prompt_tokens
     decode: list[DecodeFigure]
     peak_rss_mb: float  # of this process so far (loads included)
-    weights_mb: float  # parameters in the chosen dtype
+    weights_mb: float  # parameters as held: in the chosen dtype, or quantised blocks at their own size
     gpu_peak_mb: float | None = None
     conversion_s: float | None = None  # the one-time GGUF -> safetensors conversion, as recorded when it ran
     startup: dict = field(default_factory=dict)  # fresh-process figures, see startup_figures
     versions: dict = field(default_factory=dict)
+    quantize: str | None = None  # the weight format measured (--quantize, BASECLI_QUANTIZE), None for plain `dtype`
+    weights: str | None = None  # each component's format, e.g. "float32 embeddings and norms, Q4_1 attention and MLP"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -135,12 +137,12 @@ def measure_prefill(backend, prompt: Sequence[int], repeats: int = 3) -> tuple[f
 
 
 def run(model: str | None = None, *, batches: Sequence[int] = (1, 8, 32), prompt_tokens: int = 128, new_tokens: int = 128,
-        device: str = "auto", dtype: str = "auto", engine: str | None = None, threads: int | None = None, startup: bool = True,
-        progress: Callable[[str], None] = lambda s: None) -> Report:
+        device: str = "auto", dtype: str = "auto", engine: str | None = None, quantize: str | None = None,
+        threads: int | None = None, startup: bool = True, progress: Callable[[str], None] = lambda s: None) -> Report:
     """The whole `basecli bench` measurement of one model."""
     if startup:  # first, before this process loads anything that could warm caches it should not
         progress("startup: fresh processes (help, load, first token)")
-        start = startup_figures(model, device=device, dtype=dtype, engine=engine, threads=threads)
+        start = startup_figures(model, device=device, dtype=dtype, engine=engine, quantize=quantize, threads=threads)
     else:
         start = {}
     import torch
@@ -149,9 +151,9 @@ def run(model: str | None = None, *, batches: Sequence[int] = (1, 8, 32), prompt
     from basecli.backends.local import LocalBackend
 
     progress("loading the model")
-    LocalBackend(model, device=device, dtype=dtype, engine=engine)  # the first load pays for imports and reads the file
+    LocalBackend(model, device=device, dtype=dtype, engine=engine, quantize=quantize)  # the first load pays for imports and reads the file
     t0 = time.perf_counter()
-    backend = LocalBackend(model, device=device, dtype=dtype, engine=engine)
+    backend = LocalBackend(model, device=device, dtype=dtype, engine=engine, quantize=quantize)
     load_s = time.perf_counter() - t0
     if threads:  # after loading: LocalBackend sets threads from the load average, which would undo --threads
         torch.set_num_threads(threads)
@@ -172,6 +174,8 @@ def run(model: str | None = None, *, batches: Sequence[int] = (1, 8, 32), prompt
     gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if backend.device.startswith("cuda") else None
     from importlib.metadata import version
 
+    from basecli.modelinfo import weight_formats, weights_summary
+
     return Report(
         model=backend.name, engine=backend.engine, device=backend.device, dtype=str(backend.dtype).removeprefix("torch."), threads=torch.get_num_threads(),
         prompt_tokens=len(prompt), new_tokens=new_tokens, load_s=round(load_s, 3), prefill_tokens_per_s=round(pp, 1),
@@ -179,6 +183,7 @@ def run(model: str | None = None, *, batches: Sequence[int] = (1, 8, 32), prompt
         gpu_peak_mb=round(gpu_peak, 1) if gpu_peak is not None else None, startup=start,
         conversion_s=models.manifest(backend.folder).get("converted_s"),
         versions={"torch": torch.__version__, "transformers": version("transformers"), "python": sys.version.split()[0]},
+        quantize=backend.quantize, weights=weights_summary(weight_formats(backend.model)),
     )
 
 
@@ -225,7 +230,7 @@ t0 = time.perf_counter()
 import torch
 from basecli.backends.local import LocalBackend
 t1 = time.perf_counter()
-b = LocalBackend(sys.argv[1] or None, device=sys.argv[2], dtype=sys.argv[3], engine=sys.argv[4])
+b = LocalBackend(sys.argv[1] or None, device=sys.argv[2], dtype=sys.argv[3], engine=sys.argv[4], quantize=sys.argv[5] or None)
 t2 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1}))
 """
@@ -241,20 +246,22 @@ def entry_point() -> list[str]:
 
 
 def startup_figures(model: str | None, *, device: str = "auto", dtype: str = "auto", engine: str | None = None,
-                    threads: int | None = None, repeats: int = 3) -> dict:
+                    quantize: str | None = None, threads: int | None = None, repeats: int = 3) -> dict:
     """Fresh-process figures: --help, import torch + load, and `complete -n 1`: start to first token
     (the fastest of `repeats`), start to exit, peak RSS, and the peak RSS of `import torch` alone."""
     py = entry_point()
     out: dict = {"help_s": round(best_wall([*py, "--help"], repeats=3), 3),
                  "tokenize_s": round(best_wall([*py, "tokenize", "-e", "cl100k_base", "hi"], repeats=3), 3)}
     engine = engine or os.environ.get("BASECLI_ENGINE") or "auto"
-    load = json.loads(run_process([sys.executable, "-c", LOAD_PROBE, model or "", device, dtype, engine])[2])
+    # a mode not given is left to BASECLI_QUANTIZE, which the children inherit as this process saw it
+    load = json.loads(run_process([sys.executable, "-c", LOAD_PROBE, model or "", device, dtype, engine, quantize or ""])[2])
     out["import_s"] = round(load["import_s"], 3)
     out["load_fresh_process_s"] = round(load["load_s"], 3)
     args = [*py, "complete", "Hello", "-n", "1", "-t", "0", "--device", device, "--dtype", dtype]
     if model:
         args += ["--model", model]
-    env = {"BASECLI_ENGINE": engine, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    env = {"BASECLI_ENGINE": engine, **({"OMP_NUM_THREADS": str(threads)} if threads else {}),
+           **({"BASECLI_QUANTIZE": quantize} if quantize else {})}
     runs = [run_process_timed(args, env) for _ in range(max(1, repeats))]
     wall, first, rss, _ = min(runs, key=lambda r: r[1] if r[1] is not None else r[0])  # noise only ever adds time
     out["complete_first_token_s"] = round(wall, 3)  # start to exit (the name predates the next figure)

@@ -10,6 +10,11 @@ from basecli.errors import UsageError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
+# Weight formats for the lean engine (--quantize, BASECLI_QUANTIZE): fp16 and int8 in engine/quant.py,
+# q4 and q8 in engine/native.py. Named here, away from torch, so a bad value is refused before
+# anything heavy is imported; engine/quant.py takes its MODES from here.
+QUANTIZE_MODES = ("fp16", "int8", "q4", "q8")
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -52,6 +57,13 @@ class SamplingParams:
         d = asdict(self)
         d["stop"] = list(self.stop)
         return d
+
+
+def quantize_mode(mode: str | None, where: str = "--quantize") -> str | None:
+    """`mode` if it names a weight format (None: none asked for), else a UsageError naming the choices."""
+    if mode is not None and mode not in QUANTIZE_MODES:
+        raise UsageError(f"unknown quantisation {mode!r} ({where}); choose one of: {', '.join(QUANTIZE_MODES)}")
+    return mode
 
 
 def home() -> Path:

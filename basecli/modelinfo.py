@@ -36,15 +36,41 @@ def parameter_counts(model) -> dict[str, int]:
 
 
 def memory_bytes(model) -> int:
-    """Bytes the weights and buffers occupy, each distinct tensor once."""
+    """Bytes the weights and buffers occupy, each distinct tensor once; a quantised matrix counts its blocks."""
     seen: set[int] = set()
     total = 0
-    for t in list(model.parameters()) + list(model.buffers()):
+    for t in list(model.parameters()) + list(model.buffers()) + _tied_head(model):
         if t.data_ptr() in seen:
             continue
         seen.add(t.data_ptr())
-        total += t.numel() * t.element_size()
+        total += round(t.numel() * t.element_size())  # a fraction of a byte per weight for Q4_1 and Q8_0
     return total
+
+
+def _tied_head(model) -> list:
+    """A tied head that quantising made a matrix of its own (the embedding stays for lookups): held in memory,
+    though its parameters are the embedding's, counted once."""
+    return [model.head] if getattr(model, "head_tied", False) else []
+
+
+def weight_formats(model) -> dict[str, str]:
+    """How each component's weights are held: their dtype, or a quantised format (engine/quant.py, engine/native.py)."""
+    found: dict[str, list[str]] = {}
+    for name, w in list(model.named_parameters()) + [("lm_head.weight", h) for h in _tied_head(model)]:
+        fmt = getattr(w, "format", None) or str(w.dtype).removeprefix("torch.")
+        formats = found.setdefault(component(name), [])
+        if fmt not in formats:
+            formats.append(fmt)
+    return {c: ", ".join(found[c]) for c in COMPONENTS if c in found}
+
+
+def weights_summary(formats: dict[str, str]) -> str:
+    """{"embeddings": "float32", "attention": "Q4_1", ...} as "float32 embeddings and norms, Q4_1 attention and MLP, ..."."""
+    by_format: dict[str, list[str]] = {}
+    for part, fmt in formats.items():
+        by_format.setdefault(fmt, []).append(part)
+    said = lambda parts: ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]  # noqa: E731
+    return ", ".join(f"{fmt} {said(parts)}" for fmt, parts in by_format.items())
 
 
 def architecture(model) -> dict:
@@ -136,7 +162,9 @@ def describe(backend) -> dict:
         "architecture": architecture(model),
         "parameters": counts,
         "runtime": {"dtype": str(dtype).removeprefix("torch."), "device": str(model.device), "memory_bytes": memory_bytes(model),
-                    "load_s": round(getattr(backend, "load_seconds", 0.0), 3)},
+                    "load_s": round(getattr(backend, "load_seconds", 0.0), 3),
+                    # dtype is the activations' and the plain tensors'; quantised matrices have their own formats
+                    "quantize": getattr(model, "quantized", None), "weights": weight_formats(model)},
         "source": provenance(backend.source, backend.folder),
         "tokenizer": tokenizer_info(backend.tokenizer),
         "code": code_info(model),

@@ -7,7 +7,19 @@ from typing import List, Optional
 import typer
 from typing import Annotated
 
-from basecli.config import SamplingParams
+from basecli.config import SamplingParams, quantize_mode
+
+
+def _quantize(ctx: typer.Context, param: typer.CallbackParam, value: Optional[str]) -> Optional[str]:
+    """Check the mode while the flags are parsed, before anything loads (one stderr line, exit 2).
+
+    A value from BASECLI_QUANTIZE is checked, then passed on as None: LocalBackend reads the
+    variable itself, and a shell-wide setting must not make --base-url an error, only the flag does.
+    """
+    from_env = getattr(ctx.get_parameter_source(param.name), "name", None) == "ENVIRONMENT"
+    quantize_mode(value, "BASECLI_QUANTIZE" if from_env else "--quantize")
+    return None if from_env else value
+
 
 Model = Annotated[Optional[str], typer.Option("--model", "-m", envvar="BASECLI_MODEL", show_envvar=True,
                   help="Alias (gpt2, smollm2-135m, ...), hub id, model directory or .gguf file. Default: the embedded SmolLM2-135M-Instruct.")]
@@ -16,6 +28,9 @@ BaseUrl = Annotated[Optional[str], typer.Option("--base-url", envvar="BASECLI_BA
 Device = Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda or mps.", rich_help_panel="Model")]
 Dtype = Annotated[str, typer.Option("--dtype", help="auto (bf16 on CUDA and bf16-capable CPUs, else fp32), float32, bfloat16, float16.", rich_help_panel="Model")]
 TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Run model code from the hub (only if you trust it).", rich_help_panel="Model")]
+Quantize = Annotated[Optional[str], typer.Option("--quantize", envvar="BASECLI_QUANTIZE", show_envvar=True, callback=_quantize,
+                     help="Weight format of a local Llama on the CPU (lean engine, fp32): fp16 or int8 (torch fbgemm), "
+                          "q4 or q8 (basecli's own kernels).", rich_help_panel="Model")]
 AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help="Allow .bin (pickle) weights; default is safetensors or GGUF only.", rich_help_panel="Model")]
 
 MaxTokens = Annotated[int, typer.Option("--max-tokens", "-n", help="New tokens at most.", rich_help_panel="Sampling")]

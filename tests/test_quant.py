@@ -101,7 +101,7 @@ def test_per_row_quantisation_ignores_the_other_rows():
 
 @pytest.mark.parametrize("kw, message", [
     (dict(quantize="int4"), "unknown quantisation 'int4'"),
-    (dict(quantize="int8", engine="transformers"), "needs the lean engine"),
+    (dict(quantize="int8", engine="transformers"), "needs basecli.s lean engine"),
     (dict(quantize="int8", dtype="bfloat16", engine="lean"), "needs float32"),
 ])
 def test_bad_settings_are_usage_errors(tiny_dirs, kw, message):

@@ -8,7 +8,7 @@ import time
 from typing import Iterator, Sequence
 
 from basecli import models
-from basecli.config import SamplingParams
+from basecli.config import SamplingParams, quantize_mode
 from basecli.errors import UsageError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -87,12 +87,20 @@ class LocalBackend:
                  trust_remote_code: bool = False, allow_pickle: bool = False, engine: str | None = None,
                  quantize: str | None = None):
         t0 = time.perf_counter()
+        # the argument wins, else BASECLI_QUANTIZE; checked now, not after the weights have loaded
+        if quantize:
+            self.quantize = quantize_mode(quantize)
+        else:
+            self.quantize = quantize_mode(os.environ.get("BASECLI_QUANTIZE") or None, "BASECLI_QUANTIZE")
         self.source = models.resolve(model)
         self.folder = models.model_dir(self.source, allow_pickle=allow_pickle)
         self.name = self.source.name
         self.tokenizer = models.tokenizer_for(self.folder, self.name)
         return_free_memory()  # before the weights arrive, or the peak is already set
         import_torch()  # after the tokenizer: the other way round left 5 MiB more in the heap at the peak
+        # 4/8-bit and fbgemm weights run on the CPU with fp32 activations only: that is what auto means with them
+        if self.quantize:
+            device, dtype = ("cpu" if device == "auto" else device), ("float32" if dtype == "auto" else dtype)
         self.device = pick_device(device)
         if self.device == "cpu" and (threads := pick_threads()):
             import torch
@@ -103,7 +111,6 @@ class LocalBackend:
         if self.engine not in ENGINES:
             raise UsageError(f"unknown engine {self.engine!r} (BASECLI_ENGINE); choose one of: {', '.join(ENGINES)}")
         self.model = None
-        self.quantize = quantize or os.environ.get("BASECLI_QUANTIZE") or None
         if self.engine != "transformers":
             self.model = load_lean(self.folder, self.dtype, self.device, quiet=self.engine == "auto", populate=not self.quantize,
                                    convert=native_converter(self.quantize, self.device, self.dtype))
@@ -111,7 +118,7 @@ class LocalBackend:
         if self.model is None:
             self.engine = "transformers"
             self.model = load_weights(self.folder, self.dtype, self.device, trust_remote_code, allow_pickle)
-        if self.quantize:  # engine/quant.py: fp16 or int8 weights for the lean engine on x86 CPUs
+        if self.quantize:  # engine/quant.py (fp16, int8) or engine/native.py (q4, q8): lean engine, CPU, fp32
             from basecli.engine import quant
 
             quant.apply(self.model, self.quantize)

@@ -23,6 +23,7 @@ def bench(
     json_out: o.Json = False,
     device: o.Device = "auto",
     dtype: o.Dtype = "auto",
+    quantize: o.Quantize = None,
 ):
     """Measure load time, prompt processing, time to first token, decode speed per batch size and peak memory.
 
@@ -33,6 +34,7 @@ def bench(
     Examples:
       basecli bench
       basecli bench --batch 1,16 --new-tokens 64 --no-startup
+      basecli bench --quantize q4 --no-startup
       basecli bench -m gpt2 --json | jq .decode
     """
     from basecli import benchmark
@@ -46,7 +48,7 @@ def bench(
         raise UsageError(f"--batch sizes must be at least 1, got {batch!r}")
     say = (lambda s: print(f"basecli bench: {s}", file=sys.stderr, flush=True))
     report = benchmark.run(model, batches=batches, prompt_tokens=prompt_tokens, new_tokens=new_tokens, device=device,
-                           dtype=dtype, engine=engine, threads=threads, startup=startup, progress=say)
+                           dtype=dtype, engine=engine, quantize=quantize, threads=threads, startup=startup, progress=say)
     if json_out:
         sys.stdout.write(json.dumps(report.to_dict()) + "\n")
         return
@@ -69,7 +71,8 @@ def bench(
 
 
 def title(r) -> str:
-    return f"{r.model}, {r.engine} engine, on {r.device} ({r.dtype}, {r.threads} threads)"
+    weights = f", {r.quantize} weights" if r.quantize else ""
+    return f"{r.model}, {r.engine} engine, on {r.device} ({r.dtype}{weights}, {r.threads} threads)"
 
 
 def table_rows(r) -> list[tuple[str, str]]:
@@ -96,7 +99,7 @@ def table_rows(r) -> list[tuple[str, str]]:
     ]
     for d in r.decode:
         rows.append((f"decode, batch {d.batch}", f"{d.tokens_per_s:.1f} tok/s ({d.row_tokens_per_s:.1f} per row)"))
-    rows.append(("weights", f"{r.weights_mb:.1f} MiB"))
+    rows.append(("weights", f"{r.weights_mb:.1f} MiB" + (f" ({r.quantize}: {r.weights})" if r.quantize else "")))
     rows.append(("peak RSS (this process)", f"{r.peak_rss_mb:.0f} MiB"))
     if r.gpu_peak_mb is not None:
         rows.append(("peak GPU memory", f"{r.gpu_peak_mb:.0f} MiB"))

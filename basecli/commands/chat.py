@@ -29,6 +29,7 @@ def chat(
     base_url: o.BaseUrl = None,
     device: o.Device = "auto",
     dtype: o.Dtype = "auto",
+    quantize: o.Quantize = None,
     trust_remote_code: o.TrustRemoteCode = False,
     allow_pickle: o.AllowPickle = False,
 ):
@@ -67,7 +68,7 @@ def chat(
     if sys.stdin.isatty() and message is None:
         print(f"basecli: loading {model or 'the embedded model'}...", file=sys.stderr, flush=True)
     backend = open_backend(model, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                           allow_pickle=allow_pickle)
+                           allow_pickle=allow_pickle, quantize=quantize)
     if resume:
         log = transcripts.Transcript(path)
         print(f"basecli: resuming {path} ({len(turns)} turns)", file=sys.stderr)

@@ -32,6 +32,7 @@ def complete(
     base_url: o.BaseUrl = None,
     device: o.Device = "auto",
     dtype: o.Dtype = "auto",
+    quantize: o.Quantize = None,
     trust_remote_code: o.TrustRemoteCode = False,
     allow_pickle: o.AllowPickle = False,
 ):
@@ -53,7 +54,8 @@ def complete(
     params = o.sampling(max_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop, ignore_eos)
     if params.seed is None:  # record the seed actually used, so any run can be repeated
         params = params.with_(seed=fresh_seed())
-    backend = open_backend(model, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    backend = open_backend(model, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                           quantize=quantize)
     timer = Timer(getattr(backend, "load_seconds", None))
     k = alternatives or (5 if json_out else 0)  # JSON carries a few alternatives unless told how many
 

@@ -40,6 +40,7 @@ def fewshot(
     base_url: o.BaseUrl = None,
     device: o.Device = "auto",
     dtype: o.Dtype = "auto",
+    quantize: o.Quantize = None,
     trust_remote_code: o.TrustRemoteCode = False,
     allow_pickle: o.AllowPickle = False,
 ):
@@ -109,7 +110,7 @@ def fewshot(
     from basecli.records import Timer, completion_record
 
     backend = open_backend(model, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                           allow_pickle=allow_pickle)
+                           allow_pickle=allow_pickle, quantize=quantize)
     timer = Timer(getattr(backend, "load_seconds", None))
     rows: list[list] = [[] for _ in prompts]
     # one batch, one row per input; every row gets the same seed so a batch equals the single runs

@@ -14,6 +14,7 @@ def info(
     base_url: o.BaseUrl = None,
     device: o.Device = "auto",
     dtype: o.Dtype = "auto",
+    quantize: o.Quantize = None,
     trust_remote_code: o.TrustRemoteCode = False,
     allow_pickle: o.AllowPickle = False,
 ):
@@ -29,7 +30,7 @@ def info(
     from basecli.modelinfo import describe
 
     backend = open_backend(model, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                           allow_pickle=allow_pickle)
+                           allow_pickle=allow_pickle, quantize=quantize)
     if not hasattr(backend, "folder"):  # a server: its weights and code are out of sight, only what the API says
         return _remote(backend, json_out)
     d = describe(backend)

@@ -24,6 +24,7 @@ def recite(
     base_url: o.BaseUrl = None,
     device: o.Device = "auto",
     dtype: o.Dtype = "auto",
+    quantize: o.Quantize = None,
     trust_remote_code: o.TrustRemoteCode = False,
     allow_pickle: o.AllowPickle = False,
 ):
@@ -51,7 +52,8 @@ def recite(
 
         text = parse(text, reference).body
     params = SamplingParams(temperature=temperature, seed=seed if seed is not None else fresh_seed())
-    backend = open_backend(model, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    backend = open_backend(model, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                           quantize=quantize)
     t0 = time.perf_counter()
     rec = recitation.recite(backend, text, prefix_tokens=prefix_tokens, params=params, samples=samples,
                             seeds=[params.seed + i for i in range(samples)])

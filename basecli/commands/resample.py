@@ -39,6 +39,7 @@ def resample(
     base_url: o.BaseUrl = None,
     device: o.Device = "auto",
     dtype: o.Dtype = "auto",
+    quantize: o.Quantize = None,
     trust_remote_code: o.TrustRemoteCode = False,
     allow_pickle: o.AllowPickle = False,
 ):
@@ -70,7 +71,8 @@ def resample(
     text = read_text(prompt)
     base = o.sampling(max_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop, ignore_eos)
     params = seeded([base] * samples, base.seed if base.seed is not None else fresh_seed())
-    backend = open_backend(model, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    backend = open_backend(model, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                           quantize=quantize)
     timer = Timer(getattr(backend, "load_seconds", None))
     events = timer.timed(stream_rows(backend, [text] * samples, params, batch_size=batch_size, alternatives=5 if jsonl else 0,
                                      truncate=truncate, on_chunks=note_chunks))

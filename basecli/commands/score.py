@@ -27,6 +27,7 @@ def score(
     base_url: o.BaseUrl = None,
     device: o.Device = "auto",
     dtype: o.Dtype = "auto",
+    quantize: o.Quantize = None,
     trust_remote_code: o.TrustRemoteCode = False,
     allow_pickle: o.AllowPickle = False,
 ):
@@ -53,7 +54,8 @@ def score(
         raise UsageError(f"--stride {stride} must be smaller than --window {window} so that the windows overlap; try --stride {max(1, window // 2)}")
     ctx = read_text(context, what="context") if context is not None else None
     k = alternatives or (5 if at else 0)
-    backend = open_backend(model, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    backend = open_backend(model, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                           quantize=quantize)
     t0 = time.perf_counter()
     with _progress() as report:
         scored = backend.score(body, context=ctx, alternatives=k, stride=stride, window=window, progress=report)

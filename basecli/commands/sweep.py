@@ -65,6 +65,7 @@ def sweep(
     base_url: o.BaseUrl = None,
     device: o.Device = "auto",
     dtype: o.Dtype = "auto",
+    quantize: o.Quantize = None,
     trust_remote_code: o.TrustRemoteCode = False,
     allow_pickle: o.AllowPickle = False,
 ):
@@ -114,7 +115,8 @@ def sweep(
     for i, s in enumerate(rows):
         cells[i // samples].samples.append(s)
 
-    backend = open_backend(model, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    backend = open_backend(model, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                           quantize=quantize)
     timer = Timer(getattr(backend, "load_seconds", None))
     events = timer.timed(stream_rows(backend, [text] * len(rows), params, batch_size=batch_size, entropy=True,
                                      alternatives=5 if jsonl else 0, truncate=truncate, on_chunks=note_chunks))

@@ -33,6 +33,7 @@ from basecli.errors import UsageError
 
 MODES = ("q4", "q8")
 Q4_1, Q8_0 = 0, 1
+FORMAT_NAMES = {Q4_1: "Q4_1", Q8_0: "Q8_0"}  # llama.cpp's names for the block formats
 LAYER_TYPE = {"q4": Q4_1, "q8": Q8_0}
 BLOCK = 32
 SOURCE = Path(__file__).with_name("native.c")
@@ -94,7 +95,7 @@ def build(flag_sets=FLAG_SETS) -> Path:
         return target
     if not shutil.which(compiler):
         raise NativeUnavailable(f"no C compiler ({compiler}) to build basecli's 4/8-bit kernels; "
-                                "install gcc (or set CC), or unset BASECLI_QUANTIZE")
+                                "install gcc (or set CC), or leave --quantize q4/q8 unset")
     folder.mkdir(parents=True, exist_ok=True)
     errors = []
     for flags in flag_sets:
@@ -107,7 +108,7 @@ def build(flag_sets=FLAG_SETS) -> Path:
                 return target
             errors.append(run.stderr.strip().splitlines()[-1:] or ["?"])
     raise NativeUnavailable(f"{compiler} could not build basecli's 4/8-bit kernels ({errors[-1][0][:160]}); "
-                            "unset BASECLI_QUANTIZE")
+                            "leave --quantize q4/q8 unset")
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
@@ -145,7 +146,7 @@ class QuantizedMatrix:
     """A (rows, cols) weight matrix in Q4_1 or Q8_0 blocks; `matrix(x)` is F.linear(x, weight) for fp32 x.
 
     Answers numel/element_size/data_ptr like a tensor, so memory accounting counts it (element_size
-    is bytes per weight, a fraction: 0.625 for Q4_1).
+    is bytes per weight, a fraction: 0.625 for Q4_1), and `format`, what `basecli info` shows for it.
     """
 
     def __init__(self, weight: torch.Tensor, kind: int, lib: ctypes.CDLL | None = None):
@@ -170,6 +171,10 @@ class QuantizedMatrix:
         out = torch.empty(self.shape)
         self.lib.basecli_dequantize(self.kind, self.blocks.data_ptr(), out.data_ptr(), *self.shape)
         return out
+
+    @property
+    def format(self) -> str:
+        return FORMAT_NAMES[self.kind]
 
     def numel(self) -> int:
         return self.shape[0] * self.shape[1]
@@ -237,11 +242,11 @@ def _release(model, *names: str) -> None:
 def check(mode: str, model, device: str) -> None:
     """A UsageError saying what to change, unless `mode` can run for this model here."""
     if device != "cpu":
-        raise UsageError(f"BASECLI_QUANTIZE={mode} runs on the CPU only; unset it or use --device cpu")
+        raise UsageError(f"--quantize {mode} runs on the CPU only; use --device cpu, or leave --quantize (BASECLI_QUANTIZE) unset")
     if not hasattr(model, "layers"):
-        raise UsageError(f"BASECLI_QUANTIZE={mode} needs the lean engine (Llama models): set BASECLI_ENGINE=lean or unset it")
+        raise UsageError(f"--quantize {mode} needs basecli's lean engine, which runs Llama-architecture models only; this one runs on transformers' code (leave --quantize unset, and BASECLI_ENGINE unset or lean)")
     if model.embed.dtype != torch.float32:
-        raise UsageError(f"BASECLI_QUANTIZE={mode} needs float32 activations: use --dtype float32")
+        raise UsageError(f"--quantize {mode} needs float32 activations: use --dtype float32")
     try:
         library()
     except NativeUnavailable as e:
@@ -257,7 +262,7 @@ def converter(mode: str):
         try:
             return QuantizedMatrix(matrix, Q8_0 if role == "head" else kind)
         except NativeUnavailable as e:
-            raise UsageError(f"BASECLI_QUANTIZE={mode} cannot run this model: {e}") from None
+            raise UsageError(f"--quantize {mode} cannot run this model: {e}") from None
 
     return convert
 
@@ -280,8 +285,8 @@ def apply(model, mode: str, threads: int | None = None) -> None:
         # the embedding is read a row per token from here on: its pages come back as rows are looked up
         _release(model, "lm_head.weight", "model.embed_tokens.weight")
     except NativeUnavailable as e:
-        raise UsageError(f"BASECLI_QUANTIZE={mode} cannot run this model: {e}") from None
+        raise UsageError(f"--quantize {mode} cannot run this model: {e}") from None
     if {m.kind for layer in model.layers for m in (layer.qkv, layer.o, layer.gate_up, layer.down)} != {kind}:
-        raise UsageError(f"this model was loaded with other quantised weights than BASECLI_QUANTIZE={mode}")
+        raise UsageError(f"this model was loaded with other quantised weights than --quantize {mode}")
     model.native = NativeDecoder(model, Q8_0)
     model.quantized = mode

@@ -23,16 +23,20 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from basecli.config import QUANTIZE_MODES
 from basecli.errors import UsageError
 
-MODES = ("fp16", "int8", "q4", "q8")  # q4 and q8: basecli's own kernels (engine/native.py)
+MODES = QUANTIZE_MODES  # q4 and q8: basecli's own kernels (engine/native.py)
 
 
 class Packed:
     """A weight matrix in fbgemm's packed layout; `packed(x)` is F.linear(x, weight) for fp32 x.
 
-    It also answers numel/element_size/data_ptr, so memory accounting counts its bytes like a tensor's.
+    It also answers numel/element_size/data_ptr, so memory accounting counts its bytes like a tensor's,
+    and `format`, what `basecli info` shows for it.
     """
+
+    FORMATS = {"fp16": "fp16 (fbgemm)", "int8": "int8 per channel (fbgemm)"}
 
     def __init__(self, weight: torch.Tensor, mode: str):
         self.shape, self.mode = tuple(weight.shape), mode
@@ -53,6 +57,10 @@ class Packed:
         if self.mode == "int8":
             return per_row(x, self._op, self.params)
         return self._op(x, self.params)
+
+    @property
+    def format(self) -> str:
+        return self.FORMATS[self.mode]
 
     def numel(self) -> int:
         return self.shape[0] * self.shape[1]
@@ -114,13 +122,13 @@ def check(mode: str, model, device: str) -> None:
 
         return native.check(mode, model, device)
     if device != "cpu":
-        raise UsageError(f"BASECLI_QUANTIZE={mode} runs on the CPU only (fbgemm); unset it or use --device cpu")
+        raise UsageError(f"--quantize {mode} runs on the CPU only (fbgemm); use --device cpu, or leave --quantize (BASECLI_QUANTIZE) unset")
     if not hasattr(model, "layers"):
-        raise UsageError(f"BASECLI_QUANTIZE={mode} needs the lean engine (Llama models): set BASECLI_ENGINE=lean or unset it")
+        raise UsageError(f"--quantize {mode} needs basecli's lean engine, which runs Llama-architecture models only; this one runs on transformers' code (leave --quantize unset, and BASECLI_ENGINE unset or lean)")
     if model.embed.dtype != torch.float32:
-        raise UsageError(f"BASECLI_QUANTIZE={mode} needs float32 activations: use --dtype float32")
+        raise UsageError(f"--quantize {mode} needs float32 activations: use --dtype float32")
     if "fbgemm" not in torch.backends.quantized.supported_engines:
-        raise UsageError(f"BASECLI_QUANTIZE={mode} needs torch's fbgemm kernels (x86 CPUs); this torch has none")
+        raise UsageError(f"--quantize {mode} needs torch's fbgemm kernels (x86 CPUs); this torch has none: try q4 or q8")
 
 
 def apply(model, mode: str) -> None:

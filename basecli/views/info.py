@@ -24,8 +24,13 @@ def show(d: dict) -> None:
         rows.append(("output head", "tied to the embeddings, counted once there"))
     rows.append(("total", f"{total:,}"))
     print_facts("parameters", rows)
-    print_facts("runtime", [("dtype", r["dtype"]), ("device", r["device"]), ("memory", _mb(r["memory_bytes"]) + " (weights and buffers)"),
-                            ("load time", f"{r['load_s']:.2f} s")])
+    runtime = [("dtype", r["dtype"])]
+    if r.get("quantize"):  # the matrices are not in dtype: say what they are
+        from basecli.modelinfo import weights_summary
+
+        runtime = [("dtype", f"{r['dtype']} (activations)"), ("weights", f"{r['quantize']}: {weights_summary(r['weights'])}")]
+    print_facts("runtime", runtime + [("device", r["device"]), ("memory", _mb(r["memory_bytes"]) + " (weights and buffers)"),
+                                      ("load time", f"{r['load_s']:.2f} s")])
     src = [("from", s["location"] if s["kind"] == "hub" else s.get("file") or s["location"]), ("kind", s["kind"])]
     if s.get("package"):
         src.append(("package", s["package"]))
