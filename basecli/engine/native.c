@@ -220,20 +220,20 @@ static void quantize_act_row(const float *x, block_act *y, int64_t n) {
 
 static float dot_q4_1(const block_q4_1 *w, const block_act *a, int64_t nb) {
 #ifdef BASECLI_AVX2
-    /* two accumulators, even and odd blocks: one would wait on the previous block's fmadd every time */
+    /* the same operations in the same order as one row of tile_q4_1, so a row's result never depends on
+     * whether its batch had a multiple of 4 rows (resample row i equals the same sample run alone) */
     const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
-    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-    __m128 mins = _mm_setzero_ps();
-    int64_t i = 0;
-    for (; i < nb; i++) {
+    __m256 acc = _mm256_setzero_ps();
+    float mins = 0;
+    for (int64_t i = 0; i < nb; i++) {
         __m128i raw = _mm_loadu_si128((const __m128i *)w[i].qs);
         __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
         __m256i y = _mm256_loadu_si256((const __m256i *)a[i].qs);
         __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones);
-        acc[i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(w[i].d) * a[i].d), _mm256_cvtepi32_ps(p), acc[i & 1]);
-        mins = _mm_add_ss(mins, _mm_set_ss(half_to_float(w[i].m) * a[i].s));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(w[i].d) * a[i].d), _mm256_cvtepi32_ps(p), acc);
+        mins = fmaf(half_to_float(w[i].m), a[i].s, mins);
     }
-    return hsum(_mm256_add_ps(acc[0], acc[1])) + _mm_cvtss_f32(mins);
+    return hsum(acc) + mins;
 #else
     float sum = 0;
     for (int64_t i = 0; i < nb; i++) {
@@ -248,15 +248,15 @@ static float dot_q4_1(const block_q4_1 *w, const block_act *a, int64_t nb) {
 static float dot_q8_0(const block_q8_0 *w, const block_act *a, int64_t nb) {
 #ifdef BASECLI_AVX2
     const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m256 acc = _mm256_setzero_ps();  /* as one row of tile_q8_0, in the same order (see dot_q4_1) */
     for (int64_t i = 0; i < nb; i++) {
         __m256i q = _mm256_loadu_si256((const __m256i *)w[i].qs);
         __m256i y = _mm256_loadu_si256((const __m256i *)a[i].qs);
         /* maddubs takes unsigned x signed: |q| times y with q's sign moved onto y */
         __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q)), ones);
-        acc[i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(w[i].d) * a[i].d), _mm256_cvtepi32_ps(p), acc[i & 1]);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(w[i].d) * a[i].d), _mm256_cvtepi32_ps(p), acc);
     }
-    return hsum(_mm256_add_ps(acc[0], acc[1]));
+    return hsum(acc);
 #else
     float sum = 0;
     for (int64_t i = 0; i < nb; i++) {

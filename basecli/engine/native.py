@@ -38,10 +38,10 @@ LAYER_TYPE = {"q4": Q4_1, "q8": Q8_0}
 BLOCK = 32
 SOURCE = Path(__file__).with_name("native.c")
 FLAG_SETS = (  # the first that compiles is used: OpenMP threads and this CPU's vector units where there are
-    ["-O3", "-march=native", "-fopenmp"],
-    ["-O3", "-march=native"],
-    ["-O3", "-fopenmp"],
-    ["-O3"],
+    ["-O3", "-ffp-contract=off", "-march=native", "-fopenmp"],
+    ["-O3", "-ffp-contract=off", "-march=native"],
+    ["-O3", "-ffp-contract=off", "-fopenmp"],
+    ["-O3", "-ffp-contract=off"],
 )
 
 _lib = None
