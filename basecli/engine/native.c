@@ -412,6 +412,49 @@ static void silu_mul(const float *gate, const float *up, float *out, int64_t n) 
     for (; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
+/* s[j] = scale * (q . K[j]) for n keys stored one after another (hd floats each). Four keys at a time,
+ * so four independent chains of fmadds hide each other's latency. */
+static void score_keys(const float *q, const float *K, int64_t n, int64_t hd, float scale, float *s) {
+    int64_t j = 0;
+#ifdef BASECLI_AVX2
+    if (hd % 8 == 0)
+        for (; j + 4 <= n; j += 4) {
+            const float *k = K + j * hd;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int64_t d = 0; d < hd; d += 8) {
+                __m256 qv = _mm256_loadu_ps(q + d);
+                a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + d), a0);
+                a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + hd + d), a1);
+                a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 2 * hd + d), a2);
+                a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 3 * hd + d), a3);
+            }
+            __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));  /* per half: a0 a1 a2 a3 */
+            __m128 r = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+            _mm_storeu_ps(s + j, _mm_mul_ps(r, _mm_set1_ps(scale)));
+        }
+#endif
+    for (; j < n; j++) s[j] = dot_f32(q, K + j * hd, hd) * scale;
+}
+
+/* out += sum_j p[j] V[j] for n values stored one after another; 64 dimensions at a time held in registers. */
+static void weigh_values(float *out, const float *p, const float *V, int64_t n, int64_t hd) {
+    int64_t d0 = 0;
+#ifdef BASECLI_AVX2
+    for (; d0 + 64 <= hd; d0 += 64) {
+        __m256 acc[8];
+        for (int i = 0; i < 8; i++) acc[i] = _mm256_loadu_ps(out + d0 + 8 * i);
+        for (int64_t j = 0; j < n; j++) {
+            __m256 w = _mm256_set1_ps(p[j]);
+            const float *v = V + j * hd + d0;
+            for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 8 * i), acc[i]);
+        }
+        for (int i = 0; i < 8; i++) _mm256_storeu_ps(out + d0 + 8 * i, acc[i]);
+    }
+#endif
+    if (d0 < hd)
+        for (int64_t j = 0; j < n; j++) axpy(out + d0, p[j], V + j * hd + d0, hd - d0);
+}
+
 static float exp_sum(float *s, int64_t n, float top) {  /* s = exp(s - top) in place; returns the sum */
     int64_t i = 0;
     float total = 0;
@@ -512,16 +555,18 @@ int basecli_decode_step(const Model *m, int64_t B, const int64_t *tokens, const 
             const float *pk = c->pk ? c->pk + l * c->p_layer + g * c->p_head : NULL;
             const float *pv = c->pv ? c->pv + l * c->p_layer + g * c->p_head : NULL;
             const float *ok = kl + b * row_stride + g * c->capacity * hd, *ov = vl + b * row_stride + g * c->capacity * hd;
-            float *s = scores + bh * keys, *out = h + b * H * hd + head * hd, top = -INFINITY;
-            for (int64_t j = first[b]; j < keys; j++) {
-                const float *k = j < c->shared ? pk + j * hd : ok + (j - c->shared) * hd;
-                s[j] = dot_f32(q, k, hd) * scale;
-                top = s[j] > top ? s[j] : top;
-            }
-            float total = exp_sum(s + first[b], keys - first[b], top);
+            float *s = scores + bh * keys, *out = h + b * H * hd + head * hd;
+            /* keys and values lie in two runs: the shared prefix (columns < shared), then the row's own */
+            int64_t f = first[b], split = f > c->shared ? f : c->shared;
+            if (f < c->shared) score_keys(q, pk + f * hd, c->shared - f, hd, scale, s + f);
+            score_keys(q, ok + (split - c->shared) * hd, keys - split, hd, scale, s + split);
+            float top = -INFINITY;
+            for (int64_t j = f; j < keys; j++) top = s[j] > top ? s[j] : top;
+            float total = exp_sum(s + f, keys - f, top);
             memset(out, 0, sizeof(float) * hd);
-            for (int64_t j = first[b]; j < keys; j++)
-                axpy(out, s[j] / total, j < c->shared ? pv + j * hd : ov + (j - c->shared) * hd, hd);
+            if (f < c->shared) weigh_values(out, s + f, pv + f * hd, c->shared - f, hd);
+            weigh_values(out, s + split, ov + (split - c->shared) * hd, keys - split, hd);
+            for (int64_t i = 0; i < hd; i++) out[i] /= total;
         }
 
         TICK(ATTENTION);

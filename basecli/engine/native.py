@@ -106,8 +106,9 @@ def build(flag_sets=FLAG_SETS) -> Path:
             if run.returncode == 0:
                 os.replace(out, target)  # atomic: a concurrent build loses nothing
                 return target
-            errors.append(run.stderr.strip().splitlines()[-1:] or ["?"])
-    raise NativeUnavailable(f"{compiler} could not build basecli's 4/8-bit kernels ({errors[-1][0][:160]}); "
+            lines = run.stderr.strip().splitlines()
+            errors.append(next((ln for ln in lines if "error" in ln), lines[-1] if lines else "no message"))
+    raise NativeUnavailable(f"{compiler} could not build basecli's 4/8-bit kernels ({errors[-1].strip()[:160]}); "
                             "leave --quantize q4/q8 unset")
 
 
