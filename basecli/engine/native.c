@@ -273,7 +273,10 @@ static float dot_q8_0(const block_q8_0 *w, const block_act *a, int64_t nb) {
  * activation block loaded once for two; the 8 accumulators stay in registers. */
 #define TILE_MADD(q, a) _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(q, a), ones))
 
-static void tile_q4_1(const block_q4_1 *w0, const block_q4_1 *w1, const block_act *a, int64_t nb, float *out, int64_t ostride) {
+/* ds: for each block i of the four rows, their scales d then their sums s (8 floats), laid out by matmul_q
+ * so that a block's four scales are one load instead of four */
+static void tile_q4_1(const block_q4_1 *w0, const block_q4_1 *w1, const block_act *a, const float *ds, int64_t nb,
+                      float *out, int64_t ostride) {
     const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
     __m256 c[2][4];
     for (int i = 0; i < 4; i++) c[0][i] = c[1][i] = _mm256_setzero_ps();
@@ -282,8 +285,7 @@ static void tile_q4_1(const block_q4_1 *w0, const block_q4_1 *w1, const block_ac
         __m128i r0 = _mm_loadu_si128((const __m128i *)w0[i].qs), r1 = _mm_loadu_si128((const __m128i *)w1[i].qs);
         __m256i q0 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(r0, 4), r0), low);
         __m256i q1 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(r1, 4), r1), low);
-        __m128 ad = _mm_setr_ps(a[i].d, a[nb + i].d, a[2 * nb + i].d, a[3 * nb + i].d);
-        __m128 as = _mm_setr_ps(a[i].s, a[nb + i].s, a[2 * nb + i].s, a[3 * nb + i].s);
+        __m128 ad = _mm_loadu_ps(ds + 8 * i), as = _mm_loadu_ps(ds + 8 * i + 4);
         __m128 d0 = _mm_mul_ps(_mm_set1_ps(half_to_float(w0[i].d)), ad), d1 = _mm_mul_ps(_mm_set1_ps(half_to_float(w1[i].d)), ad);
         m0 = _mm_fmadd_ps(_mm_set1_ps(half_to_float(w0[i].m)), as, m0);
         m1 = _mm_fmadd_ps(_mm_set1_ps(half_to_float(w1[i].m)), as, m1);
@@ -300,14 +302,15 @@ static void tile_q4_1(const block_q4_1 *w0, const block_q4_1 *w1, const block_ac
     for (int r = 0; r < 4; r++) { out[r * ostride] = hsum(c[0][r]) + mm0[r]; out[r * ostride + 1] = hsum(c[1][r]) + mm1[r]; }
 }
 
-static void tile_q8_0(const block_q8_0 *w0, const block_q8_0 *w1, const block_act *a, int64_t nb, float *out, int64_t ostride) {
+static void tile_q8_0(const block_q8_0 *w0, const block_q8_0 *w1, const block_act *a, const float *ds, int64_t nb,
+                      float *out, int64_t ostride) {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 c[2][4];
     for (int i = 0; i < 4; i++) c[0][i] = c[1][i] = _mm256_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
         __m256i q0 = _mm256_loadu_si256((const __m256i *)w0[i].qs), q1 = _mm256_loadu_si256((const __m256i *)w1[i].qs);
         __m256i u0 = _mm256_sign_epi8(q0, q0), u1 = _mm256_sign_epi8(q1, q1);  /* |q|; q's sign goes onto the activations */
-        __m128 ad = _mm_setr_ps(a[i].d, a[nb + i].d, a[2 * nb + i].d, a[3 * nb + i].d);
+        __m128 ad = _mm_loadu_ps(ds + 8 * i);
         float s0[4], s1[4];
         _mm_storeu_ps(s0, _mm_mul_ps(_mm_set1_ps(half_to_float(w0[i].d)), ad));
         _mm_storeu_ps(s1, _mm_mul_ps(_mm_set1_ps(half_to_float(w1[i].d)), ad));
@@ -326,9 +329,17 @@ static void tile_q8_0(const block_q8_0 *w0, const block_q8_0 *w1, const block_ac
  * Split over output columns: each thread reads its own share of the weights once for all M rows. */
 static void matmul_q(int type, const void *W, const block_act *x, int64_t M, int64_t K, float *out, int64_t N) {
     int64_t nb = K / QK, tiled_m = 0, pairs = 0;
+    float *ds = NULL;
 #ifdef BASECLI_AVX2
     tiled_m = M / 4 * 4;
     pairs = tiled_m ? N / 2 : 0;
+    if (pairs && !(ds = malloc(sizeof(float) * 8 * nb * (tiled_m / 4)))) pairs = 0;  /* no memory: the one-row path */
+    for (int64_t r = 0; r < (pairs ? tiled_m : 0); r++)
+        for (int64_t i = 0; i < nb; i++) {
+            float *at = ds + (r / 4 * nb + i) * 8;
+            at[r % 4] = x[r * nb + i].d;
+            at[4 + r % 4] = x[r * nb + i].s;
+        }
 #endif
     #pragma omp parallel for schedule(static)
     for (int64_t p = 0; p < pairs + (N - 2 * pairs); p++) {
@@ -337,19 +348,20 @@ static void matmul_q(int type, const void *W, const block_act *x, int64_t M, int
         if (type == Q4_1) {
             const block_q4_1 *w = (const block_q4_1 *)W + c * nb;
 #ifdef BASECLI_AVX2
-            if (width == 2) for (; r < tiled_m; r += 4) tile_q4_1(w, w + nb, x + r * nb, nb, out + r * N + c, N);
+            if (width == 2) for (; r < tiled_m; r += 4) tile_q4_1(w, w + nb, x + r * nb, ds + r / 4 * nb * 8, nb, out + r * N + c, N);
 #endif
             for (int64_t k = 0; k < width; k++)
                 for (int64_t rr = r; rr < M; rr++) out[rr * N + c + k] = dot_q4_1(w + k * nb, x + rr * nb, nb);
         } else {
             const block_q8_0 *w = (const block_q8_0 *)W + c * nb;
 #ifdef BASECLI_AVX2
-            if (width == 2) for (; r < tiled_m; r += 4) tile_q8_0(w, w + nb, x + r * nb, nb, out + r * N + c, N);
+            if (width == 2) for (; r < tiled_m; r += 4) tile_q8_0(w, w + nb, x + r * nb, ds + r / 4 * nb * 8, nb, out + r * N + c, N);
 #endif
             for (int64_t k = 0; k < width; k++)
                 for (int64_t rr = r; rr < M; rr++) out[rr * N + c + k] = dot_q8_0(w + k * nb, x + rr * nb, nb);
         }
     }
+    free(ds);
 }
 
 static void quantize_act(const float *x, block_act *y, int64_t M, int64_t K) {
