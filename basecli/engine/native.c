@@ -365,7 +365,7 @@ static void matmul_q(int type, const void *W, const block_act *x, int64_t M, int
 }
 
 static void quantize_act(const float *x, block_act *y, int64_t M, int64_t K) {
-    #pragma omp parallel for schedule(static) if (M > 1)
+    #pragma omp parallel for schedule(static) if (M >= 64)  /* a decode step's few rows: not worth waking a thread */
     for (int64_t r = 0; r < M; r++) quantize_act_row(x + r * K, y + r * (K / QK), K);
 }
 
@@ -406,10 +406,16 @@ static inline void axpy(float *y, float a, const float *x, int64_t n) {  /* y +=
 }
 
 static void rms_norm(const float *x, const float *w, float *out, int64_t n, float eps) {
-    double ss = 0;  /* torch accumulates in fp32 with a tree; a double sum is at least as accurate */
-    for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
-    float r = 1.0f / sqrtf((float)(ss / n) + eps);
-    for (int64_t i = 0; i < n; i++) out[i] = x[i] * r * w[i];
+    float ss = 0;  /* in fp32 over 8 (or 1) lanes, then added up, as torch's vectorised reduction does */
+    int64_t i = 0;
+#ifdef BASECLI_AVX2
+    __m256 acc = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(x + i), acc);
+    ss = hsum(acc);
+#endif
+    for (; i < n; i++) ss += x[i] * x[i];
+    float r = 1.0f / sqrtf(ss / n + eps);
+    for (i = 0; i < n; i++) out[i] = x[i] * r * w[i];
 }
 
 static void silu_mul(const float *gate, const float *up, float *out, int64_t n) {  /* silu(gate) * up */
