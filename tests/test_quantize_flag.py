@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
+import shutil
 
 import pytest
 
 from basecli import config
 from basecli.errors import UsageError
 from conftest import invoke, run_cli
+
+# q4/q8 build basecli's kernels with the system C compiler on first use; without one these tests cannot run
+needs_cc = pytest.mark.skipif(shutil.which(os.environ.get("CC") or "cc") is None, reason="no C compiler to build native.c")
 
 LOADING_COMMANDS = ("complete", "resample", "sweep", "fewshot", "chat", "score", "recite", "info", "bench")
 
@@ -165,6 +170,7 @@ def runtime(*args: str) -> dict:
     return json.loads(r.stdout)["runtime"]
 
 
+@needs_cc
 def test_info_shows_the_weight_formats_and_their_bytes(tiny_dirs):
     """q4: Q4_1 layer matrices (20 bytes per 32 weights), a Q8_0 head (34 per 32), float32 embeddings, norms and rope table."""
     d = str(tiny_dirs["llama"])
@@ -179,6 +185,7 @@ def test_info_shows_the_weight_formats_and_their_bytes(tiny_dirs):
     assert isinstance(r["memory_bytes"], int) and r["memory_bytes"] == want < plain["memory_bytes"]
 
 
+@needs_cc
 def test_the_variable_works_as_the_flag_and_the_flag_wins(tiny_dirs, monkeypatch):
     d = str(tiny_dirs["llama"])
     monkeypatch.setenv("BASECLI_QUANTIZE", "q8")
@@ -186,6 +193,7 @@ def test_the_variable_works_as_the_flag_and_the_flag_wins(tiny_dirs, monkeypatch
     assert runtime("-m", d, "--quantize", "q4")["weights"]["MLP"] == "Q4_1"
 
 
+@needs_cc
 def test_info_text_says_the_matrices_are_not_the_dtype(tiny_dirs):
     r = invoke("info", "-m", str(tiny_dirs["llama"]), "--quantize", "q4")
     assert r.returncode == 0, r.stderr
@@ -193,6 +201,7 @@ def test_info_text_says_the_matrices_are_not_the_dtype(tiny_dirs):
     assert "weights: q4: float32 embeddings and norms, Q4_1 attention and MLP, Q8_0 output head" in r.stdout
 
 
+@needs_cc
 def test_a_quantised_tied_head_is_held_twice_but_counted_once(tiny_dirs):
     """SmolLM2 ties its head to the embedding: quantising makes the head a matrix of its own, which the
     memory figure must count, while the parameters stay counted once, under the embeddings."""
@@ -222,6 +231,7 @@ def test_auto_device_and_dtype_mean_cpu_and_float32_with_quantised_weights(tiny_
         LocalBackend(str(tiny_dirs["llama"]), dtype="bfloat16", quantize="int8")
 
 
+@needs_cc
 def test_complete_runs_on_4_bit_weights(tiny_dirs, shared_home):
     r = run_cli("complete", "Hello", "-m", str(tiny_dirs["llama"]), "-n", "2", "-t", "0", "--quantize", "q4", "--json",
                 env={"BASECLI_HOME": shared_home, "OMP_NUM_THREADS": "1"})
@@ -229,6 +239,7 @@ def test_complete_runs_on_4_bit_weights(tiny_dirs, shared_home):
     assert len(json.loads(r.stdout)["tokens"]) >= 1
 
 
+@needs_cc
 def test_bench_reports_the_weights_it_measured(tiny_dirs, shared_home):
     r = run_cli("bench", "-m", str(tiny_dirs["llama"]), "--quantize", "q4", "--batch", "1", "--prompt-tokens", "4",
                 "--new-tokens", "3", "--no-startup", "--json", env={"BASECLI_HOME": shared_home, "OMP_NUM_THREADS": "1"})
