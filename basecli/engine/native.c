@@ -218,7 +218,8 @@ static void quantize_act_row(const float *x, block_act *y, int64_t n) {
 /* ---- dot products of one weight row with one activation row ---- */
 
 
-static float dot_q4_1(const block_q4_1 *w, const block_act *a, int64_t nb) {
+static float dot_q4_1(const void *wv, const block_act *a, int64_t nb) {
+    const block_q4_1 *w = wv;
 #ifdef BASECLI_AVX2
     /* the same operations in the same order as one row of tile_q4_1, so a row's result never depends on
      * whether its batch had a multiple of 4 rows (resample row i equals the same sample run alone) */
@@ -245,7 +246,8 @@ static float dot_q4_1(const block_q4_1 *w, const block_act *a, int64_t nb) {
 #endif
 }
 
-static float dot_q8_0(const block_q8_0 *w, const block_act *a, int64_t nb) {
+static float dot_q8_0(const void *wv, const block_act *a, int64_t nb) {
+    const block_q8_0 *w = wv;
 #ifdef BASECLI_AVX2
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc = _mm256_setzero_ps();  /* as one row of tile_q8_0, in the same order (see dot_q4_1) */
@@ -275,8 +277,9 @@ static float dot_q8_0(const block_q8_0 *w, const block_act *a, int64_t nb) {
 
 /* ds: for each block i of the four rows, their scales d then their sums s (8 floats), laid out by matmul_q
  * so that a block's four scales are one load instead of four */
-static void tile_q4_1(const block_q4_1 *w0, const block_q4_1 *w1, const block_act *a, const float *ds, int64_t nb,
+static void tile_q4_1(const void *w0v, const void *w1v, const block_act *a, const float *ds, int64_t nb,
                       float *out, int64_t ostride) {
+    const block_q4_1 *w0 = w0v, *w1 = w1v;
     const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
     __m256 c[2][4];
     for (int i = 0; i < 4; i++) c[0][i] = c[1][i] = _mm256_setzero_ps();
@@ -302,8 +305,9 @@ static void tile_q4_1(const block_q4_1 *w0, const block_q4_1 *w1, const block_ac
     for (int r = 0; r < 4; r++) { out[r * ostride] = hsum(c[0][r]) + mm0[r]; out[r * ostride + 1] = hsum(c[1][r]) + mm1[r]; }
 }
 
-static void tile_q8_0(const block_q8_0 *w0, const block_q8_0 *w1, const block_act *a, const float *ds, int64_t nb,
+static void tile_q8_0(const void *w0v, const void *w1v, const block_act *a, const float *ds, int64_t nb,
                       float *out, int64_t ostride) {
+    const block_q8_0 *w0 = w0v, *w1 = w1v;
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 c[2][4];
     for (int i = 0; i < 4; i++) c[0][i] = c[1][i] = _mm256_setzero_ps();
@@ -341,25 +345,22 @@ static void matmul_q(int type, const void *W, const block_act *x, int64_t M, int
             at[4 + r % 4] = x[r * nb + i].s;
         }
 #endif
+    const size_t row_bytes = (size_t)basecli_matrix_bytes(type, 1, K);
+    float (*dot)(const void *, const block_act *, int64_t) = type == Q4_1 ? dot_q4_1 : dot_q8_0;
+#ifdef BASECLI_AVX2
+    void (*tile)(const void *, const void *, const block_act *, const float *, int64_t, float *, int64_t) =
+        type == Q4_1 ? tile_q4_1 : tile_q8_0;
+#endif
     #pragma omp parallel for schedule(static)
     for (int64_t p = 0; p < pairs + (N - 2 * pairs); p++) {
         int64_t c = p < pairs ? 2 * p : pairs + p;  /* the pairs, then the columns left over */
         int64_t width = p < pairs ? 2 : 1, r = 0;
-        if (type == Q4_1) {
-            const block_q4_1 *w = (const block_q4_1 *)W + c * nb;
+        const char *w = (const char *)W + c * row_bytes;
 #ifdef BASECLI_AVX2
-            if (width == 2) for (; r < tiled_m; r += 4) tile_q4_1(w, w + nb, x + r * nb, ds + r / 4 * nb * 8, nb, out + r * N + c, N);
+        if (width == 2) for (; r < tiled_m; r += 4) tile(w, w + row_bytes, x + r * nb, ds + r / 4 * nb * 8, nb, out + r * N + c, N);
 #endif
-            for (int64_t k = 0; k < width; k++)
-                for (int64_t rr = r; rr < M; rr++) out[rr * N + c + k] = dot_q4_1(w + k * nb, x + rr * nb, nb);
-        } else {
-            const block_q8_0 *w = (const block_q8_0 *)W + c * nb;
-#ifdef BASECLI_AVX2
-            if (width == 2) for (; r < tiled_m; r += 4) tile_q8_0(w, w + nb, x + r * nb, ds + r / 4 * nb * 8, nb, out + r * N + c, N);
-#endif
-            for (int64_t k = 0; k < width; k++)
-                for (int64_t rr = r; rr < M; rr++) out[rr * N + c + k] = dot_q8_0(w + k * nb, x + rr * nb, nb);
-        }
+        for (int64_t k = 0; k < width; k++)
+            for (int64_t rr = r; rr < M; rr++) out[rr * N + c + k] = dot(w + k * row_bytes, x + rr * nb, nb);
     }
     free(ds);
 }

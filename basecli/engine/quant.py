@@ -117,18 +117,23 @@ def check(mode: str, model, device: str) -> None:
     """A UsageError saying what to change, unless `mode` can run for this model here."""
     if mode not in MODES:
         raise UsageError(f"unknown quantisation {mode!r} (BASECLI_QUANTIZE); choose one of: {', '.join(MODES)}")
+    check_model(mode, model, device)
     if mode in ("q4", "q8"):
         from basecli.engine import native
 
         return native.check(mode, model, device)
+    if "fbgemm" not in torch.backends.quantized.supported_engines:
+        raise UsageError(f"--quantize {mode} needs torch's fbgemm kernels (x86 CPUs); this torch has none: try q4 or q8")
+
+
+def check_model(mode: str, model, device: str) -> None:
+    """What every mode needs: the CPU, the lean engine, fp32 activations."""
     if device != "cpu":
-        raise UsageError(f"--quantize {mode} runs on the CPU only (fbgemm); use --device cpu, or leave --quantize (BASECLI_QUANTIZE) unset")
+        raise UsageError(f"--quantize {mode} runs on the CPU only; use --device cpu, or leave --quantize (BASECLI_QUANTIZE) unset")
     if not hasattr(model, "layers"):
         raise UsageError(f"--quantize {mode} needs basecli's lean engine, which runs Llama-architecture models only; this one runs on transformers' code (leave --quantize unset, and BASECLI_ENGINE unset or lean)")
     if model.embed.dtype != torch.float32:
         raise UsageError(f"--quantize {mode} needs float32 activations: use --dtype float32")
-    if "fbgemm" not in torch.backends.quantized.supported_engines:
-        raise UsageError(f"--quantize {mode} needs torch's fbgemm kernels (x86 CPUs); this torch has none: try q4 or q8")
 
 
 def apply(model, mode: str) -> None:
