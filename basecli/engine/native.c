@@ -452,6 +452,18 @@ static void score_keys(const float *q, const float *K, int64_t n, int64_t hd, fl
             _mm_storeu_ps(s + j, _mm_mul_ps(r, _mm_set1_ps(scale)));
         }
 #endif
+#ifdef BASECLI_AVX2
+    /* the keys left over, each summed in exactly the order of a lane of the four-key reduction above, so a key's
+     * score never depends on where its run of keys starts (resample's shared prefix vs one run alone) */
+    if (hd % 8 == 0)
+        for (; j < n; j++) {
+            __m256 a = _mm256_setzero_ps(), z = _mm256_setzero_ps();
+            for (int64_t d = 0; d < hd; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(K + j * hd + d), a);
+            __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a, z), _mm256_hadd_ps(z, z));
+            __m128 r = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+            s[j] = _mm_cvtss_f32(_mm_mul_ps(r, _mm_set1_ps(scale)));
+        }
+#endif
     for (; j < n; j++) s[j] = dot_f32(q, K + j * hd, hd) * scale;
 }
 
