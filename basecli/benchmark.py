@@ -155,7 +155,7 @@ def run(model: str | None = None, *, batches: Sequence[int] = (1, 8, 32), prompt
     t0 = time.perf_counter()
     backend = LocalBackend(model, device=device, dtype=dtype, engine=engine, quantize=quantize)
     load_s = time.perf_counter() - t0
-    if threads:  # after loading: LocalBackend sets threads from the load average, which would undo --threads
+    if threads:  # after loading: LocalBackend sets threads from what else is running, which would undo --threads
         torch.set_num_threads(threads)
     prompt = prompt_ids(backend.tokenizer, prompt_tokens)
     if len(prompt) + new_tokens > backend.context_length:

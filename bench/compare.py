@@ -46,7 +46,7 @@ def main() -> None:
     import torch
 
     if args.threads:
-        # LocalBackend picks threads from the load average unless BASECLI_THREADS says; say, or it undoes --threads
+        # LocalBackend picks threads from what else is running unless BASECLI_THREADS says; say, or it undoes --threads
         os.environ["BASECLI_THREADS"] = str(args.threads)
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()

@@ -140,10 +140,10 @@ def test_entry_point_is_the_installed_script_and_runs():
 
 
 def test_threads_flag_survives_the_load_average(tiny_dirs, monkeypatch):
-    """LocalBackend picks threads from the load average; --threads must still be what runs (and is reported)."""
+    """LocalBackend picks threads from what else is running; --threads must still be what runs (and is reported)."""
     monkeypatch.delenv("BASECLI_THREADS", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr("os.getloadavg", lambda: (8.0, 8.0, 8.0))  # busy: the backend alone would pick 1 thread
+    monkeypatch.setattr("basecli.backends.local.others_running", lambda: 8)  # busy: the backend alone would pick 1 thread
     before = torch.get_num_threads()
     try:
         report = benchmark.run(str(tiny_dirs["llama"]), batches=(1,), prompt_tokens=4, new_tokens=2, device="cpu",

@@ -47,11 +47,14 @@ def cpu_has_bf16() -> bool:
 
 
 def pick_threads() -> int | None:
-    """CPU threads for torch: BASECLI_THREADS if set; none chosen if OMP_NUM_THREADS is set (torch reads it);
-    else the cores not already busy by the 1-minute load average, at least one.
+    """CPU threads for torch (and basecli's kernels): BASECLI_THREADS if set; none chosen if OMP_NUM_THREADS is
+    set (torch reads it); else the cores that no other process is running on right now, at least one.
 
-    Why: torch's OpenMP workers wait on each other at every op, so on a 2-core machine with one
-    other busy process, 2 threads decoded at 3.5 tok/s where 1 thread gave 11.4 (measured here).
+    Why: OpenMP workers wait on each other at every op, so on a 2-core machine with one other busy
+    process, 2 threads decoded at 3.5 tok/s where 1 thread gave 11.4 (measured here). "Right now"
+    comes from the kernel's count of runnable tasks (Linux); the 1-minute load average, used where
+    that is missing, still counts a basecli run that ended seconds ago, and so gave the next run one
+    thread on an idle 2-core machine (half the speed of `--quantize q4`).
     """
     if os.environ.get("BASECLI_THREADS"):
         try:
@@ -61,11 +64,32 @@ def pick_threads() -> int | None:
     if os.environ.get("OMP_NUM_THREADS"):
         return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        return None
+    busy = others_running()
+    if busy is None:
+        try:
+            busy = os.getloadavg()[0]
+        except OSError:
+            return None
     return max(1, min(cores, round(cores - busy)))
+
+
+def others_running(samples: int = 3, gap: float = 0.002) -> int | None:
+    """How many tasks besides this one are running or waiting for a core, the most seen in a few looks
+    a couple of milliseconds apart (one look can fall between another process's time slices); None
+    where /proc/stat is not there."""
+    seen = []
+    for i in range(samples):
+        try:
+            with open("/proc/stat", "rb") as f:
+                line = next((ln for ln in f if ln.startswith(b"procs_running ")), None)
+        except OSError:
+            return None
+        if line is None:
+            return None
+        seen.append(int(line.split()[1]) - 1)  # this process is one of them
+        if i + 1 < samples:
+            time.sleep(gap)
+    return max(0, max(seen))
 
 
 def pick_dtype(name: str, device: str):
