@@ -1,4 +1,4 @@
-"""4- and 8-bit weights with basecli's own CPU kernels (native.c): BASECLI_QUANTIZE=q4 or q8.
+"""4- and 8-bit weights with basecli's own CPU kernels (native.c): --quantize q4 or q8 (BASECLI_QUANTIZE).
 
 - q4: the layer matrices in Q4_1 (5 bits a weight), the vocabulary head in Q8_0: the same
   formats, block for block, as the embedded SmolLM2 GGUF, so for that model the weights are
