@@ -436,6 +436,22 @@ static void silu_mul(const float *gate, const float *up, float *out, int64_t n) 
 static void score_keys(const float *q, const float *K, int64_t n, int64_t hd, float scale, float *s) {
     int64_t j = 0;
 #ifdef BASECLI_AVX2
+    if (hd % 8 == 0)  /* eight keys at a time: eight independent chains of fmadds keep both FMA pipes busy */
+        for (; j + 8 <= n; j += 8) {
+            const float *k = K + j * hd;
+            __m256 a[8];
+            for (int t = 0; t < 8; t++) a[t] = _mm256_setzero_ps();
+            for (int64_t d = 0; d < hd; d += 8) {
+                __m256 qv = _mm256_loadu_ps(q + d);
+                for (int t = 0; t < 8; t++) a[t] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + t * hd + d), a[t]);
+            }
+            for (int half = 0; half < 2; half++) {  /* each key reduced exactly as in the four-key loop below */
+                __m256 *h4 = a + 4 * half;
+                __m256 t4 = _mm256_hadd_ps(_mm256_hadd_ps(h4[0], h4[1]), _mm256_hadd_ps(h4[2], h4[3]));
+                __m128 r = _mm_add_ps(_mm256_castps256_ps128(t4), _mm256_extractf128_ps(t4, 1));
+                _mm_storeu_ps(s + j + 4 * half, _mm_mul_ps(r, _mm_set1_ps(scale)));
+            }
+        }
     if (hd % 8 == 0)
         for (; j + 4 <= n; j += 4) {
             const float *k = K + j * hd;
@@ -525,6 +541,66 @@ typedef struct {               /* the KV cache of engine/lean.py's KVCache, as p
 
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
+/* Attention of one decode step when the prompt's keys and values are kept once for every row (resample).
+ * The prefix is read once per kv head for all the rows' queries that use it, in blocks of keys that stay
+ * in L1, instead of once per row and head; each score and each output adds in exactly the order of the
+ * one-run path above (scores in four-key groups from the run's start, values key after key), so a row's
+ * result is the same, to the bit, as its prompt decoded alone. Every row sees every key (first == 0). */
+#define PREFIX_BLOCK 32
+static void attend_shared(const Model *m, const Cache *c, int64_t l, int64_t B, const float *qkv, const float *kl,
+                          const float *vl, const int64_t *first, int64_t keys, float scale, float *scores, float *h,
+                          float *totals) {
+    const int64_t H = m->heads, KV = m->kv, hd = m->head_dim, group = H / KV, qkv_n = (H + 2 * KV) * hd;
+    const int64_t row_stride = KV * c->capacity * hd, per_kv = B * group, shared = c->shared;
+    (void)first;
+    /* 1. the prefix's scores: work split by kv head and halves of its queries */
+    #pragma omp parallel for schedule(static)
+    for (int64_t task = 0; task < KV * 2; task++) {
+        int64_t g = task / 2, lo = task % 2 ? per_kv / 2 : 0, hi = task % 2 ? per_kv : per_kv / 2;
+        const float *pk = c->pk + l * c->p_layer + g * c->p_head;
+        for (int64_t kb = 0; kb < shared; kb += PREFIX_BLOCK) {
+            int64_t n = shared - kb < PREFIX_BLOCK ? shared - kb : PREFIX_BLOCK;
+            for (int64_t i = lo; i < hi; i++) {
+                int64_t b = i / group, head = g * group + i % group;
+                score_keys(qkv + b * qkv_n + head * hd, pk + kb * hd, n, hd, scale, scores + (b * H + head) * keys + kb);
+            }
+        }
+    }
+    /* 2. each row's own keys, the softmax over both */
+    #pragma omp parallel for schedule(static)
+    for (int64_t bh = 0; bh < B * H; bh++) {
+        int64_t b = bh / H, head = bh % H, g = head / group;
+        const float *ok = kl + b * row_stride + g * c->capacity * hd;
+        float *sc = scores + bh * keys;
+        score_keys(qkv + b * qkv_n + head * hd, ok, keys - shared, hd, scale, sc + shared);
+        float top = -INFINITY;
+        for (int64_t j = 0; j < keys; j++) top = sc[j] > top ? sc[j] : top;
+        totals[bh] = exp_sum(sc, keys, top);
+        memset(h + b * H * hd + head * hd, 0, sizeof(float) * hd);
+    }
+    /* 3. the prefix's values, read once per kv head as its keys were */
+    #pragma omp parallel for schedule(static)
+    for (int64_t task = 0; task < KV * 2; task++) {
+        int64_t g = task / 2, lo = task % 2 ? per_kv / 2 : 0, hi = task % 2 ? per_kv : per_kv / 2;
+        const float *pv = c->pv + l * c->p_layer + g * c->p_head;
+        for (int64_t kb = 0; kb < shared; kb += PREFIX_BLOCK) {
+            int64_t n = shared - kb < PREFIX_BLOCK ? shared - kb : PREFIX_BLOCK;
+            for (int64_t i = lo; i < hi; i++) {
+                int64_t b = i / group, head = g * group + i % group;
+                weigh_values(h + b * H * hd + head * hd, scores + (b * H + head) * keys + kb, pv + kb * hd, n, hd);
+            }
+        }
+    }
+    /* 4. then each row's own values, after the prefix's as in the one-run order, and the normalisation */
+    #pragma omp parallel for schedule(static)
+    for (int64_t bh = 0; bh < B * H; bh++) {
+        int64_t b = bh / H, head = bh % H, g = head / group;
+        float *out = h + b * H * hd + head * hd;
+        weigh_values(out, scores + bh * keys + shared, vl + b * row_stride + g * c->capacity * hd, keys - shared, hd);
+        for (int64_t i = 0; i < hd; i++) out[i] /= totals[bh];
+    }
+}
+
 /* One decode step for B rows: tokens (B), positions (B), first (B: the first key each row may see,
  * counting the shared prefix's columns first) -> logits (B, vocab). Writes each row's key and value
  * at cache->column. Returns 0, or -1 if out of memory. */
@@ -538,8 +614,9 @@ int basecli_decode_step(const Model *m, int64_t B, const int64_t *tokens, const 
     float *act = malloc(sizeof(float) * B * hid), *tmp = malloc(sizeof(float) * B * dim);
     float *scores = malloc(sizeof(float) * B * H * keys), *rope = malloc(sizeof(float) * B * hd);
     block_act *q8 = malloc(sizeof(block_act) * B * (widest / QK));
+    float *totals = malloc(sizeof(float) * B * H);
     int status = 0;
-    if (!x || !h || !qkv || !gu || !act || !tmp || !scores || !rope || !q8) { status = -1; goto done; }
+    if (!x || !h || !qkv || !gu || !act || !tmp || !scores || !rope || !q8 || !totals) { status = -1; goto done; }
 
     for (int64_t b = 0; b < B; b++) {
         memcpy(x + b * dim, m->embed + tokens[b] * dim, sizeof(float) * dim);
@@ -579,25 +656,23 @@ int basecli_decode_step(const Model *m, int64_t B, const int64_t *tokens, const 
         }
 
         TICK(OTHER);
-        #pragma omp parallel for schedule(static)
-        for (int64_t bh = 0; bh < B * H; bh++) {
-            int64_t b = bh / H, head = bh % H, g = head / group;
-            const float *q = qkv + b * qkv_n + head * hd;
-            const float *pk = c->pk ? c->pk + l * c->p_layer + g * c->p_head : NULL;
-            const float *pv = c->pv ? c->pv + l * c->p_layer + g * c->p_head : NULL;
-            const float *ok = kl + b * row_stride + g * c->capacity * hd, *ov = vl + b * row_stride + g * c->capacity * hd;
-            float *s = scores + bh * keys, *out = h + b * H * hd + head * hd;
-            /* keys and values lie in two runs: the shared prefix (columns < shared), then the row's own */
-            int64_t f = first[b], split = f > c->shared ? f : c->shared;
-            if (f < c->shared) score_keys(q, pk + f * hd, c->shared - f, hd, scale, s + f);
-            score_keys(q, ok + (split - c->shared) * hd, keys - split, hd, scale, s + split);
-            float top = -INFINITY;
-            for (int64_t j = f; j < keys; j++) top = s[j] > top ? s[j] : top;
-            float total = exp_sum(s + f, keys - f, top);
-            memset(out, 0, sizeof(float) * hd);
-            if (f < c->shared) weigh_values(out, s + f, pv + f * hd, c->shared - f, hd);
-            weigh_values(out, s + split, ov + (split - c->shared) * hd, keys - split, hd);
-            for (int64_t i = 0; i < hd; i++) out[i] /= total;
+        if (c->shared) attend_shared(m, c, l, B, qkv, kl, vl, first, keys, scale, scores, h, totals);
+        else {
+            #pragma omp parallel for schedule(static)
+            for (int64_t bh = 0; bh < B * H; bh++) {
+                int64_t b = bh / H, head = bh % H, g = head / group;
+                const float *q = qkv + b * qkv_n + head * hd;
+                const float *ok = kl + b * row_stride + g * c->capacity * hd, *ov = vl + b * row_stride + g * c->capacity * hd;
+                float *sc = scores + bh * keys, *out = h + b * H * hd + head * hd;
+                int64_t f = first[b];
+                score_keys(q, ok + f * hd, keys - f, hd, scale, sc + f);
+                float top = -INFINITY;
+                for (int64_t j = f; j < keys; j++) top = sc[j] > top ? sc[j] : top;
+                float total = exp_sum(sc + f, keys - f, top);
+                memset(out, 0, sizeof(float) * hd);
+                weigh_values(out, sc + f, ov + f * hd, keys - f, hd);
+                for (int64_t i = 0; i < hd; i++) out[i] /= total;
+            }
         }
 
         TICK(ATTENTION);
@@ -625,7 +700,7 @@ int basecli_decode_step(const Model *m, int64_t B, const int64_t *tokens, const 
     matmul_q(m->htype, m->head, q8, B, dim, logits, m->vocab);
     TICK(MATMUL);
 done:
-    free(x); free(h); free(qkv); free(gu); free(act); free(tmp); free(scores); free(rope); free(q8);
+    free(x); free(h); free(qkv); free(gu); free(act); free(tmp); free(scores); free(rope); free(q8); free(totals);
     return status;
 }
 
