@@ -541,6 +541,20 @@ typedef struct {               /* the KV cache of engine/lean.py's KVCache, as p
 
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
+/* x += add (when given), then h = rms_norm(x) and its int8 blocks, row by row; rows on threads when there are
+ * enough of them to pay for waking one (each row's arithmetic is the same either way) */
+static void add_norm_quantize(float *x, const float *add, const float *w, float *h, block_act *q8, int64_t B, int64_t dim,
+                              float eps) {
+    #pragma omp parallel for schedule(static) if (B >= 8)
+    for (int64_t b = 0; b < B; b++) {
+        float *xr = x + b * dim;
+        if (add)
+            for (int64_t i = 0; i < dim; i++) xr[i] += add[b * dim + i];
+        rms_norm(xr, w, h + b * dim, dim, eps);
+        quantize_act_row(h + b * dim, q8 + b * (dim / QK), dim);
+    }
+}
+
 /* Attention of one decode step when the prompt's keys and values are kept once for every row (resample).
  * The prefix is read once per kv head for all the rows' queries that use it, in blocks of keys that stay
  * in L1, instead of once per row and head; each score and each output adds in exactly the order of the
@@ -631,13 +645,13 @@ int basecli_decode_step(const Model *m, int64_t B, const int64_t *tokens, const 
     const int64_t row_stride = KV * c->capacity * hd;  /* one row's buffer within a layer */
 
     for (int64_t l = 0; l < m->layers; l++) {
-        for (int64_t b = 0; b < B; b++) rms_norm(x + b * dim, m->norm1[l], h + b * dim, dim, m->eps);
-        quantize_act(h, q8, B, dim);
+        add_norm_quantize(x, l ? tmp : NULL, m->norm1[l], h, q8, B, dim, m->eps);  /* the last layer's MLP output joins here */
         TICK(OTHER);
         matmul_q(m->wtype, m->qkv[l], q8, B, dim, qkv, qkv_n);
         TICK(MATMUL);
 
         float *kl = c->k + l * B * row_stride, *vl = c->v + l * B * row_stride;
+        #pragma omp parallel for schedule(static) if (B >= 8)
         for (int64_t b = 0; b < B; b++) {
             float *row = qkv + b * qkv_n;
             const float *cs = rope + b * hd, *sn = rope + b * hd + hd / 2;
@@ -680,22 +694,20 @@ int basecli_decode_step(const Model *m, int64_t B, const int64_t *tokens, const 
         TICK(OTHER);
         matmul_q(m->wtype, m->o[l], q8, B, H * hd, tmp, dim);
         TICK(MATMUL);
-        for (int64_t i = 0; i < B * dim; i++) x[i] += tmp[i];
-
-        for (int64_t b = 0; b < B; b++) rms_norm(x + b * dim, m->norm2[l], h + b * dim, dim, m->eps);
-        quantize_act(h, q8, B, dim);
+        add_norm_quantize(x, tmp, m->norm2[l], h, q8, B, dim, m->eps);
         TICK(OTHER);
         matmul_q(m->wtype, m->gate_up[l], q8, B, dim, gu, 2 * hid);
         TICK(MATMUL);
-        for (int64_t b = 0; b < B; b++) silu_mul(gu + b * 2 * hid, gu + b * 2 * hid + hid, act + b * hid, hid);
-        quantize_act(act, q8, B, hid);
+        #pragma omp parallel for schedule(static) if (B >= 8)
+        for (int64_t b = 0; b < B; b++) {
+            silu_mul(gu + b * 2 * hid, gu + b * 2 * hid + hid, act + b * hid, hid);
+            quantize_act_row(act + b * hid, q8 + b * (hid / QK), hid);
+        }
         TICK(OTHER);
         matmul_q(m->wtype, m->down[l], q8, B, hid, tmp, dim);
         TICK(MATMUL);
-        for (int64_t i = 0; i < B * dim; i++) x[i] += tmp[i];
     }
-    for (int64_t b = 0; b < B; b++) rms_norm(x + b * dim, m->norm, h + b * dim, dim, m->eps);
-    quantize_act(h, q8, B, dim);
+    add_norm_quantize(x, m->layers ? tmp : NULL, m->norm, h, q8, B, dim, m->eps);
     TICK(OTHER);
     matmul_q(m->htype, m->head, q8, B, dim, logits, m->vocab);
     TICK(MATMUL);
