@@ -29,8 +29,9 @@ Device = Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), 
 Dtype = Annotated[str, typer.Option("--dtype", help="auto (bf16 on CUDA and bf16-capable CPUs, else fp32), float32, bfloat16, float16.", rich_help_panel="Model")]
 TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Run model code from the hub (only if you trust it).", rich_help_panel="Model")]
 Quantize = Annotated[Optional[str], typer.Option("--quantize", envvar="BASECLI_QUANTIZE", show_envvar=True, callback=_quantize,
-                     help="Weight format of a local Llama on the CPU (lean engine, fp32): fp16 or int8 (torch fbgemm), "
-                          "q4 or q8 (basecli's own kernels).", rich_help_panel="Model")]
+                     help="Weight format of a local Llama on the CPU (lean engine, fp32): q4 or q8 (basecli's own kernels; "
+                          "q4 is the embedded GGUF's own format, about 7x faster than fp32), fp16 or int8 (torch fbgemm).",
+                     rich_help_panel="Model")]
 AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help="Allow .bin (pickle) weights; default is safetensors or GGUF only.", rich_help_panel="Model")]
 
 MaxTokens = Annotated[int, typer.Option("--max-tokens", "-n", help="New tokens at most.", rich_help_panel="Sampling")]
