@@ -561,25 +561,35 @@ static void add_norm_quantize(float *x, const float *add, const float *w, float 
  * one-run path above (scores in four-key groups from the run's start, values key after key), so a row's
  * result is the same, to the bit, as its prompt decoded alone. Every row sees every key (first == 0). */
 #define PREFIX_BLOCK 32
-static void attend_shared(const Model *m, const Cache *c, int64_t l, int64_t B, const float *qkv, const float *kl,
-                          const float *vl, const int64_t *first, int64_t keys, float scale, float *scores, float *h,
-                          float *totals) {
+
+/* One pass over the shared prefix for every query that uses each kv head: its keys' scores (values == 0),
+ * or its values weighed into the outputs (values == 1), PREFIX_BLOCK keys at a time for all those
+ * queries; work split by kv head and halves of its queries. */
+static void prefix_pass(const Model *m, const Cache *c, int64_t l, int64_t B, const float *qkv, float scale, int64_t keys,
+                        float *scores, float *h, int values) {
     const int64_t H = m->heads, KV = m->kv, hd = m->head_dim, group = H / KV, qkv_n = (H + 2 * KV) * hd;
-    const int64_t row_stride = KV * c->capacity * hd, per_kv = B * group, shared = c->shared;
-    (void)first;
-    /* 1. the prefix's scores: work split by kv head and halves of its queries */
+    const int64_t per_kv = B * group, shared = c->shared;
     #pragma omp parallel for schedule(static)
     for (int64_t task = 0; task < KV * 2; task++) {
         int64_t g = task / 2, lo = task % 2 ? per_kv / 2 : 0, hi = task % 2 ? per_kv : per_kv / 2;
-        const float *pk = c->pk + l * c->p_layer + g * c->p_head;
+        const float *run = (values ? c->pv : c->pk) + l * c->p_layer + g * c->p_head;
         for (int64_t kb = 0; kb < shared; kb += PREFIX_BLOCK) {
             int64_t n = shared - kb < PREFIX_BLOCK ? shared - kb : PREFIX_BLOCK;
             for (int64_t i = lo; i < hi; i++) {
                 int64_t b = i / group, head = g * group + i % group;
-                score_keys(qkv + b * qkv_n + head * hd, pk + kb * hd, n, hd, scale, scores + (b * H + head) * keys + kb);
+                float *sc = scores + (b * H + head) * keys + kb;
+                if (values) weigh_values(h + b * H * hd + head * hd, sc, run + kb * hd, n, hd);
+                else score_keys(qkv + b * qkv_n + head * hd, run + kb * hd, n, hd, scale, sc);
             }
         }
     }
+}
+
+static void attend_shared(const Model *m, const Cache *c, int64_t l, int64_t B, const float *qkv, const float *kl,
+                          const float *vl, int64_t keys, float scale, float *scores, float *h, float *totals) {
+    const int64_t H = m->heads, KV = m->kv, hd = m->head_dim, group = H / KV, qkv_n = (H + 2 * KV) * hd;
+    const int64_t row_stride = KV * c->capacity * hd, shared = c->shared;
+    prefix_pass(m, c, l, B, qkv, scale, keys, scores, h, 0);  /* 1. the prefix's scores */
     /* 2. each row's own keys, the softmax over both */
     #pragma omp parallel for schedule(static)
     for (int64_t bh = 0; bh < B * H; bh++) {
@@ -592,19 +602,7 @@ static void attend_shared(const Model *m, const Cache *c, int64_t l, int64_t B, 
         totals[bh] = exp_sum(sc, keys, top);
         memset(h + b * H * hd + head * hd, 0, sizeof(float) * hd);
     }
-    /* 3. the prefix's values, read once per kv head as its keys were */
-    #pragma omp parallel for schedule(static)
-    for (int64_t task = 0; task < KV * 2; task++) {
-        int64_t g = task / 2, lo = task % 2 ? per_kv / 2 : 0, hi = task % 2 ? per_kv : per_kv / 2;
-        const float *pv = c->pv + l * c->p_layer + g * c->p_head;
-        for (int64_t kb = 0; kb < shared; kb += PREFIX_BLOCK) {
-            int64_t n = shared - kb < PREFIX_BLOCK ? shared - kb : PREFIX_BLOCK;
-            for (int64_t i = lo; i < hi; i++) {
-                int64_t b = i / group, head = g * group + i % group;
-                weigh_values(h + b * H * hd + head * hd, scores + (b * H + head) * keys + kb, pv + kb * hd, n, hd);
-            }
-        }
-    }
+    prefix_pass(m, c, l, B, qkv, scale, keys, scores, h, 1);  /* 3. the prefix's values, read as its keys were */
     /* 4. then each row's own values, after the prefix's as in the one-run order, and the normalisation */
     #pragma omp parallel for schedule(static)
     for (int64_t bh = 0; bh < B * H; bh++) {
@@ -670,7 +668,7 @@ int basecli_decode_step(const Model *m, int64_t B, const int64_t *tokens, const 
         }
 
         TICK(OTHER);
-        if (c->shared) attend_shared(m, c, l, B, qkv, kl, vl, first, keys, scale, scores, h, totals);
+        if (c->shared) attend_shared(m, c, l, B, qkv, kl, vl, keys, scale, scores, h, totals);
         else {
             #pragma omp parallel for schedule(static)
             for (int64_t bh = 0; bh < B * H; bh++) {
