@@ -272,16 +272,25 @@ def apply(model, mode: str, threads: int | None = None) -> None:
     lib = library()
     lib.basecli_set_threads(threads or torch.get_num_threads())
     kind = LAYER_TYPE[mode]
-    convert = lambda t, k: t if isinstance(t, QuantizedMatrix) else QuantizedMatrix(t, k)  # noqa: E731
+
+    def convert(t, k: int, *names: str):
+        """t quantised, its mapped fp32 pages released; a matrix `converter` quantised at load is kept as it is."""
+        if isinstance(t, QuantizedMatrix):
+            return t
+        out = QuantizedMatrix(t, k)
+        _release(model, *names)
+        return out
+
     try:
         for i, layer in enumerate(model.layers):
-            for name in ("qkv", "o", "gate_up", "down"):
-                setattr(layer, name, convert(getattr(layer, name), kind))
-            _release(model, f"model.layers.{i}.self_attn.o_proj.weight", f"model.layers.{i}.mlp.down_proj.weight")
+            p = f"model.layers.{i}."
+            layer.qkv = convert(layer.qkv, kind)  # fused at load: already a copy, its pages released then
+            layer.o = convert(layer.o, kind, p + "self_attn.o_proj.weight")
+            layer.gate_up = convert(layer.gate_up, kind)
+            layer.down = convert(layer.down, kind, p + "mlp.down_proj.weight")
         model.head_tied = getattr(model, "head_tied", False) or model.head is model.embed
-        model.head = convert(model.head, Q8_0)
         # the embedding is read a row per token from here on: its pages come back as rows are looked up
-        _release(model, "lm_head.weight", "model.embed_tokens.weight")
+        model.head = convert(model.head, Q8_0, "lm_head.weight", "model.embed_tokens.weight")
     except NativeUnavailable as e:
         raise UsageError(f"--quantize {mode} cannot run this model: {e}") from None
     if {m.kind for layer in model.layers for m in (layer.qkv, layer.o, layer.gate_up, layer.down)} != {kind}:
