@@ -13,7 +13,8 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 # Weight formats for the lean engine (--quantize, BASECLI_QUANTIZE): fp16 and int8 in engine/quant.py,
 # q4 and q8 in engine/native.py. Named here, away from torch, so a bad value is refused before
 # anything heavy is imported; engine/quant.py takes its MODES from here.
-QUANTIZE_MODES = ("fp16", "int8", "q4", "q8")
+NATIVE_MODES = ("q4", "q8")  # basecli's own kernels (engine/native.py); fp16 and int8 are torch's fbgemm
+QUANTIZE_MODES = ("fp16", "int8", *NATIVE_MODES)
 
 
 @dataclass(frozen=True)

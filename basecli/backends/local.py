@@ -8,7 +8,7 @@ import time
 from typing import Iterator, Sequence
 
 from basecli import models
-from basecli.config import SamplingParams, quantize_mode
+from basecli.config import NATIVE_MODES, SamplingParams, quantize_mode
 from basecli.errors import UsageError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -222,14 +222,11 @@ def native_converter(quantize: str | None, device: str, dtype):
     loading, or says why it cannot)."""
     import torch
 
-    if quantize not in ("q4", "q8") or device != "cpu" or dtype != torch.float32:
+    if quantize not in NATIVE_MODES or device != "cpu" or dtype != torch.float32:
         return None
     from basecli.engine import native
 
-    try:
-        return native.converter(quantize)
-    except native.NativeUnavailable as e:
-        raise UsageError(str(e)) from None
+    return native.converter(quantize)
 
 
 def load_lean(folder, dtype, device: str, *, quiet: bool, populate: bool = True, convert=None):

@@ -29,9 +29,10 @@ from pathlib import Path
 import torch
 
 from basecli import config
+from basecli.config import NATIVE_MODES
 from basecli.errors import UsageError
 
-MODES = ("q4", "q8")
+MODES = NATIVE_MODES
 Q4_1, Q8_0 = 0, 1
 FORMAT_NAMES = {Q4_1: "Q4_1", Q8_0: "Q8_0"}  # llama.cpp's names for the block formats
 LAYER_TYPE = {"q4": Q4_1, "q8": Q8_0}
@@ -253,7 +254,10 @@ def check(mode: str, model, device: str) -> None:
 
 def converter(mode: str):
     """`convert(matrix, role)` for lean.load: each matrix quantised as it is read (role "head": Q8_0)."""
-    library()  # fails here, before any weight is read, when the kernels cannot be built
+    try:
+        library()  # fails here, before any weight is read, when the kernels cannot be built
+    except NativeUnavailable as e:
+        raise UsageError(str(e)) from None
     kind = LAYER_TYPE[mode]
 
     def convert(matrix: torch.Tensor, role: str) -> QuantizedMatrix:

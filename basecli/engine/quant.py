@@ -23,7 +23,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from basecli.config import QUANTIZE_MODES
+from basecli.config import NATIVE_MODES, QUANTIZE_MODES
 from basecli.errors import UsageError
 
 MODES = QUANTIZE_MODES  # q4 and q8: basecli's own kernels (engine/native.py)
@@ -118,7 +118,7 @@ def check(mode: str, model, device: str) -> None:
     if mode not in MODES:
         raise UsageError(f"unknown quantisation {mode!r} (BASECLI_QUANTIZE); choose one of: {', '.join(MODES)}")
     check_model(mode, model, device)
-    if mode in ("q4", "q8"):
+    if mode in NATIVE_MODES:
         from basecli.engine import native
 
         return native.check(mode, model, device)
@@ -138,7 +138,7 @@ def check_model(mode: str, model, device: str) -> None:
 
 def apply(model, mode: str) -> None:
     """Replace every matrix of a LeanLlama except the embedding lookup by its Packed form, in place."""
-    if mode in ("q4", "q8"):
+    if mode in NATIVE_MODES:
         from basecli.engine import native
 
         return native.apply(model, mode)
