@@ -37,6 +37,7 @@ Tolerances, measured here (AMD EPYC, AVX2, gcc 12, 2 cores) and set with a margi
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 
@@ -476,6 +477,34 @@ def decode(model, prompts, forced, threads: int) -> torch.Tensor:
         out.append(model(forced[:, s : s + 1], mask, nxt, cache).logits[:, -1])
         nxt = nxt + 1
     return torch.stack(out)
+
+
+def test_the_profiling_build_times_the_parts_of_a_step(backends, module_home):
+    """BASECLI_NATIVE_PROFILE's build (-DBASECLI_PROFILE) adds each part's seconds to its counters, which a read
+    empties; the ordinary build's counters stay zero. The parts add up to no more than the steps took."""
+    import time
+
+    model = backends["q4"].model
+    ids = [backends["q4"].encode(p) for p in PROMPTS]
+    forced = torch.randint(0, model.head.shape[0], (3, 4), generator=torch.Generator().manual_seed(3))
+    profiling = native.load(native.build(tuple([*f, "-DBASECLI_PROFILE"] for f in native.FLAG_SETS)))
+    plain, parts = model.native.lib, (ctypes.c_double * 3)()
+    try:
+        model.native.lib = profiling
+        profiling.basecli_profile(parts)
+        t0 = time.perf_counter()
+        decode(model, ids, forced, 1)
+        took = time.perf_counter() - t0
+        profiling.basecli_profile(parts)
+        matmul, attention, other = parts
+        assert matmul > 0 and attention > 0 and other > 0 and matmul + attention + other <= took
+        profiling.basecli_profile(parts)
+        assert list(parts) == [0, 0, 0]  # read once, reset
+    finally:
+        model.native.lib = plain
+    decode(model, ids, forced, 1)
+    plain.basecli_profile(parts)
+    assert list(parts) == [0, 0, 0]
 
 
 def test_threads_do_not_change_the_step(backends):
