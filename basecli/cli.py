@@ -9,7 +9,6 @@ from typing import Annotated, Optional
 import typer
 
 from basecli import __version__
-
 # name -> (module, attribute, summary). Only the command being run is imported and built:
 # typer inspects every parameter of every registered command before it dispatches, and the
 # command modules import their option tables, so building all of them costs more than

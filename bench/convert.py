@@ -25,8 +25,9 @@ def main() -> None:
     args = parser.parse_args()
 
     t = time.perf_counter()
-    from basecli import gguf_convert, models
-    from basecli.gguf_reader import GGUFFile, dequantize
+    from basecli.weights import gguf_convert
+    from basecli.weights import models
+    from basecli.weights.gguf_reader import GGUFFile, dequantize
 
     imported = time.perf_counter() - t
     gguf = Path(args.gguf) if args.gguf else models.embedded_gguf()

@@ -38,7 +38,8 @@ def main() -> None:
     os.environ["BASECLI_THREADS"] = str(args.threads)
     from llama_cpp import Llama
 
-    from basecli import benchmark, models
+    from basecli.analyses import benchmark
+    from basecli.weights import models
     from basecli.backends.local import LocalBackend
 
     quantize = None if args.quantize == "none" else args.quantize

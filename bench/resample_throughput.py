@@ -32,7 +32,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from basecli.backends.local import LocalBackend
-    from basecli.batching import seeded, stream_rows
+    from basecli.backends.batching import seeded, stream_rows
     from basecli.config import SamplingParams
 
     backend = LocalBackend(args.model, device=args.device, dtype=args.dtype)

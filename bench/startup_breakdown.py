@@ -26,7 +26,8 @@ marks = []
 def mark(stage):
     status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines() if ":" in l)
     marks.append((stage, time.perf_counter() - T0, int(status["VmHWM"].split()[0]) / 1024))
-from basecli import cli, models
+from basecli import cli
+from basecli.weights import models
 from basecli.backends import local
 mark("basecli.cli imported")
 def wrap(module, name, stage):

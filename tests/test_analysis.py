@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from basecli.analysis import best, distinct, diversity, first_divergence, prefix_tree
-from basecli.batching import chunks
+from basecli.analyses.analysis import best, distinct, diversity, first_divergence, prefix_tree
+from basecli.backends.batching import chunks
 
 # (sequences, expected tree as (tokens, samples, ends, children)); children are ordered by
 # count, then the model's probability (all logprobs are 0 here, so then by token id).

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from basecli import benchmark
+from basecli.analyses import benchmark
 from basecli.backends.local import LocalBackend
 from basecli.errors import UsageError
 from conftest import run_cli

@@ -13,10 +13,10 @@ import time
 import pytest
 
 from basecli.config import SamplingParams
-from basecli.conversation import Chat
+from basecli.chat.conversation import Chat
 from basecli.errors import UsageError
 from basecli.events import Event
-from basecli.templates import parse
+from basecli.text.templates import parse
 from test_fewshot import invoke
 
 CHAT = "---\nmax_tokens: 8\n---\nA chat.\nHuman: hi\nAssistant: hello\n"
@@ -90,8 +90,8 @@ def run_repl(tmp_path, backend, keys: str):
     from prompt_toolkit.input import create_pipe_input
     from prompt_toolkit.output import DummyOutput
 
-    from basecli.repl import Repl, make_session
-    from basecli.transcripts import Transcript
+    from basecli.chat.repl import Repl, make_session
+    from basecli.chat.transcripts import Transcript
 
     log = Transcript.new("t.txt", "scripted")
     chat = Chat(backend, parse(CHAT), SamplingParams(max_tokens=8), transcript=log)
@@ -137,15 +137,14 @@ def test_repl_ctrl_c_stops_the_answer_and_the_chat_goes_on(tmp_path, tok):
 
 
 def test_repl_history_is_kept_across_runs(tmp_path, tok):
-    from basecli.repl import make_session
+    from basecli.chat.repl import make_session
 
     run_repl(tmp_path, Scripted(tok, ["a"]), "remember me\r\x04")
     assert "remember me" in list(make_session().history.load_history_strings())
 
 
 def test_transcript_survives_kill_9(tmp_path, tiny_dirs):
-    from basecli import transcripts
-
+    from basecli.chat import transcripts
     template = tmp_path / "c.txt"
     template.write_text(CHAT, encoding="utf-8")
     proc = subprocess.Popen([sys.executable, "-m", "basecli", "chat", str(template), "-m", str(tiny_dirs["llama"]),
@@ -175,8 +174,7 @@ def test_transcript_survives_kill_9(tmp_path, tiny_dirs):
 
 
 def test_resume_continues_a_named_transcript(monkeypatch, capsys, tmp_path, tiny_backends):
-    from basecli import transcripts
-
+    from basecli.chat import transcripts
     t = tmp_path / "c.txt"
     t.write_text(CHAT, encoding="utf-8")
     b = Scripted(tiny_backends["gpt2"].tokenizer, ["A1", "A2", "A3"])
@@ -191,7 +189,7 @@ def test_resume_continues_a_named_transcript(monkeypatch, capsys, tmp_path, tiny
 
 
 def test_replay_applies_undo_reset_and_skips_a_cut_line(tmp_path, capsys):
-    from basecli.transcripts import replay
+    from basecli.chat.transcripts import replay
 
     p = tmp_path / "t.jsonl"
     recs = [{"type": "start", "template": "x"}, {"type": "user", "text": "a"}, {"type": "assistant", "text": "A"},

@@ -158,7 +158,7 @@ def test_show_probs_colours_each_token_by_its_probability_band(monkeypatch):
 
     from rich.console import Console
 
-    from basecli import render
+    from basecli.views import render
     from basecli.events import Event
 
     monkeypatch.delenv("NO_COLOR", raising=False)  # the autouse fixture sets it; this test is about colour

@@ -9,7 +9,7 @@ import zlib
 
 import pytest
 
-from basecli.compression import compressed_sizes, compression_table, summarize
+from basecli.analyses.compression import compressed_sizes, compression_table, summarize
 
 
 def test_bits_per_byte_on_a_hand_computed_case():

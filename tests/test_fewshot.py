@@ -114,7 +114,7 @@ def test_examples_table_builds_the_prompt_with_k_and_delimiters(monkeypatch, cap
 
 
 def test_show_prompt_marks_token_boundaries_at_the_seams(monkeypatch, capsys, tiny_dirs, tpl):
-    from basecli.tokenizers import HFTokenizer
+    from basecli.text.tokenizers import HFTokenizer
 
     code, out, _ = invoke(monkeypatch, capsys, "fewshot", tpl, "fox", "--show-prompt", "-m", str(tiny_dirs["gpt2"]))
     assert code == 0
@@ -188,8 +188,7 @@ def test_real_model_two_inputs_from_stdin_print_two_lines(monkeypatch, capsys, r
 
 @pytest.mark.slow
 def test_every_shipped_prompt_renders_for_the_embedded_model_with_its_seams_marked(monkeypatch, capsys, real_model):
-    from basecli import templates
-
+    from basecli.text import templates
     for path in sorted(templates.prompts_dir().glob("*.txt")):
         code, out, err = invoke(monkeypatch, capsys, "fewshot", str(path), "--show-prompt")
         assert code == 0, err
@@ -200,7 +199,7 @@ def test_every_shipped_prompt_renders_for_the_embedded_model_with_its_seams_mark
 
 @pytest.mark.slow
 def test_real_model_chat_answers_and_stops_before_the_next_turn(monkeypatch, capsys, tmp_path, real_model):
-    monkeypatch.setattr("basecli.transcripts.folder", lambda: tmp_path)  # slow tests share the real BASECLI_HOME
+    monkeypatch.setattr("basecli.chat.transcripts.folder", lambda: tmp_path)  # slow tests share the real BASECLI_HOME
     code, out, err = invoke(monkeypatch, capsys, "chat", "--message", "What is the capital of Italy?", "-s", "1", "-t", "0",
                             backend=real_model)
     assert code == 0, err

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from basecli import gguf_convert, models
-from basecli.tokenizers import HFTokenizer
+from basecli.weights import gguf_convert
+from basecli.weights import models
+from basecli.text.tokenizers import HFTokenizer
 from tests.conftest import CORPUS, build_tokenizer
 
 TEXTS = [
@@ -303,7 +304,7 @@ def test_tokenizer_alone_comes_out_of_the_gguf_without_transformers(converted, t
     import sys
 
     gguf, _, _, reference = converted["llama3-like"]
-    probe = ("import sys; from basecli.tokenizers import model_tokenizer; tok = model_tokenizer(sys.argv[1]); "
+    probe = ("import sys; from basecli.text.tokenizers import model_tokenizer; tok = model_tokenizer(sys.argv[1]); "
              "print(tok.encode(sys.argv[2]), tok.prefix_ids, sorted(tok.eos_ids)); "
              "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     text = "Hello 세계 😀, a GGUF tokenizer\n\n  x"

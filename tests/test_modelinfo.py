@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from basecli.modelinfo import component, describe, memory_bytes, parameter_counts
+from basecli.weights.modelinfo import component, describe, memory_bytes, parameter_counts
 from clihelp import cli
 
 
@@ -67,7 +67,7 @@ def test_cli_json_describes_the_model(tiny_dirs, tiny_backends, capsys):
     a = d["architecture"]
     assert (a["layers"], a["attention_heads"], a["key_value_heads"], a["hidden_size"], a["context_length"], a["vocab_size"]) == (
         cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size, cfg.max_position_embeddings, cfg.vocab_size)
-    from basecli.models import sha256_file
+    from basecli.weights.models import sha256_file
 
     assert d["source"]["files"] == {"model.safetensors": sha256_file(tiny_dirs["llama"] / "model.safetensors")}
     assert d["runtime"]["dtype"] == "float32"

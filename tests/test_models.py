@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from basecli import config, models
+from basecli import config
+from basecli.weights import models
 from basecli.errors import BasecliError, UsageError
 
 

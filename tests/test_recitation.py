@@ -9,7 +9,7 @@ import pytest
 
 from basecli.config import SamplingParams
 from basecli.errors import UsageError
-from basecli.recitation import MIN_RUN, first_divergence, longest_run, overlap, recite, split_prefix
+from basecli.analyses.recitation import MIN_RUN, first_divergence, longest_run, overlap, recite, split_prefix
 from clihelp import cli
 
 R = list(range(10, 30))  # a 20-token reference
@@ -115,7 +115,7 @@ def test_cli_bad_inputs_exit_2(tiny_dirs, tmp_path, capsys, args, needle):
 
 
 def test_aggregate_over_samples_that_never_diverged_is_valid_json():
-    from basecli.recitation import Sample, aggregate
+    from basecli.analyses.recitation import Sample, aggregate
 
     samples = [Sample("x", R, [], "length", overlap(R, R, "", ""), None, None, None) for _ in range(2)]
     stats = aggregate(samples)

@@ -46,7 +46,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")  # one server for every test: it takes seconds to start
 def llama_server(tmp_path_factory):
     os.environ["BASECLI_HOME"] = str(REAL_HOME)  # the embedded GGUF is in the real cache
-    from basecli.models import embedded_gguf
+    from basecli.weights.models import embedded_gguf
 
     gguf = embedded_gguf()
     port = free_port()
@@ -235,7 +235,7 @@ def test_recite_through_the_server_finds_where_it_diverges(llama_server, tmp_pat
 
 
 def test_tokenize_through_the_server_matches_the_gguf_tokenizer(llama_server, monkeypatch):
-    from basecli.tokenizers import model_tokenizer
+    from basecli.text.tokenizers import model_tokenizer
 
     monkeypatch.setenv("BASECLI_HOME", str(REAL_HOME))  # the GGUF's tokenizer is cached there
     text = "Hello world! The quick brown fox."

@@ -9,7 +9,7 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from basecli.batching import Sample, collect, seeded, stream_rows
+from basecli.backends.batching import Sample, collect, seeded, stream_rows
 from basecli.config import SamplingParams
 from conftest import run_cli
 
@@ -59,8 +59,7 @@ def test_chunks_give_the_same_samples_as_one_batch(tiny_backend):
 
 
 def test_memory_estimate_splits_a_set_that_does_not_fit(tiny_backends, monkeypatch):
-    from basecli import batching
-
+    from basecli.backends import batching
     tiny_backend = tiny_backends["llama"]
     need = batching.bytes_per_row(tiny_backend.model, len(tiny_backend.encode(PROMPT)), 10)
     # the KV cache alone: 2 (k, v) x layers x kv heads x head dim x 4 bytes x (prompt + new tokens)

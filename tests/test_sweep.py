@@ -8,7 +8,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from basecli.batching import Sample
+from basecli.backends.batching import Sample
 from basecli.commands.sweep import parse_axis
 from basecli.config import SamplingParams
 from basecli.errors import UsageError

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from basecli import templates
+from basecli.text import templates
 from basecli.errors import UsageError
-from basecli.templates import Shots, chat_prompt, chat_stops, check, parse
+from basecli.text.templates import Shots, chat_prompt, chat_stops, check, parse
 
 
 def test_front_matter_is_parsed_typed_and_kept_out_of_the_body():

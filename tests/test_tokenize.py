@@ -27,7 +27,7 @@ def enc():
 
 @pytest.fixture(scope="module")
 def cl100k():
-    from basecli.tokenizers import tiktoken_tokenizer
+    from basecli.text.tokenizers import tiktoken_tokenizer
 
     return tiktoken_tokenizer("cl100k_base")
 
@@ -104,7 +104,7 @@ texts = st.one_of(
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=texts)
 def test_segment_matches_tiktoken(enc, cl100k, text):
-    from basecli.tokenizers import segment
+    from basecli.text.tokenizers import segment
 
     ids, pieces, spans = segment(cl100k, text)
     assert ids == enc.encode(text, disallowed_special=())
@@ -123,7 +123,7 @@ def test_segment_matches_tiktoken(enc, cl100k, text):
 def test_segment_matches_tokenizers_library(tok_dir):
     from tokenizers import Tokenizer
 
-    from basecli.tokenizers import model_tokenizer, segment
+    from basecli.text.tokenizers import model_tokenizer, segment
 
     ref = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
     tok = model_tokenizer(str(tok_dir))
@@ -214,7 +214,7 @@ def test_terminal_colour_follows_the_token_id(cl100k, monkeypatch):
 
     from rich.console import Console
 
-    from basecli.tokenizers import segment
+    from basecli.text.tokenizers import segment
     from basecli.views.tokens import show
 
     monkeypatch.delenv("NO_COLOR")
@@ -238,7 +238,7 @@ def ok_plain(cl100k) -> str:
 
     from rich.console import Console
 
-    from basecli.tokenizers import segment
+    from basecli.text.tokenizers import segment
     from basecli.views.tokens import show
 
     buf = io.StringIO()
@@ -304,7 +304,7 @@ def test_limit_cuts_only_the_terminal_view(tmp_path, cli):
 
 def test_one_megabyte_file(tmp_path, enc, cl100k, cli):
     from basecli.commands.tokenize import record
-    from basecli.tokenizers import segment
+    from basecli.text.tokenizers import segment
 
     text = ("The quick brown fox jumps over the lazy dog. 안녕하세요 😀\n" * 20000)[:1_000_000]
     t0 = time.perf_counter()
@@ -357,7 +357,7 @@ def test_marshal_cache_of_bundled_encoding_is_tiktokens(enc, monkeypatch, tmp_pa
     from tiktoken import registry
 
     from basecli import config
-    from basecli.encodings import get_encoding
+    from basecli.text.encodings import get_encoding
 
     texts = ["hello world", KOREAN_EMOJI, "<|endoftext|> <|fim_prefix|>", "  \n\n\t x"]
     for attempt in ("writes the cache", "reads it", "corrupt: rebuilt"):
@@ -394,7 +394,7 @@ def no_network(tmp_path, monkeypatch):
 
 
 def test_unreachable_network_names_offline_encodings(no_network):
-    from basecli.encodings import Unavailable, available_offline, get_encoding
+    from basecli.text.encodings import Unavailable, available_offline, get_encoding
 
     with pytest.raises(Unavailable, match=r"'gpt2' is not cached.*Network is unreachable.*available offline: cl100k_base$"):
         get_encoding("gpt2")
@@ -405,7 +405,7 @@ def test_unreachable_network_names_offline_encodings(no_network):
 def test_a_hanging_network_times_out(no_network, monkeypatch):
     import urllib.request
 
-    from basecli.encodings import Unavailable, get_encoding
+    from basecli.text.encodings import Unavailable, get_encoding
 
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: time.sleep(60))
     monkeypatch.setenv("BASECLI_DOWNLOAD_TIMEOUT", "0.5")
@@ -418,8 +418,8 @@ def test_a_hanging_network_times_out(no_network, monkeypatch):
 def test_a_hanging_hub_times_out(monkeypatch):
     import socket
 
-    from basecli.encodings import Unavailable
-    from basecli.tokenizers import model_tokenizer
+    from basecli.text.encodings import Unavailable
+    from basecli.text.tokenizers import model_tokenizer
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv("BASECLI_DOWNLOAD_TIMEOUT", "0.5")
@@ -516,7 +516,7 @@ def test_gguf_tokenizer_extracted_once_then_cached(capsys):
     from tokenizers import Tokenizer
 
     from basecli import config
-    from basecli.tokenizers import model_tokenizer
+    from basecli.text.tokenizers import model_tokenizer
 
     gguf = REAL_HOME / "embedded" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     converted = sorted((REAL_HOME / "models").glob("gguf-*/tokenizer.json"))
@@ -527,7 +527,7 @@ def test_gguf_tokenizer_extracted_once_then_cached(capsys):
     tok = model_tokenizer(str(gguf))  # in this process, where torch may already be loaded
     assert "reading the tokenizer" in capsys.readouterr().err
     ref = Tokenizer.from_file(str(converted[0])).encode(text, add_special_tokens=False).ids
-    from basecli.models import tokenizer_for
+    from basecli.weights.models import tokenizer_for
 
     assert tok.encode(text) == ref
     assert tok.eos_ids == tokenizer_for(converted[0].parent, "converted").eos_ids  # what `complete` stops on
@@ -543,7 +543,7 @@ def test_terminal_view_without_rich_matches_rich(cl100k, monkeypatch):
 
     from rich.console import Console
 
-    from basecli.tokenizers import segment
+    from basecli.text.tokenizers import segment
     from basecli.views.tokens import show
 
     monkeypatch.delenv("NO_COLOR")

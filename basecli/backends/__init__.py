@@ -16,7 +16,7 @@ def open_backend(model: str | None = None, *, base_url: str | None = None, devic
 
     `quantize` is --quantize as given (LocalBackend reads BASECLI_QUANTIZE itself): a weight format for a local model.
     """
-    from basecli import profiles
+    from basecli.backends import profiles
     from basecli.config import default_model, quantize_mode
 
     quantize_mode(quantize)  # a bad value is refused before any model loads

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Iterator, Sequence
 
-from basecli import models
+from basecli.weights import models
 from basecli.config import NATIVE_MODES, SamplingParams, quantize_mode
 from basecli.errors import UsageError
 

@@ -92,7 +92,7 @@ class RemoteBackend:
     def __init__(self, base_url: str, model: str | None = None, *, api_key: str | None = None, kind: str = "auto",
                  tokenizer: str | None = None, context_length: int | None = None, name: str | None = None,
                  transport: Transport | None = None):
-        from basecli.profiles import normalise_url
+        from basecli.backends.profiles import normalise_url
 
         t0 = time.perf_counter()
         self.base_url = normalise_url(base_url)

@@ -120,8 +120,8 @@ def local_tokenizer(spec: str):
     """A tokenizer on this machine: a tiktoken encoding, a model directory, an alias or hub id (tokenizer files only)."""
     from pathlib import Path
 
-    from basecli import models
-    from basecli.tokenizers import TIKTOKEN_ENCODINGS, tiktoken_tokenizer
+    from basecli.weights import models
+    from basecli.text.tokenizers import TIKTOKEN_ENCODINGS, tiktoken_tokenizer
 
     if spec in TIKTOKEN_ENCODINGS:
         return tiktoken_tokenizer(spec)

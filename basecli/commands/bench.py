@@ -9,8 +9,6 @@ from typing import Annotated, Optional
 import typer
 
 from basecli import options as o
-
-
 def bench(
     model: o.Model = None,
     batch: Annotated[str, typer.Option("--batch", help="Batch sizes to decode with, comma-separated.")] = "1,8,32",
@@ -37,7 +35,7 @@ def bench(
       basecli bench --quantize q4 --no-startup
       basecli bench -m gpt2 --json | jq .decode
     """
-    from basecli import benchmark
+    from basecli.analyses import benchmark
     from basecli.errors import UsageError
 
     try:

@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 
 from basecli import options as o
-
 DEFAULTS = {"max_tokens": 128, "temperature": 0.7, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0}
 
 
@@ -44,10 +43,11 @@ def chat(
       printf 'Hi\\nWhat is a zebra?\\n' | basecli chat   # one answer per line
       basecli chat --resume                      # continue the last conversation
     """
-    from basecli import templates, transcripts
+    from basecli.text import templates
+    from basecli.chat import transcripts
     from basecli.backends import open_backend
     from basecli.config import SamplingParams
-    from basecli.conversation import Chat
+    from basecli.chat.conversation import Chat
     from basecli.errors import UsageError
 
     if message is not None and not message.strip():
@@ -84,7 +84,7 @@ def chat(
                 if line.strip():
                     print(session.ask(line), flush=True)
         else:
-            from basecli.repl import Repl
+            from basecli.chat.repl import Repl
 
             human, assistant = templates.chat_labels(tpl)
             repl = Repl(session, human=human, assistant=assistant)

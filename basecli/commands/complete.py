@@ -9,7 +9,6 @@ from typing import Annotated, Optional
 import typer
 
 from basecli import options as o
-
 PromptArg = Annotated[Optional[str], typer.Argument(help="The prompt text, '-' for stdin, or @FILE. Read from stdin when omitted and piped.")]
 
 
@@ -46,10 +45,9 @@ def complete(
     """
     from basecli.backends import open_backend
     from basecli.config import fresh_seed
-    from basecli.inputs import read_text
-    from basecli.records import Timer, completion_record
-    from basecli import render
-
+    from basecli.text.inputs import read_text
+    from basecli.views.records import Timer, completion_record
+    from basecli.views import render
     text = read_text(prompt)
     params = o.sampling(max_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop, ignore_eos)
     if params.seed is None:  # record the seed actually used, so any run can be repeated

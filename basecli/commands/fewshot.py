@@ -9,7 +9,6 @@ from typing import Annotated, List, Optional
 import typer
 
 from basecli import options as o
-
 DEFAULTS = {"max_tokens": 32, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0}
 SHOT_KEYS = ("input_prefix", "output_prefix", "target_delimiter", "fewshot_delimiter")
 
@@ -56,10 +55,10 @@ def fewshot(
       basecli fewshot --examples pairs.tsv --input teacher --k 5
       basecli fewshot prompts/en_ko.txt cat --show-prompt
     """
-    from basecli import templates
+    from basecli.text import templates
     from basecli.config import SamplingParams, fresh_seed
     from basecli.errors import UsageError
-    from basecli.inputs import read_text
+    from basecli.text.inputs import read_text
     from basecli.views import fewshot as view
 
     args = list(args or [])
@@ -99,15 +98,14 @@ def fewshot(
     params = SamplingParams(**chosen, seed=seed, stop=stops)
 
     if show_prompt:
-        from basecli import models
-
+        from basecli.weights import models
         source = models.resolve(model)
         tokenizer = models.tokenizer_for(models.model_dir(source, allow_pickle=allow_pickle), source.name)
         view.show_prompts(tokenizer, prompts, spans)
         return
 
     from basecli.backends import open_backend
-    from basecli.records import Timer, completion_record
+    from basecli.views.records import Timer, completion_record
 
     backend = open_backend(model, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
                            allow_pickle=allow_pickle, quantize=quantize)
@@ -136,7 +134,7 @@ def _inputs(raw: list[str]) -> list[str]:
     out = []
     for x in raw:
         if x == "-":
-            from basecli.inputs import read_text
+            from basecli.text.inputs import read_text
 
             lines = [line.strip() for line in read_text("-", what="inputs").splitlines() if line.strip()]
             if not lines:

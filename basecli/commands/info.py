@@ -6,8 +6,6 @@ import json
 import sys
 
 from basecli import options as o
-
-
 def info(
     model: o.Model = None,
     json_out: o.Json = False,
@@ -27,7 +25,7 @@ def info(
       basecli info --base-url http://localhost:8000/v1
     """
     from basecli.backends import open_backend
-    from basecli.modelinfo import describe
+    from basecli.weights.modelinfo import describe
 
     backend = open_backend(model, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
                            allow_pickle=allow_pickle, quantize=quantize)

@@ -32,8 +32,7 @@ def add(
       basecli models add local-vllm --base-url http://localhost:8000/v1 --model meta-llama/Llama-3.1-8B
       basecli complete "The capital of France is" --model llama405
     """
-    from basecli import profiles
-
+    from basecli.backends import profiles
     where = profiles.add(profiles.Profile(name=name, base_url=base_url, model=model, api_key_env=api_key_env, kind=kind,
                                           tokenizer=tokenizer, context_length=context_length), replace=replace)
     key_note = ""
@@ -45,8 +44,7 @@ def add(
 @app.command("remove")
 def remove(name: Annotated[str, typer.Argument(help="The profile to delete.")]):
     """Delete a saved profile."""
-    from basecli import profiles
-
+    from basecli.backends import profiles
     profiles.remove(name)
     print(f"removed profile {name!r}", file=sys.stderr)
 
@@ -54,8 +52,8 @@ def remove(name: Annotated[str, typer.Argument(help="The profile to delete.")]):
 @app.command("list")
 def list_models(json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False):
     """Show the local aliases, the models cached on this machine and the saved remote profiles."""
-    from basecli import models, profiles
-
+    from basecli.weights import models
+    from basecli.backends import profiles
     aliases = [{"alias": a, "source": "embedded GGUF (default)" if t == models.EMBEDDED else t} for a, t in models.ALIASES.items()]
     cached = cached_models()
     saved = [{"name": p.name, "base_url": p.base_url, "model": p.model, "kind": p.kind, "api_key_env": p.api_key_env,
@@ -70,8 +68,8 @@ def list_models(json_out: Annotated[bool, typer.Option("--json", help="Print one
 
 def cached_models() -> list[dict]:
     """Converted GGUF models in BASECLI_HOME and model repos in the Hugging Face cache, without network."""
-    from basecli import config, models
-
+    from basecli import config
+    from basecli.weights import models
     out = []
     root = config.home() / "models"
     if root.is_dir():

@@ -9,7 +9,6 @@ from typing import Annotated, Optional
 import typer
 
 from basecli import options as o
-
 ReferenceArg = Annotated[str, typer.Argument(help="The reference text: a file, @FILE, or '-' for stdin.")]
 
 
@@ -41,14 +40,13 @@ def recite(
     from basecli.backends import open_backend
     from basecli.config import SamplingParams, fresh_seed
     from basecli.errors import UsageError
-    from basecli.inputs import read_file, read_text
-    from basecli import recitation
-
+    from basecli.text.inputs import read_file, read_text
+    from basecli.analyses import recitation
     if samples > 1 and temperature == 0:
         raise UsageError(f"--samples {samples} with -t 0 would give {samples} identical greedy recitations; add a temperature, e.g. -t 0.8")
     text = read_text(reference, what="reference") if reference == "-" or reference.startswith("@") else read_file(reference)
     if text.startswith("---\n"):  # a prompts/ template: its body is the reference, the front matter is about it
-        from basecli.templates import parse
+        from basecli.text.templates import parse
 
         text = parse(text, reference).body
     params = SamplingParams(temperature=temperature, seed=seed if seed is not None else fresh_seed())

@@ -9,7 +9,6 @@ from typing import Annotated, Optional
 import typer
 
 from basecli import options as o
-
 PromptArg = Annotated[Optional[str], typer.Argument(help="The prompt text, '-' for stdin, or @FILE. Read from stdin when omitted and piped.")]
 Samples = Annotated[int, typer.Option("--samples", "-N", help="How many continuations, all in one batch.")]
 Tree = Annotated[bool, typer.Option("--tree", help="Merge the samples into a prefix tree that shows where they branch.")]
@@ -53,13 +52,13 @@ def resample(
       basecli resample "Once upon a time" -N 16 --best 3 -s 42
       basecli resample "2 + 2 =" -N 20 -n 3 --jsonl | jq -r .completion | sort | uniq -c
     """
-    from basecli import render
+    from basecli.views import render
     from basecli.backends import open_backend
-    from basecli.batching import Sample, collect, note_chunks, seeded, stream_rows
+    from basecli.backends.batching import Sample, collect, note_chunks, seeded, stream_rows
     from basecli.config import fresh_seed
     from basecli.errors import UsageError
-    from basecli.inputs import read_text
-    from basecli.records import Timer, completion_record
+    from basecli.text.inputs import read_text
+    from basecli.views.records import Timer, completion_record
     from basecli.views import resample as view
 
     if samples < 1:
@@ -86,7 +85,7 @@ def resample(
         collect(rows, events)
     shown = rows
     if best is not None:
-        from basecli.analysis import best as best_of
+        from basecli.analyses.analysis import best as best_of
 
         shown = [rows[i] for i in best_of([s.mean_logprob for s in rows], best)]
 

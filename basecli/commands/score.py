@@ -9,7 +9,6 @@ from typing import Annotated, List, Optional
 import typer
 
 from basecli import options as o
-
 TextArg = Annotated[Optional[str], typer.Argument(help="The text, '-' for stdin, or @FILE. Read from stdin when omitted and piped.")]
 
 MOST_SURPRISING = 10  # positions listed by --alternatives without --at
@@ -42,10 +41,10 @@ def score(
     import time
 
     from basecli.backends import open_backend
-    from basecli.compression import compression_table, summarize
+    from basecli.analyses.compression import compression_table, summarize
     from basecli.engine.score import plan_windows, start_ids
     from basecli.errors import UsageError
-    from basecli.inputs import read_text
+    from basecli.text.inputs import read_text
 
     body = read_text(text, what="text to score")
     if not body:
@@ -84,7 +83,7 @@ def score(
         sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
         return
 
-    from basecli.render import is_tty
+    from basecli.views.render import is_tty
     from basecli.views import score as view
 
     if is_tty():
@@ -120,7 +119,7 @@ class _progress:
                 return
             from rich.progress import Progress
 
-            from basecli.render import console
+            from basecli.views.render import console
 
             self.bar = Progress(console=console(stderr=True), transient=True)
             self.bar.start()

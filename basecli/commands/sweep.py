@@ -10,7 +10,6 @@ from typing import Annotated, Optional
 import typer
 
 from basecli import options as o
-
 MAX_ROWS_WITHOUT_YES = 64
 
 PromptArg = Annotated[Optional[str], typer.Argument(help="The prompt text, '-' for stdin, or @FILE. Read from stdin when omitted and piped.")]
@@ -82,12 +81,12 @@ def sweep(
       basecli sweep "2 + 2 =" -t 0,1 -n 4 --jsonl | jq -c '[.cell.temperature, .completion]'
     """
     from basecli.backends import open_backend
-    from basecli.batching import Sample, collect, note_chunks, seeded, stream_rows
+    from basecli.backends.batching import Sample, collect, note_chunks, seeded, stream_rows
     from basecli.config import fresh_seed
     from basecli.errors import UsageError
-    from basecli.inputs import read_text
-    from basecli.records import Timer, completion_record
-    from basecli import render
+    from basecli.text.inputs import read_text
+    from basecli.views.records import Timer, completion_record
+    from basecli.views import render
     from basecli.views import resample as rview
     from basecli.views import sweep as view
 

@@ -23,8 +23,7 @@ def check(
     """
     import sys
 
-    from basecli import templates
-
+    from basecli.text import templates
     found = 0
     for name in files:
         tpl = templates.load(name)

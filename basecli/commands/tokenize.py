@@ -10,7 +10,6 @@ from typing import Annotated, List, Optional
 import typer
 
 from basecli import options as o
-
 TextArg = Annotated[Optional[List[str]], typer.Argument(
     help="The text, '-' for stdin, or @FILE (words are joined with spaces). With --decode: token ids. Read from stdin when omitted and piped.",
     show_default=False)]
@@ -72,7 +71,7 @@ def tokenize(
         ids = tok.encode(source, allow_special=allow_special)
         sys.stdout.write((" ".join(map(str, ids)) if ids_out else str(len(ids))) + "\n")
         return
-    from basecli.tokenizers import segment
+    from basecli.text.tokenizers import segment
 
     ids, pieces, spans = segment(tok, source, allow_special=allow_special)
     if json_out:
@@ -83,7 +82,7 @@ def tokenize(
 
 def _read(text: Optional[List[str]]) -> str:
     from basecli.errors import UsageError
-    from basecli.inputs import read_text
+    from basecli.text.inputs import read_text
 
     if text and len(text) > 1 and any(t == "-" or t.startswith("@") for t in text):
         raise UsageError("'-' and @FILE stand for the whole text; quote text that has several words instead")
@@ -96,7 +95,7 @@ def _read(text: Optional[List[str]]) -> str:
 
 
 def _tokenizer(encoding: Optional[str], model: Optional[str], base_url: Optional[str] = None):
-    from basecli.tokenizers import model_tokenizer, tiktoken_tokenizer
+    from basecli.text.tokenizers import model_tokenizer, tiktoken_tokenizer
 
     if base_url and not encoding:  # --encoding names a local tokenizer, which wins over the server
         from basecli.backends import open_backend
@@ -112,7 +111,7 @@ def _tokenizer(encoding: Optional[str], model: Optional[str], base_url: Optional
 
 def _spec(spec: str):
     from basecli.errors import UsageError
-    from basecli.tokenizers import TIKTOKEN_ENCODINGS, model_tokenizer, tiktoken_tokenizer
+    from basecli.text.tokenizers import TIKTOKEN_ENCODINGS, model_tokenizer, tiktoken_tokenizer
 
     if spec.startswith("model:"):
         return model_tokenizer(spec[len("model:"):] or None)
@@ -122,9 +121,9 @@ def _spec(spec: str):
 
 
 def _compare(specs: str, source: str, *, allow_special, count, json_out, ids_out, whitespace, limit):
-    from basecli.encodings import Unavailable
+    from basecli.text.encodings import Unavailable
     from basecli.errors import UsageError
-    from basecli.tokenizers import segment
+    from basecli.text.tokenizers import segment
     from basecli.views.tokens import terminal_console
 
     names = [s.strip() for s in specs.split(",") if s.strip()]
@@ -194,7 +193,7 @@ def _view(name, source, ids, pieces, spans, whitespace, limit):
 def _read_ids(text: Optional[List[str]]) -> list[int]:
     """Ids from the arguments, or stdin ('-' or piped), separated by anything but letters and digits."""
     from basecli.errors import UsageError
-    from basecli.inputs import read_text
+    from basecli.text.inputs import read_text
 
     raw = read_text(None, what="ids") if not text or text == ["-"] else " ".join(text)
     ids = []
@@ -207,7 +206,7 @@ def _read_ids(text: Optional[List[str]]) -> list[int]:
 
 def _decode(tok, ids: list[int], json_out: bool) -> None:
     from basecli.errors import UsageError
-    from basecli.tokenizers import char_spans, check_ids
+    from basecli.text.tokenizers import char_spans, check_ids
 
     check_ids(tok, ids)
     try:

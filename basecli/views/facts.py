@@ -7,7 +7,7 @@ from typing import Iterable
 
 
 def print_facts(title: str, rows: Iterable[tuple[str, str]]) -> None:
-    from basecli.render import console, is_tty
+    from basecli.views.render import console, is_tty
 
     rows = list(rows)
     if not is_tty():
@@ -25,7 +25,7 @@ def print_facts(title: str, rows: Iterable[tuple[str, str]]) -> None:
 
 def grid(title: str, header: list[str], rows: list[list[str]], *, styles: list[str | None] | None = None) -> None:
     """A table with a header: rich on a terminal, tab-separated lines in a pipe."""
-    from basecli.render import console, is_tty
+    from basecli.views.render import console, is_tty
 
     if not is_tty():
         sys.stdout.write(f"{title}\n" + "\t".join(header) + "\n" + "".join("\t".join(r) + "\n" for r in rows))

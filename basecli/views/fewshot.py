@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from basecli.render import console, is_tty
+from basecli.views.render import console, is_tty
 
 SHADES = ("black on bright_cyan", "black on bright_yellow")  # alternate so neighbouring tokens stay apart
 

@@ -26,7 +26,7 @@ def show(d: dict) -> None:
     print_facts("parameters", rows)
     runtime = [("dtype", r["dtype"])]
     if r.get("quantize"):  # the matrices are not in dtype: say what they are
-        from basecli.modelinfo import weights_summary
+        from basecli.weights.modelinfo import weights_summary
 
         runtime = [("dtype", f"{r['dtype']} (activations)"), ("weights", f"{r['quantize']}: {weights_summary(r['weights'])}")]
     print_facts("runtime", runtime + [("device", r["device"]), ("memory", _mb(r["memory_bytes"]) + " (weights and buffers)"),

@@ -6,7 +6,7 @@ import sys
 
 
 def show_lists(aliases: list[dict], cached: list[dict], saved: list[dict]) -> None:
-    from basecli.render import console, is_tty
+    from basecli.views.render import console, is_tty
 
     key = lambda p: f"${p['api_key_env']} ({'set' if p['api_key_set'] else 'not set'})" if p["api_key_env"] else "-"
     sections = [

@@ -41,7 +41,7 @@ def continuation(tok, rec, sample, label: str | None = None) -> None:
     if not sys.stdout.isatty():
         sys.stdout.write((f"{label}\n" if label else "") + sample.text + "\n")
         return
-    from basecli.render import console
+    from basecli.views.render import console
 
     con = console()
     if label:

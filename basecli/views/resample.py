@@ -6,8 +6,8 @@ import math
 import sys
 import time
 
-from basecli import analysis
-from basecli.render import visible
+from basecli.analyses import analysis
+from basecli.views.render import visible
 
 PANEL_MIN_WIDTH = 60  # a panel narrower than this wraps too often to read; wide terminals get several per row
 CHARS_PER_TOKEN = 5  # a generous guess for English text, to judge whether live panels fit the terminal
@@ -89,7 +89,7 @@ def watch(console, prompt: str, samples, events, *, max_tokens: int, final_panel
     """
     from rich.live import Live
 
-    from basecli.batching import collect
+    from basecli.backends.batching import collect
 
     t0 = time.perf_counter()
     if final_panels:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import sys
 
-from basecli.compression import LN2
+from basecli.analyses.compression import LN2
 from basecli.views.facts import grid, pieces, print_facts
 
 # surprisal bands in bits (-log2 p), least surprising first
@@ -28,7 +28,7 @@ def legend() -> str:
 
 def coloured_text(tokenizer, scored, context: str | None) -> None:
     """The text, each token in the colour of its surprisal (terminal only)."""
-    from basecli.render import console
+    from basecli.views.render import console
 
     con = console()
     if context:
@@ -44,7 +44,7 @@ def show(p: float) -> str:
 
 
 def alternatives(tokenizer, scored, positions: list[int], k: int, title: str) -> None:
-    from basecli.render import visible
+    from basecli.views.render import visible
 
     rows, styles = [], []
     for i in positions:

@@ -90,7 +90,7 @@ def get(name: str | None) -> Profile | None:
 
 
 def add(profile: Profile, *, replace: bool = False) -> Path:
-    from basecli.models import ALIASES
+    from basecli.weights.models import ALIASES
 
     if not _PROFILE_NAME.match(profile.name):
         raise UsageError(f"profile name {profile.name!r}: use letters, digits, '.', '_' or '-' (no '/', which means a hub id)")

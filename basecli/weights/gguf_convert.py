@@ -29,8 +29,8 @@ from typing import Callable
 
 import numpy as np
 
-from basecli.gguf_reader import GGUFFile, TensorInfo, dequantize
-from basecli.tokenizers import byte_alphabet
+from basecli.weights.gguf_reader import GGUFFile, TensorInfo, dequantize
+from basecli.text.tokenizers import byte_alphabet
 
 
 class Unsupported(Exception):

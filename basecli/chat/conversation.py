@@ -10,7 +10,7 @@ from typing import Callable
 
 from basecli.config import SamplingParams, fresh_seed
 from basecli.errors import UsageError
-from basecli.templates import Template, chat_prompt, chat_stops
+from basecli.text.templates import Template, chat_prompt, chat_stops
 
 
 class Chat:

@@ -233,8 +233,7 @@ def _atomic_write(path: Path, text: str) -> None:
 def _convert(gguf: Path, digest: str, target: Path) -> None:
     import time
 
-    from basecli import gguf_convert
-
+    from basecli.weights import gguf_convert
     t0 = time.perf_counter()
     progress(f"basecli: converting {gguf.name} to safetensors once...")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -293,7 +292,7 @@ def _convert_with_transformers(gguf: Path, tmp: Path) -> None:
 def _download(repo_id: str, *, allow_pickle: bool) -> Path:
     from huggingface_hub import constants, snapshot_download
 
-    from basecli.encodings import reachable
+    from basecli.text.encodings import reachable
 
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
     if allow_pickle:
@@ -322,7 +321,7 @@ def _download(repo_id: str, *, allow_pickle: bool) -> Path:
 
 def tokenizer_for(folder: Path, name: str):
     """The HF tokenizer of a model directory, with the model's own end and start tokens."""
-    from basecli.tokenizers import HFTokenizer
+    from basecli.text.tokenizers import HFTokenizer
 
     path = folder / "tokenizer.json"
     if not path.is_file():

@@ -120,7 +120,7 @@ def _front_line(line: str, n: int, source: str, settings: dict, defaults: dict) 
 
 
 def load(path: str | Path) -> Template:
-    from basecli.inputs import read_file
+    from basecli.text.inputs import read_file
 
     p = Path(path)
     if not p.exists() and not p.is_absolute() and len(p.parts) == 1:
@@ -131,7 +131,7 @@ def load(path: str | Path) -> Template:
 
 
 def prompts_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "prompts"
+    return Path(__file__).resolve().parents[2] / "prompts"
 
 
 def trim_answer(text: str) -> str:
@@ -171,7 +171,7 @@ class Shots:
 
 def read_pairs(path: str | Path) -> list[tuple[str, str]]:
     """input<TAB>output rows; blank lines and #comments skipped, \\n escapes allowed, an `input<TAB>output` header skipped."""
-    from basecli.inputs import read_file
+    from basecli.text.inputs import read_file
 
     pairs = []
     for n, line in enumerate(read_file(path).splitlines(), 1):

@@ -166,7 +166,7 @@ class Repl:
 
 def save_text(chat) -> str:
     """The conversation as a chat template of its own: the original front matter settings, then the text."""
-    from basecli.templates import LIST_KEYS
+    from basecli.text.templates import LIST_KEYS
 
     lines = ["---"]
     for key, value in chat.template.settings.items():

@@ -87,7 +87,6 @@ def _cache_path(alias: str):
     import tiktoken
 
     from basecli import config
-
     return config.home() / "tiktoken" / f"{alias}-{tiktoken.__version__}.marshal"
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-from basecli import models
-
+from basecli.weights import models
 COMPONENTS = ("embeddings", "attention", "MLP", "norms", "output head", "other")
 
 

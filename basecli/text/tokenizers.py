@@ -68,7 +68,7 @@ class TiktokenTokenizer:
 
 def tiktoken_tokenizer(name: str) -> TiktokenTokenizer:
     """A tiktoken encoding by name, offline where a local copy exists."""
-    from basecli.encodings import get_encoding
+    from basecli.text.encodings import get_encoding
 
     return TiktokenTokenizer(get_encoding(name), name)
 
@@ -202,8 +202,8 @@ def segment(tok: Tokenizer, text: str, *, allow_special: bool = False) -> tuple[
 
 def model_tokenizer(name: str | None) -> HFTokenizer:
     """The tokenizer of any model basecli can load, without its weights (and, once cached, without torch)."""
-    from basecli import config, models
-
+    from basecli import config
+    from basecli.weights import models
     source = models.resolve(name)
     label = source.name
     if source.kind == "dir":
@@ -228,8 +228,7 @@ def _extract_gguf_tokenizer(gguf: Path, dest: Path) -> None:
     import sys
     import tempfile
 
-    from basecli import gguf_convert
-
+    from basecli.weights import gguf_convert
     print(f"basecli: reading the tokenizer of {gguf.name} once (later runs use the cache)...", file=sys.stderr, flush=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=dest.name + ".tmp-"))
@@ -265,7 +264,7 @@ def _hub_tokenizer_files(repo_id: str) -> Path:
 
     from huggingface_hub import constants, hf_hub_download
 
-    from basecli.encodings import Unavailable, reachable
+    from basecli.text.encodings import Unavailable, reachable
 
     offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
     try:

@@ -147,7 +147,7 @@ def run(model: str | None = None, *, batches: Sequence[int] = (1, 8, 32), prompt
         start = {}
     import torch
 
-    from basecli import models
+    from basecli.weights import models
     from basecli.backends.local import LocalBackend
 
     progress("loading the model")
@@ -174,7 +174,7 @@ def run(model: str | None = None, *, batches: Sequence[int] = (1, 8, 32), prompt
     gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if backend.device.startswith("cuda") else None
     from importlib.metadata import version
 
-    from basecli.modelinfo import weight_formats, weights_summary
+    from basecli.weights.modelinfo import weight_formats, weights_summary
 
     return Report(
         model=backend.name, engine=backend.engine, device=backend.device, dtype=str(backend.dtype).removeprefix("torch."), threads=torch.get_num_threads(),

@@ -1,0 +1,1 @@
+"""What the model's outputs mean: sample trees, compression in bits, recitation, benchmarks."""

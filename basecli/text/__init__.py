@@ -1,0 +1,1 @@
+"""Text in and out of tokens: prompt inputs, tokenizers, tiktoken encodings, prompt templates."""

@@ -1,0 +1,1 @@
+"""Model files: which weights a name means, GGUF reading and conversion, what a model is made of."""
