@@ -136,10 +136,13 @@ class LeanLlama(torch.nn.Module):
 
         self.weights = weights  # the mapped files, so quantising can release the pages of what it replaced
         take = lambda *names: weights.read(names, dtype, device)  # noqa: E731
+        in_place = getattr(weights, "in_place", None)  # a GGUF file's own blocks (weights/gguf_blocks.py), or None
 
         def matrix(*names, role="layer", tensor=None):
             """A weight matrix, or what `convert(matrix, role)` makes of it (engine/native.py quantising as it loads:
             each fp32 matrix is resident only until its quantised form exists)."""
+            if in_place is not None and (blocks := in_place(names)) is not None:
+                return blocks
             t = take(*names) if tensor is None else tensor
             if convert is None:
                 return t
@@ -148,7 +151,7 @@ class LeanLlama(torch.nn.Module):
                 weights.release(name)
             return out
 
-        self.embed = take("model.embed_tokens.weight")
+        self.embed = matrix("model.embed_tokens.weight") if in_place is not None else take("model.embed_tokens.weight")
         self.layers = []
         for i in range(self.n_layers):
             p = f"model.layers.{i}."
@@ -165,7 +168,7 @@ class LeanLlama(torch.nn.Module):
         if "lm_head.weight" in weights.index:
             self.head = matrix("lm_head.weight", role="head")
         else:  # tied: the head is the embedding, which stays for lookups (its pages come back a row at a time)
-            self.head = self.embed if convert is None else matrix("model.embed_tokens.weight", role="head", tensor=self.embed)
+            self.head = self.embed if convert is None or in_place is not None else matrix("model.embed_tokens.weight", role="head", tensor=self.embed)
             self.head_tied = True
         self._device = torch.device(device)
         self.native = None  # engine/native.py's one-call decode step, when BASECLI_QUANTIZE=q4|q8
@@ -216,7 +219,7 @@ class LeanLlama(torch.nn.Module):
             cache.unshare()
         cache.reserve(batch, steps)
         cos, sin = self.rope(position_ids)
-        x = F.embedding(input_ids, self.embed)
+        x = F.embedding(input_ids, self.embed) if isinstance(self.embed, torch.Tensor) else self.embed.rows(input_ids)
         end = start + steps
         col, held = start - cache.shared, end - cache.shared  # this step's columns in the per-row buffers
         heads, kv, hd = self.n_heads, self.n_kv, self.head_dim

@@ -56,7 +56,7 @@ typedef struct { uint16_t d, m; uint8_t qs[QK / 2]; } block_q4_1;  /* element j 
 typedef struct { uint16_t d; int8_t qs[QK]; } block_q8_0;
 typedef struct { float d, s; int8_t qs[QK]; } block_act;           /* an activation block; s = sum of its 32 inputs */
 
-enum { Q4_1 = 0, Q8_0 = 1 };
+enum { Q4_1 = 0, Q8_0 = 1, Q4_K = 2, Q5_K = 3, Q6_K = 4, F32_ROWS = -1 };  /* F32_ROWS: plain fp32 rows (an embedding) */
 
 /* ---- fp16 <-> fp32 (IEEE half, round to nearest even) ---- */
 
@@ -131,6 +131,8 @@ static inline __m256 exp8(__m256 x) {
 }
 #endif
 
+#include "kquants.c"
+
 /* ---- quantisation ---- */
 
 static void quantize_block_q4_1(const float *x, block_q4_1 *y) {
@@ -154,8 +156,10 @@ static void quantize_block_q8_0(const float *x, block_q8_0 *y) {
     for (int j = 0; j < QK; j++) y->qs[j] = (int8_t)lrintf(x[j] * id);
 }
 
-/* Bytes of a (rows, cols) matrix in `type`; cols must be a multiple of 32. */
+/* Bytes of a (rows, cols) matrix in `type`; cols must be a multiple of 32 (of 256 for the K-quants). */
 int64_t basecli_matrix_bytes(int type, int64_t rows, int64_t cols) {
+    if (is_k(type)) return rows * (cols / QK_K) * k_block_bytes(type);
+    if (type == F32_ROWS) return rows * cols * (int64_t)sizeof(float);
     int64_t blocks = rows * (cols / QK);
     return blocks * (type == Q4_1 ? (int64_t)sizeof(block_q4_1) : (int64_t)sizeof(block_q8_0));
 }
@@ -172,6 +176,8 @@ void basecli_quantize(int type, const float *x, void *out, int64_t rows, int64_t
 }
 
 void basecli_dequantize(int type, const void *w, float *out, int64_t rows, int64_t cols) {
+    if (is_k(type)) { k_dequantize(type, w, out, rows, cols); return; }
+    if (type == F32_ROWS) { memcpy(out, w, sizeof(float) * rows * cols); return; }
     int64_t nb = cols / QK;
     for (int64_t i = 0; i < rows * nb; i++) {
         float *y = out + i * QK;
@@ -329,9 +335,10 @@ static void tile_q8_0(const void *w0v, const void *w1v, const block_act *a, cons
 #undef TILE_MADD
 #endif
 
-/* out[r, c] = sum_k W[c, k] x[r, k] for r < M, c < N, with x already quantised (M rows of K/32 blocks).
+/* out[r * ldo + c] = sum_k W[c, k] x[r, k] for r < M, c < N, with x already quantised (M rows of K/32 blocks).
  * Split over output columns: each thread reads its own share of the weights once for all M rows. */
-static void matmul_q(int type, const void *W, const block_act *x, int64_t M, int64_t K, float *out, int64_t N) {
+static void matmul_q(int type, const void *W, const block_act *x, int64_t M, int64_t K, float *out, int64_t N, int64_t ldo) {
+    if (is_k(type)) { k_matmul(type, W, x, M, K, out, N, ldo); return; }
     int64_t nb = K / QK, tiled_m = 0, pairs = 0;
     float *ds = NULL;
 #ifdef BASECLI_AVX2
@@ -357,10 +364,10 @@ static void matmul_q(int type, const void *W, const block_act *x, int64_t M, int
         int64_t width = p < pairs ? 2 : 1, r = 0;
         const char *w = (const char *)W + c * row_bytes;
 #ifdef BASECLI_AVX2
-        if (width == 2) for (; r < tiled_m; r += 4) tile(w, w + row_bytes, x + r * nb, ds + r / 4 * nb * 8, nb, out + r * N + c, N);
+        if (width == 2) for (; r < tiled_m; r += 4) tile(w, w + row_bytes, x + r * nb, ds + r / 4 * nb * 8, nb, out + r * ldo + c, ldo);
 #endif
         for (int64_t k = 0; k < width; k++)
-            for (int64_t rr = r; rr < M; rr++) out[rr * N + c + k] = dot(w + k * row_bytes, x + rr * nb, nb);
+            for (int64_t rr = r; rr < M; rr++) out[rr * ldo + c + k] = dot(w + k * row_bytes, x + rr * nb, nb);
     }
     free(ds);
 }
@@ -370,12 +377,14 @@ static void quantize_act(const float *x, block_act *y, int64_t M, int64_t K) {
     for (int64_t r = 0; r < M; r++) quantize_act_row(x + r * K, y + r * (K / QK), K);
 }
 
-/* F.linear(x, W) for fp32 x (M, K) and a quantised W (N, K). */
-void basecli_linear(int type, const void *W, const float *x, int64_t M, int64_t K, float *out, int64_t N) {
+/* F.linear(x, W) for fp32 x (M, K) and a quantised W (N, K). Returns 0, or -1 if out of memory. */
+int basecli_linear(int type, const void *W, const float *x, int64_t M, int64_t K, float *out, int64_t N) {
     block_act *q = malloc(sizeof(block_act) * M * (K / QK));
+    if (!q) return -1;
     quantize_act(x, q, M, K);
-    matmul_q(type, W, q, M, K, out, N);
+    matmul_q(type, W, q, M, K, out, N, N);
     free(q);
+    return 0;
 }
 
 /* ---- fp32 helpers ---- */
@@ -520,17 +529,28 @@ static float exp_sum(float *s, int64_t n, float top) {  /* s = exp(s - top) in p
 
 /* ---- the model and one decode step ---- */
 
+/* A weight matrix as up to three stacked by rows (q, k, v; gate, up), each in its own block type: a
+ * GGUF file may hold v in Q6_K beside q and k in Q4_K (llama.cpp's Q4_K_M), and each is used where it lies. */
+typedef struct { const void *w[3]; int64_t rows[3]; int type[3]; int parts; } Matrix;
+
 typedef struct {
     int64_t dim, hidden, layers, heads, kv, head_dim, vocab;
     float eps;
-    int wtype, htype;          /* block type of the layer matrices, of the vocabulary head */
-    const float *embed;        /* (vocab, dim) fp32 rows for the token lookup */
+    int etype;                 /* the embedding's rows: F32_ROWS, or a block type (dequantised a row per token) */
+    const void *embed;         /* (vocab, dim) for the token lookup */
     const float *norm;         /* final norm */
-    const void *head;          /* (vocab, dim) quantised */
+    const Matrix *head;        /* (vocab, dim) */
     const float *inv_freq;     /* (head_dim / 2) */
     const float **norm1, **norm2;
-    const void **qkv, **o, **gate_up, **down;  /* per layer; qkv is q, k, v stacked, gate_up gate then up */
+    const Matrix *qkv, *o, *gate_up, *down;  /* per layer; qkv is q, k, v stacked, gate_up gate then up */
 } Model;
+
+/* out (M, total rows) = x times each stacked part, side by side. */
+static void matmul_m(const Matrix *w, const block_act *x, int64_t M, int64_t K, float *out) {
+    int64_t total = 0, at = 0;
+    for (int p = 0; p < w->parts; p++) total += w->rows[p];
+    for (int p = 0; p < w->parts; p++) { matmul_q(w->type[p], w->w[p], x, M, K, out + at, w->rows[p], total); at += w->rows[p]; }
+}
 
 typedef struct {               /* the KV cache of engine/lean.py's KVCache, as pointers and strides (in floats) */
     float *k, *v;              /* per-row buffers (layers, B, kv, capacity, head_dim), contiguous */
@@ -631,7 +651,7 @@ int basecli_decode_step(const Model *m, int64_t B, const int64_t *tokens, const 
     if (!x || !h || !qkv || !gu || !act || !tmp || !scores || !rope || !q8 || !totals) { status = -1; goto done; }
 
     for (int64_t b = 0; b < B; b++) {
-        memcpy(x + b * dim, m->embed + tokens[b] * dim, sizeof(float) * dim);
+        basecli_dequantize(m->etype, (const char *)m->embed + tokens[b] * basecli_matrix_bytes(m->etype, 1, dim), x + b * dim, 1, dim);
         for (int64_t i = 0; i < hd / 2; i++) {  /* cos, then sin, of position * inv_freq, in fp32 as torch computes them */
             float f = (float)positions[b] * m->inv_freq[i];
             rope[b * hd + i] = cosf(f);
@@ -645,7 +665,7 @@ int basecli_decode_step(const Model *m, int64_t B, const int64_t *tokens, const 
     for (int64_t l = 0; l < m->layers; l++) {
         add_norm_quantize(x, l ? tmp : NULL, m->norm1[l], h, q8, B, dim, m->eps);  /* the last layer's MLP output joins here */
         TICK(OTHER);
-        matmul_q(m->wtype, m->qkv[l], q8, B, dim, qkv, qkv_n);
+        matmul_m(&m->qkv[l], q8, B, dim, qkv);
         TICK(MATMUL);
 
         float *kl = c->k + l * B * row_stride, *vl = c->v + l * B * row_stride;
@@ -690,11 +710,11 @@ int basecli_decode_step(const Model *m, int64_t B, const int64_t *tokens, const 
         TICK(ATTENTION);
         quantize_act(h, q8, B, H * hd);
         TICK(OTHER);
-        matmul_q(m->wtype, m->o[l], q8, B, H * hd, tmp, dim);
+        matmul_m(&m->o[l], q8, B, H * hd, tmp);
         TICK(MATMUL);
         add_norm_quantize(x, tmp, m->norm2[l], h, q8, B, dim, m->eps);
         TICK(OTHER);
-        matmul_q(m->wtype, m->gate_up[l], q8, B, dim, gu, 2 * hid);
+        matmul_m(&m->gate_up[l], q8, B, dim, gu);
         TICK(MATMUL);
         #pragma omp parallel for schedule(static) if (B >= 8)
         for (int64_t b = 0; b < B; b++) {
@@ -702,12 +722,12 @@ int basecli_decode_step(const Model *m, int64_t B, const int64_t *tokens, const 
             quantize_act_row(act + b * hid, q8 + b * (hid / QK), hid);
         }
         TICK(OTHER);
-        matmul_q(m->wtype, m->down[l], q8, B, hid, tmp, dim);
+        matmul_m(&m->down[l], q8, B, hid, tmp);
         TICK(MATMUL);
     }
     add_norm_quantize(x, m->layers ? tmp : NULL, m->norm, h, q8, B, dim, m->eps);
     TICK(OTHER);
-    matmul_q(m->htype, m->head, q8, B, dim, logits, m->vocab);
+    matmul_m(m->head, q8, B, dim, logits);
     TICK(MATMUL);
 done:
     free(x); free(h); free(qkv); free(gu); free(act); free(tmp); free(scores); free(rope); free(q8); free(totals);
