@@ -16,8 +16,9 @@
  * m[0..3]; sc[4..7] and m[4..7] take their low 4 bits from bytes 8-11 (low, high nibble) and their top 2 bits
  * from the top 2 bits of bytes 0-3 (sc) and 4-7 (m).
  *
- * The matmul keeps native.c's activations: blocks of 32 with their own scale and the sum of their inputs, so
- * sub-block j of a super-block meets exactly one activation block; the minimum term uses that block's sum.
+ * The matmul keeps native.c's activations: blocks of 32 with their own scale, so sub-block j of a super-block
+ * meets exactly one activation block; the minimum term uses that block's rounded sum (sq), as the dequantised
+ * matrix times the rounded activations would: d*sc*q is large where the minimum is, and their roundings cancel.
  */
 
 #define QK_K 256
@@ -160,7 +161,7 @@ static void k_rows(int type, const void *w, const block_act *a, int64_t nb, int6
                 else
                     p = _mm256_madd_epi16(p, ones);
                 acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(mul[j] * y->d), _mm256_cvtepi32_ps(p), acc[r]);
-                mins[r] = fmaf(min[j], y->s, mins[r]);
+                mins[r] = fmaf(min[j], y->sq, mins[r]);
             }
 #else
             k_values(type, b, j, q);
@@ -174,7 +175,7 @@ static void k_rows(int type, const void *w, const block_act *a, int64_t nb, int6
                 } else
                     s0 += s1;
                 acc[r] += mul[j] * y->d * (float)s0;
-                mins[r] += min[j] * y->s;
+                mins[r] += min[j] * y->sq;
             }
 #endif
         }
