@@ -122,8 +122,10 @@ class LocalBackend:
         self.tokenizer = models.tokenizer_for(self.folder, self.name)
         return_free_memory()  # before the weights arrive, or the peak is already set
         import_torch()  # after the tokenizer: the other way round left 5 MiB more in the heap at the peak
+        # a K-quant GGUF (Q4_K_M, Q5_K_M...) runs in its own blocks (weights/gguf_blocks.py) unless told otherwise
+        in_file = in_file_format(self.source, self.quantize, device, dtype, engine)
         # 4/8-bit and fbgemm weights run on the CPU with fp32 activations only: that is what auto means with them
-        if self.quantize:
+        if self.quantize or in_file:
             device, dtype = ("cpu" if device == "auto" else device), ("float32" if dtype == "auto" else dtype)
         self.device = pick_device(device)
         if self.device == "cpu" and (threads := pick_threads()):
@@ -135,7 +137,11 @@ class LocalBackend:
         if self.engine not in ENGINES:
             raise UsageError(f"unknown engine {self.engine!r} (BASECLI_ENGINE); choose one of: {', '.join(ENGINES)}")
         self.model = None
-        if self.engine != "transformers":
+        if in_file:
+            from basecli.weights import gguf_blocks
+
+            self.model, self.engine = gguf_blocks.load(in_file, self.folder), "lean"
+        elif self.engine != "transformers":
             self.model = load_lean(self.folder, self.dtype, self.device, quiet=self.engine == "auto", populate=not self.quantize,
                                    convert=native_converter(self.quantize, self.device, self.dtype))
             self.engine = "lean"  # what runs, not what was asked: auto resolves to one of the two
@@ -214,6 +220,18 @@ def return_free_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)  # the process's own symbols, libc's among them
     except (OSError, AttributeError):
         pass
+
+
+def in_file_format(source, quantize: str | None, device: str, dtype: str, engine: str | None) -> str | None:
+    """The GGUF path when the model is a GGUF whose matrices run in their own K-quant blocks and nothing asked
+    for another format (--quantize, a GPU, bf16/fp16, the transformers engine); else None."""
+    if source.kind != "gguf" or quantize or device not in ("auto", "cpu") or dtype not in ("auto", "float32"):
+        return None
+    if (engine or os.environ.get("BASECLI_ENGINE") or "auto") == "transformers":
+        return None
+    from basecli.weights import gguf_blocks
+
+    return source.location if gguf_blocks.runs_in_place(source.location) else None
 
 
 def native_converter(quantize: str | None, device: str, dtype):

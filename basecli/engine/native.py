@@ -254,7 +254,7 @@ class Stacked:
 
     @property
     def format(self) -> str:
-        return "+".join(p.format for p in self.parts)
+        return "+".join(dict.fromkeys(p.format for p in self.parts))  # each format once, in order
 
     def struct(self) -> MatrixStruct:
         n = len(self.parts)

@@ -58,8 +58,9 @@ def weight_formats(model) -> dict[str, str]:
     for name, w in list(model.named_parameters()) + [("lm_head.weight", h) for h in _tied_head(model)]:
         fmt = getattr(w, "format", None) or str(w.dtype).removeprefix("torch.")
         formats = found.setdefault(component(name), [])
-        if fmt not in formats:
-            formats.append(fmt)
+        for part in fmt.split("+"):  # matrices stacked from parts in different formats (engine/native.py's Stacked)
+            if part not in formats:
+                formats.append(part)
     return {c: ", ".join(found[c]) for c in COMPONENTS if c in found}
 
 
