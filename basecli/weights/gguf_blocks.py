@@ -104,9 +104,15 @@ class GGUFWeights:
         return parts[0] if len(parts) == 1 else native.Stacked(parts)
 
 
-def load(gguf_path: str | Path, folder: Path, threads: int | None = None) -> lean.LeanLlama:
-    """The lean engine over this GGUF's own blocks (runs_in_place must hold), its decode step native.c's."""
-    cfg = json.loads((Path(folder) / "config.json").read_text())
+def load(gguf_path: str | Path, folder: Path | None = None, threads: int | None = None) -> lean.LeanLlama:
+    """The lean engine over this GGUF's own blocks (runs_in_place must hold), its decode step native.c's;
+    the configuration from `folder`'s config.json, else from the file's metadata."""
+    if folder is None:
+        from basecli.weights.gguf_convert import model_config
+
+        cfg = model_config(GGUFFile(gguf_path))
+    else:
+        cfg = json.loads((Path(folder) / "config.json").read_text())
     model = lean.LeanLlama(cfg, GGUFWeights(gguf_path, cfg), torch.float32, "cpu").eval()
     native.library().basecli_set_threads(threads or torch.get_num_threads())
     model.native = native.NativeDecoder(model)
