@@ -85,6 +85,7 @@ static void k_dequantize(int type, const void *w, float *out, int64_t rows, int6
     for (int64_t i = 0; i < n; i++) k_dequantize_block(type, (const char *)w + i * size, out + i * QK_K);
 }
 
+#ifndef BASECLI_AVX2
 /* Per sub-block j of super-block b: the factor of its integer dot product and of its activation block's sum
  * (Q4_K/Q5_K: d*sc[j] and -dmin*m[j]; Q6_K: d, with its two int scales in sc16[2j], sc16[2j+1]). */
 static void k_factors(int type, const void *b, float *mul, float *min, int16_t *sc16) {
@@ -104,6 +105,7 @@ static void k_factors(int type, const void *b, float *mul, float *min, int16_t *
         min[j] = dmin * (float)m;
     }
 }
+#endif
 
 #ifdef BASECLI_AVX2
 /* Sub-block j's 32 values as unsigned bytes, the vector form of k_values. */
@@ -130,40 +132,81 @@ static inline __m256i k_values8(int type, const void *b, int j) {
 }
 #endif
 
-/* out[r * ostride] = weight row w . activation row r, for R <= 4 rows of nb activation blocks each (stride nb).
- * Each sub-block is unpacked once for the R rows; a row's sums run in the same order whatever R is, so a
- * row's result does not depend on the rows beside it in its batch. */
-static void k_rows(int type, const void *w, const block_act *a, int64_t nb, int64_t R, float *out, int64_t ostride) {
-    const int64_t size = k_block_bytes(type), supers = nb / 8;
-    float mul[8], min[8], mins[4] = {0, 0, 0, 0};
-    int16_t sc16[16];
 #ifdef BASECLI_AVX2
-    const __m256i ones = _mm256_set1_epi16(1), off = _mm256_set1_epi8(32);
-    __m256 acc[4];
-    for (int r = 0; r < 4; r++) acc[r] = _mm256_setzero_ps();
-#else
-    float acc[4] = {0, 0, 0, 0};
-    uint8_t q[32];
+/* Q4_K/Q5_K: the eight 6-bit scales and minimums of a super-block as floats times d and dmin. The 12 bytes as
+ * three words: scales 0-3 and minimums 0-3 are the low 6 bits of words 0 and 1; scales and minimums 4-7 take
+ * word 2's low and high nibbles, and the top 2 bits of words 0 and 1. */
+static inline void k_scales8(const block_q4_K *x, __m256 *mul, __m256 *min) {
+    uint32_t u[3], sc[2], m[2];
+    memcpy(u, x->scales, 12);
+    sc[0] = u[0] & 0x3f3f3f3f;
+    m[0] = u[1] & 0x3f3f3f3f;
+    sc[1] = (u[2] & 0x0f0f0f0f) | ((u[0] >> 6) & 0x03030303) << 4;
+    m[1] = ((u[2] >> 4) & 0x0f0f0f0f) | ((u[1] >> 6) & 0x03030303) << 4;
+    __m256 s8 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, (int)sc[1], (int)sc[0])));
+    __m256 m8 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, (int)m[1], (int)m[0])));
+    *mul = _mm256_mul_ps(_mm256_set1_ps(half_to_float(x->d)), s8);
+    *min = _mm256_mul_ps(_mm256_set1_ps(half_to_float(x->dmin)), m8);
+}
+
+/* out[r * ostride] = weight row w . activation row r for R <= 4 rows; ad, asq: each row's activation scales and
+ * rounded sums, nb a row (stride nb). Written once per block type (TYPE a constant) so the unpacking has no
+ * branches. Each sub-block is unpacked once for the R rows; a row's sums run in the same order whatever R is,
+ * so its result does not depend on the rows beside it in its batch. The minimums go into the same accumulator
+ * (its lanes are added up at the end anyway). */
+static inline __attribute__((always_inline)) void k_rows_avx2(const int TYPE, const void *w, const block_act *a, const float *ad,
+                                                               const float *asq, int64_t nb, int64_t R, float *out, int64_t ostride) {
+    const int64_t size = k_block_bytes(TYPE), supers = nb / 8;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t i = 0; i < supers; i++) {
+        const void *b = (const char *)w + i * size;
+        __m256 mul, min, s[4];
+        if (TYPE == Q6_K) mul = _mm256_set1_ps(half_to_float(((const block_q6_K *)b)->d)), min = _mm256_setzero_ps();
+        else k_scales8(b, &mul, &min);
+        for (int64_t r = 0; r < R; r++) {
+            s[r] = _mm256_mul_ps(mul, _mm256_loadu_ps(ad + r * nb + i * 8));  /* per sub-block: weight scale x activation scale */
+            if (TYPE != Q6_K) acc[r] = _mm256_fnmadd_ps(min, _mm256_loadu_ps(asq + r * nb + i * 8), acc[r]);
+        }
+        for (int j = 0; j < 8; j++) {
+            __m256i q = k_values8(TYPE, b, j), scales = ones, sign = q;
+            if (TYPE == Q6_K) {  /* q - 32 as |q - 32| with its sign moved onto the activations (maddubs takes unsigned x signed) */
+                const int8_t *sc = ((const block_q6_K *)b)->scales + 2 * j;
+                scales = _mm256_set_m128i(_mm_set1_epi16(sc[1]), _mm_set1_epi16(sc[0]));
+                sign = _mm256_sub_epi8(q, _mm256_set1_epi8(32));
+                q = _mm256_sign_epi8(sign, sign);
+            }
+            const __m256i lane = _mm256_set1_epi32(j);
+            for (int64_t r = 0; r < R; r++) {
+                __m256i v = _mm256_loadu_si256((const __m256i *)a[r * nb + i * 8 + j].qs);
+                if (TYPE == Q6_K) v = _mm256_sign_epi8(v, sign);
+                __m256i p = _mm256_maddubs_epi16(q, v);  /* pairs of products, within int16 for |q| < 64 */
+                p = _mm256_madd_epi16(p, scales);  /* Q6_K: each half of 16 by its own scale */
+                acc[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(s[r], lane), _mm256_cvtepi32_ps(p), acc[r]);
+            }
+        }
+    }
+    for (int64_t r = 0; r < R; r++) out[r * ostride] = hsum(acc[r]);
+}
 #endif
+
+/* out[r * ostride] = weight row w . activation row r, for R <= 4 rows of nb activation blocks each (stride nb). */
+static void k_rows(int type, const void *w, const block_act *a, const float *ad, const float *asq, int64_t nb, int64_t R,
+                   float *out, int64_t ostride) {
+#ifdef BASECLI_AVX2
+    if (type == Q4_K) k_rows_avx2(Q4_K, w, a, ad, asq, nb, R, out, ostride);
+    else if (type == Q5_K) k_rows_avx2(Q5_K, w, a, ad, asq, nb, R, out, ostride);
+    else k_rows_avx2(Q6_K, w, a, ad, asq, nb, R, out, ostride);
+#else
+    (void)ad; (void)asq;
+    const int64_t size = k_block_bytes(type), supers = nb / 8;
+    float mul[8], min[8], acc[4] = {0, 0, 0, 0}, mins[4] = {0, 0, 0, 0};
+    int16_t sc16[16];
+    uint8_t q[32];
     for (int64_t i = 0; i < supers; i++) {
         const void *b = (const char *)w + i * size;
         k_factors(type, b, mul, min, sc16);
         for (int j = 0; j < 8; j++) {
-#ifdef BASECLI_AVX2
-            __m256i q = k_values8(type, b, j);
-            __m256i scales = _mm256_set_m128i(_mm_set1_epi16(sc16[2 * j + 1]), _mm_set1_epi16(sc16[2 * j]));
-            for (int64_t r = 0; r < R; r++) {
-                const block_act *y = a + r * nb + i * 8 + j;
-                __m256i v = _mm256_loadu_si256((const __m256i *)y->qs);
-                __m256i p = _mm256_maddubs_epi16(q, v);  /* pairs of products, within int16 for q < 64 */
-                if (type == Q6_K)  /* (q - 32) y: the offset's products taken off in int16, each half by its scale */
-                    p = _mm256_madd_epi16(_mm256_sub_epi16(p, _mm256_maddubs_epi16(off, v)), scales);
-                else
-                    p = _mm256_madd_epi16(p, ones);
-                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(mul[j] * y->d), _mm256_cvtepi32_ps(p), acc[r]);
-                mins[r] = fmaf(min[j], y->sq, mins[r]);
-            }
-#else
             k_values(type, b, j, q);
             for (int64_t r = 0; r < R; r++) {
                 const block_act *y = a + r * nb + i * 8 + j;
@@ -177,28 +220,28 @@ static void k_rows(int type, const void *w, const block_act *a, int64_t nb, int6
                 acc[r] += mul[j] * y->d * (float)s0;
                 mins[r] += min[j] * y->sq;
             }
-#endif
         }
     }
-    for (int64_t r = 0; r < R; r++)
-#ifdef BASECLI_AVX2
-        out[r * ostride] = hsum(acc[r]) - mins[r];
-#else
-        out[r * ostride] = acc[r] - mins[r];
+    for (int64_t r = 0; r < R; r++) out[r * ostride] = acc[r] - mins[r];
 #endif
 }
 
 /* out[r * ldo + c] = W[c] . x[r] for a K-quant W (N rows of K weights). Activation rows go in chunks that stay
- * in cache while every weight row passes over them; weight rows are split over threads, 4 activation rows at a time. */
+ * in cache while every weight row passes over them; weight rows are split over threads, 4 activation rows at a time.
+ * The activations' scales and rounded sums are first laid out contiguously, eight (one super-block's) per load. */
 #define K_CHUNK 64
 static void k_matmul(int type, const void *W, const block_act *x, int64_t M, int64_t K, float *out, int64_t N, int64_t ldo) {
     const int64_t nb = K / QK, row_bytes = K / QK_K * k_block_bytes(type);
+    float *ad = malloc(sizeof(float) * 2 * M * nb), *asq = ad + M * nb;
+    if (!ad) { for (int64_t r = 0; r < M; r++) for (int64_t c = 0; c < N; c++) out[r * ldo + c] = NAN; return; }
+    for (int64_t i = 0; i < M * nb; i++) ad[i] = x[i].d, asq[i] = x[i].sq;
     for (int64_t r0 = 0; r0 < M; r0 += K_CHUNK) {
         int64_t m = M - r0 < K_CHUNK ? M - r0 : K_CHUNK;
         #pragma omp parallel for schedule(static)
         for (int64_t c = 0; c < N; c++)
             for (int64_t r = 0; r < m; r += 4)
-                k_rows(type, (const char *)W + c * row_bytes, x + (r0 + r) * nb, nb, m - r < 4 ? m - r : 4,
-                       out + (r0 + r) * ldo + c, ldo);
+                k_rows(type, (const char *)W + c * row_bytes, x + (r0 + r) * nb, ad + (r0 + r) * nb, asq + (r0 + r) * nb, nb,
+                       m - r < 4 ? m - r : 4, out + (r0 + r) * ldo + c, ldo);
     }
+    free(ad);
 }
