@@ -46,7 +46,7 @@ def ids(n: int, seed: int = 0) -> list[int]:
     return np.random.default_rng(seed).integers(1, 400, n).tolist()  # the real BPE tokens of the vocabulary
 
 
-def build(folder: Path, threads: int) -> dict[str, Path]:
+def build(folder: Path, threads: int, ftypes) -> dict[str, Path]:
     from tests.llama_gguf import quantize, write_llama_gguf
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -56,7 +56,7 @@ def build(folder: Path, threads: int) -> dict[str, Path]:
         write_llama_gguf(source.with_suffix(".tmp"), **SHAPES)
         source.with_suffix(".tmp").rename(source)
     out = {}
-    for ftype in dict.fromkeys(FILES + KL_FILES):
+    for ftype in ftypes:
         target = folder / f"llama-3.2-1b-shaped-{ftype}.gguf"
         if not target.exists():
             print(f"quantising to {ftype} with llama.cpp ...", file=sys.stderr)
@@ -72,47 +72,81 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def worker_basecli(path: str, threads: int, prefill: int, decode: int) -> dict:
-    import torch
+class Basecli:
+    """basecli's engine on a GGUF's own blocks: load, a prefill, a decode step (given ids, no sampling)."""
 
-    torch.set_num_threads(threads)
-    from basecli.weights import gguf_blocks
+    def __init__(self, path: str, threads: int):
+        import torch
 
+        torch.set_num_threads(threads)
+        from basecli.weights import gguf_blocks
+
+        self.torch, self.model = torch, gguf_blocks.load(path, threads=threads)
+
+    def prefill(self, prompt: list[int]) -> None:
+        with self.torch.inference_mode():
+            self.cache = self.model.new_cache()
+            self.model(self.torch.tensor([prompt]), past_key_values=self.cache, logits_to_keep=1)
+
+    def step(self, token: int) -> None:
+        with self.torch.inference_mode():
+            self.model(self.torch.tensor([[token]]), past_key_values=self.cache)
+
+
+class LlamaCpp:
+    def __init__(self, path: str, threads: int, context: int = 1024):
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=context, n_batch=512, n_ubatch=512,
+                         verbose=False)
+
+    def prefill(self, prompt: list[int]) -> None:
+        self.llm.reset()
+        self.llm.eval(prompt)
+
+    def step(self, token: int) -> None:
+        self.llm.eval([token])
+
+
+ENGINES = {"basecli": Basecli, "llama.cpp": LlamaCpp}
+
+
+def worker_alone(engine: str, path: str, threads: int, prefill: int, decode: int) -> dict:
+    """One engine in this process: its load time and peak RSS (and its speeds, measured alone)."""
     t0 = time.perf_counter()
-    model = gguf_blocks.load(path, threads=threads)
+    e = ENGINES[engine](path, threads)
     load_s = time.perf_counter() - t0
-    prompt = ids(prefill)
-    with torch.inference_mode():
-        cache = model.new_cache()
-        t0 = time.perf_counter()
-        model(torch.tensor([prompt]), past_key_values=cache, logits_to_keep=1)
-        prefill_s = time.perf_counter() - t0
-        steps = ids(decode, seed=1)
-        model(torch.tensor([[steps[0]]]), past_key_values=cache)  # the first step pays for the buffers' first touch
-        t0 = time.perf_counter()
-        for t in steps[1:]:
-            model(torch.tensor([[t]]), past_key_values=cache)
-        decode_s = time.perf_counter() - t0
-    return {"load_s": load_s, "prefill_tok_s": prefill / prefill_s, "decode_tok_s": (decode - 1) / decode_s, "peak_rss": peak_rss()}
-
-
-def worker_llama(path: str, threads: int, prefill: int, decode: int) -> dict:
-    from llama_cpp import Llama
-
     t0 = time.perf_counter()
-    llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=prefill + decode + 16, n_batch=512,
-                n_ubatch=512, verbose=False)
-    load_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    llm.eval(ids(prefill))
+    e.prefill(ids(prefill))
     prefill_s = time.perf_counter() - t0
     steps = ids(decode, seed=1)
-    llm.eval([steps[0]])
+    e.step(steps[0])  # the first step pays for its buffers' first touch
     t0 = time.perf_counter()
     for t in steps[1:]:
-        llm.eval([t])
-    decode_s = time.perf_counter() - t0
-    return {"load_s": load_s, "prefill_tok_s": prefill / prefill_s, "decode_tok_s": (decode - 1) / decode_s, "peak_rss": peak_rss()}
+        e.step(t)
+    return {"load_s": load_s, "prefill_tok_s": prefill / prefill_s, "decode_tok_s": (decode - 1) / (time.perf_counter() - t0),
+            "peak_rss": peak_rss()}
+
+
+def worker_side_by_side(path: str, threads: int, prefill: int, decode: int) -> dict:
+    """Both engines in one process, taking turns (a prefill each, then decode steps in alternating runs of 4), so
+    a machine shared with other work slows both alike."""
+    engines = {name: cls(path, threads) for name, cls in ENGINES.items()}
+    out = {name: {"prefill_s": 0.0, "decode_s": 0.0, "steps": 0} for name in engines}
+    prompt, steps = ids(prefill), ids(decode + 1, seed=1)
+    for name, e in engines.items():
+        t0 = time.perf_counter()
+        e.prefill(prompt)
+        out[name]["prefill_s"] = time.perf_counter() - t0
+        e.step(steps[0])
+    for at in range(1, decode + 1, 4):
+        for name, e in engines.items():
+            t0 = time.perf_counter()
+            for t in steps[at : at + 4]:
+                e.step(t)
+            out[name]["decode_s"] += time.perf_counter() - t0
+            out[name]["steps"] += len(steps[at : at + 4])
+    return {name: {"prefill_tok_s": prefill / o["prefill_s"], "decode_tok_s": o["steps"] / o["decode_s"]} for name, o in out.items()}
 
 
 def worker_kl(path: str, threads: int, tokens: int) -> dict:
@@ -217,7 +251,7 @@ def worker_n16_basecli(threads: int, n: int, new: int) -> dict:
     return {"tok_s": made / (time.perf_counter() - t0)}
 
 
-WORKERS = {"basecli": worker_basecli, "llama": worker_llama, "kl": worker_kl, "n16_llama": worker_n16_llama,
+WORKERS = {"alone": worker_alone, "side_by_side": worker_side_by_side, "kl": worker_kl, "n16_llama": worker_n16_llama,
            "n16_basecli": worker_n16_basecli}
 
 
@@ -247,21 +281,23 @@ def main() -> None:
         print(json.dumps(WORKERS[name](*rest)))
         return
     skip = set(filter(None, args.skip.split(",")))
-    files = build(args.dir, args.threads)
+    files = build(args.dir, args.threads, dict.fromkeys(("speed" not in skip) * FILES + ("kl" not in skip) * KL_FILES))
     results: dict = {"threads": args.threads, "prefill": args.prefill, "decode": args.decode, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                      "load_average": os.getloadavg()[0]}
     rows = []
     if "speed" not in skip:
         for ftype in FILES:
             size = files[ftype].stat().st_size
-            b = run("basecli", str(files[ftype]), args.threads, args.prefill, args.decode)
-            ll = run("llama", str(files[ftype]), args.threads, args.prefill, args.decode)
-            results[ftype] = {"file_bytes": size, "basecli": b, "llama.cpp": ll}
+            b = run("alone", "basecli", str(files[ftype]), args.threads, args.prefill, args.decode)
+            ll = run("alone", "llama.cpp", str(files[ftype]), args.threads, args.prefill, args.decode)
+            both = run("side_by_side", str(files[ftype]), args.threads, args.prefill, args.decode)
+            results[ftype] = {"file_bytes": size, "alone": {"basecli": b, "llama.cpp": ll}, "side_by_side": both}
+            sb, sl = both["basecli"], both["llama.cpp"]
             rows += [
                 (f"{ftype} load (s)", b["load_s"], ll["load_s"], ll["load_s"] / b["load_s"]),
-                (f"{ftype} prefill {args.prefill} (tok/s)", b["prefill_tok_s"], ll["prefill_tok_s"], b["prefill_tok_s"] / ll["prefill_tok_s"]),
-                (f"{ftype} batch-1 decode (tok/s)", b["decode_tok_s"], ll["decode_tok_s"], b["decode_tok_s"] / ll["decode_tok_s"]),
-                (f"{ftype} peak RSS / file size", b["peak_rss"] / size, ll["peak_rss"] / size, None),
+                (f"{ftype} prefill {args.prefill} (tok/s)", sb["prefill_tok_s"], sl["prefill_tok_s"], sb["prefill_tok_s"] / sl["prefill_tok_s"]),
+                (f"{ftype} batch-1 decode (tok/s)", sb["decode_tok_s"], sl["decode_tok_s"], sb["decode_tok_s"] / sl["decode_tok_s"]),
+                (f"{ftype} peak RSS / file size ({size / 2**20:.0f} MiB)", b["peak_rss"] / size, ll["peak_rss"] / size, None),
             ]
             print(json.dumps({ftype: results[ftype]}), file=sys.stderr)
     if "kl" not in skip:

@@ -258,6 +258,7 @@ def test_complete_runs_a_q4_k_m_file_in_its_own_format(files, tmp_path):
     assert runtime["memory_bytes"] < file_bytes  # the blocks, not an fp32 copy (4x bigger and more)
     r = run_cli("complete", "-m", str(files["Q4_K_M"]), "Hello", "--max-tokens", "5", "--temperature", "0", env=env)
     assert r.returncode == 0 and r.stdout.strip(), r.stderr
+    assert not list((tmp_path / "home").rglob("*.safetensors"))  # no float32 copy, not even on disk
     # --quantize still asks for basecli's own formats instead
     r = run_cli("info", "-m", str(files["Q4_K_M"]), "--json", "--quantize", "q8", env=env)
     assert r.returncode == 0 and json.loads(r.stdout)["runtime"]["quantize"] == "q8", r.stderr

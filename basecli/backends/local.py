@@ -117,13 +117,13 @@ class LocalBackend:
         else:
             self.quantize = quantize_mode(os.environ.get("BASECLI_QUANTIZE") or None, "BASECLI_QUANTIZE")
         self.source = models.resolve(model)
-        self.folder = models.model_dir(self.source, allow_pickle=allow_pickle)
+        # a K-quant GGUF (Q4_K_M, Q5_K_M...) runs in its own blocks (weights/gguf_blocks.py) unless told otherwise
+        in_file = in_file_format(self.source, self.quantize, device, dtype, engine)
+        self.folder = models.model_dir(self.source, allow_pickle=allow_pickle, weights=not in_file)
         self.name = self.source.name
         self.tokenizer = models.tokenizer_for(self.folder, self.name)
         return_free_memory()  # before the weights arrive, or the peak is already set
         import_torch()  # after the tokenizer: the other way round left 5 MiB more in the heap at the peak
-        # a K-quant GGUF (Q4_K_M, Q5_K_M...) runs in its own blocks (weights/gguf_blocks.py) unless told otherwise
-        in_file = in_file_format(self.source, self.quantize, device, dtype, engine)
         # 4/8-bit and fbgemm weights run on the CPU with fp32 activations only: that is what auto means with them
         if self.quantize or in_file:
             device, dtype = ("cpu" if device == "auto" else device), ("float32" if dtype == "auto" else dtype)

@@ -154,8 +154,8 @@ static inline void k_scales8(const block_q4_K *x, __m256 *mul, __m256 *min) {
  * branches. Each sub-block is unpacked once for the R rows; a row's sums run in the same order whatever R is,
  * so its result does not depend on the rows beside it in its batch. The minimums go into the same accumulator
  * (its lanes are added up at the end anyway). */
-static inline __attribute__((always_inline)) void k_rows_avx2(const int TYPE, const void *w, const block_act *a, const float *ad,
-                                                               const float *asq, int64_t nb, int64_t R, float *out, int64_t ostride) {
+static inline __attribute__((always_inline)) void k_rows_avx2(const int TYPE, const int R, const void *w, const block_act *a,
+                                                               const float *ad, const float *asq, int64_t nb, float *out, int64_t ostride) {
     const int64_t size = k_block_bytes(TYPE), supers = nb / 8;
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
@@ -164,10 +164,11 @@ static inline __attribute__((always_inline)) void k_rows_avx2(const int TYPE, co
         __m256 mul, min, s[4];
         if (TYPE == Q6_K) mul = _mm256_set1_ps(half_to_float(((const block_q6_K *)b)->d)), min = _mm256_setzero_ps();
         else k_scales8(b, &mul, &min);
-        for (int64_t r = 0; r < R; r++) {
+        for (int r = 0; r < R; r++) {
             s[r] = _mm256_mul_ps(mul, _mm256_loadu_ps(ad + r * nb + i * 8));  /* per sub-block: weight scale x activation scale */
             if (TYPE != Q6_K) acc[r] = _mm256_fnmadd_ps(min, _mm256_loadu_ps(asq + r * nb + i * 8), acc[r]);
         }
+        #pragma GCC unroll 8
         for (int j = 0; j < 8; j++) {
             __m256i q = k_values8(TYPE, b, j), scales = ones, sign = q;
             if (TYPE == Q6_K) {  /* q - 32 as |q - 32| with its sign moved onto the activations (maddubs takes unsigned x signed) */
@@ -194,9 +195,19 @@ static inline __attribute__((always_inline)) void k_rows_avx2(const int TYPE, co
 static void k_rows(int type, const void *w, const block_act *a, const float *ad, const float *asq, int64_t nb, int64_t R,
                    float *out, int64_t ostride) {
 #ifdef BASECLI_AVX2
-    if (type == Q4_K) k_rows_avx2(Q4_K, w, a, ad, asq, nb, R, out, ostride);
-    else if (type == Q5_K) k_rows_avx2(Q5_K, w, a, ad, asq, nb, R, out, ostride);
-    else k_rows_avx2(Q6_K, w, a, ad, asq, nb, R, out, ostride);
+    /* R a constant: 4 rows (the accumulators and scales stay in registers), else one at a time (the same sums) */
+    if (R == 4) {
+        if (type == Q4_K) k_rows_avx2(Q4_K, 4, w, a, ad, asq, nb, out, ostride);
+        else if (type == Q5_K) k_rows_avx2(Q5_K, 4, w, a, ad, asq, nb, out, ostride);
+        else k_rows_avx2(Q6_K, 4, w, a, ad, asq, nb, out, ostride);
+        return;
+    }
+    for (int64_t r = 0; r < R; r++) {
+        const block_act *ar = a + r * nb;
+        if (type == Q4_K) k_rows_avx2(Q4_K, 1, w, ar, ad + r * nb, asq + r * nb, nb, out + r * ostride, ostride);
+        else if (type == Q5_K) k_rows_avx2(Q5_K, 1, w, ar, ad + r * nb, asq + r * nb, nb, out + r * ostride, ostride);
+        else k_rows_avx2(Q6_K, 1, w, ar, ad + r * nb, asq + r * nb, nb, out + r * ostride, ostride);
+    }
 #else
     (void)ad; (void)asq;
     const int64_t size = k_block_bytes(type), supers = nb / 8;

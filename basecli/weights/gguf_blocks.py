@@ -17,14 +17,13 @@ import mmap
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from basecli.engine import lean, native
 from basecli.weights.gguf_convert import hf_name, reverse_permute
 from basecli.weights.gguf_reader import GGUFFile, dequantize
 
-# GGUF (ggml) block type -> native.c's type for it
-IN_PLACE = {3: native.Q4_1, 8: native.Q8_0, 12: native.Q4_K, 13: native.Q5_K, 14: native.Q6_K}
+# GGUF (ggml) block type -> the name of native.c's type for it (engine/native.py), and the row width its blocks need;
+# torch and the kernels are imported only once a model is loaded, so deciding costs a read of the file's header
+IN_PLACE = {3: ("Q4_1", 32), 8: ("Q8_0", 32), 12: ("Q4_K", 256), 13: ("Q5_K", 256), 14: ("Q6_K", 256)}
 K_TYPES = {12, 13, 14}
 MATRIX_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head", "embed_tokens")
 
@@ -43,8 +42,7 @@ def runs_in_place(path: str | Path) -> bool:
     for info in gguf.tensors:
         name = hf_name(info.name)
         if name and _is_matrix(name):
-            kind = IN_PLACE.get(info.ggml_type)
-            if kind is None or info.shape[-1] % native.ROW_MULTIPLE.get(kind, native.BLOCK):
+            if info.ggml_type not in IN_PLACE or info.shape[-1] % IN_PLACE[info.ggml_type][1]:
                 return False
             types.append(info.ggml_type)
     return any(t in K_TYPES for t in types)
@@ -55,6 +53,8 @@ class GGUFWeights:
     matrices `names` stacked, in the file's blocks, or None when a block type is not one the kernels take."""
 
     def __init__(self, path: str | Path, cfg: dict):
+        from basecli.engine import lean, native
+
         self.file = GGUFFile(path)
         self.infos = {n: info for info in self.file.tensors if (n := hf_name(info.name))}
         self.index = self.infos
@@ -68,7 +68,9 @@ class GGUFWeights:
         """The head count whose rotary halves llama.cpp interleaved in this tensor's rows, if it did."""
         return self.heads if ".q_proj." in name else self.kv if ".k_proj." in name else None
 
-    def read(self, names: tuple[str, ...], dtype, device="cpu") -> torch.Tensor:
+    def read(self, names: tuple[str, ...], dtype, device="cpu"):
+        import torch
+
         parts = []
         for name in names:
             info = self.infos[name]
@@ -85,11 +87,15 @@ class GGUFWeights:
         if last > first and hasattr(mmap, "MADV_DONTNEED"):
             self.map.madvise(mmap.MADV_DONTNEED, first, last - first)
 
-    def _matrix(self, name: str) -> native.QuantizedMatrix | None:
+    def _matrix(self, name: str):
+        import torch
+
+        from basecli.engine import native
+
         info = self.infos[name]
-        kind = IN_PLACE.get(info.ggml_type)
-        if kind is None or len(info.shape) != 2:
+        if info.ggml_type not in IN_PLACE or len(info.shape) != 2:
             return None
+        kind = getattr(native, IN_PLACE[info.ggml_type][0])
         blocks = torch.frombuffer(self.map, dtype=torch.uint8, count=info.nbytes, offset=info.start)
         if (heads := self._permuted(name)) is not None:  # whole rows of blocks move: a copy of this matrix's bytes only
             order = reverse_permute(np.arange(info.shape[0]), heads)
@@ -101,10 +107,14 @@ class GGUFWeights:
         parts = [self._matrix(n) for n in names]
         if any(p is None for p in parts):
             return None
-        return parts[0] if len(parts) == 1 else native.Stacked(parts)
+        if len(parts) == 1:
+            return parts[0]
+        from basecli.engine.native import Stacked
+
+        return Stacked(parts)
 
 
-def load(gguf_path: str | Path, folder: Path | None = None, threads: int | None = None) -> lean.LeanLlama:
+def load(gguf_path: str | Path, folder: Path | None = None, threads: int | None = None):
     """The lean engine over this GGUF's own blocks (runs_in_place must hold), its decode step native.c's;
     the configuration from `folder`'s config.json, else from the file's metadata."""
     if folder is None:
@@ -113,6 +123,10 @@ def load(gguf_path: str | Path, folder: Path | None = None, threads: int | None 
         cfg = model_config(GGUFFile(gguf_path))
     else:
         cfg = json.loads((Path(folder) / "config.json").read_text())
+    import torch
+
+    from basecli.engine import lean, native
+
     model = lean.LeanLlama(cfg, GGUFWeights(gguf_path, cfg), torch.float32, "cpu").eval()
     native.library().basecli_set_threads(threads or torch.get_num_threads())
     model.native = native.NativeDecoder(model)

@@ -313,9 +313,11 @@ class Progress:
             self.line(f"{label} {done}/{total}")
 
 
-def convert(gguf_path: Path, out: Path, *, progress: Progress | None = None, threads: int | None = None) -> dict:
+def convert(gguf_path: Path, out: Path, *, progress: Progress | None = None, threads: int | None = None,
+            weights: bool = True) -> dict:
     """Write model.safetensors, config.json, tokenizer.json (+ tokenizer_config.json, chat_template.jinja)
-    into `out`; return seconds per stage. Raises Unsupported before writing anything."""
+    into `out`; return seconds per stage. Raises Unsupported before writing anything. weights=False leaves
+    out model.safetensors (a file whose blocks run in place: weights/gguf_blocks.py)."""
     progress = progress or Progress()
     times = {}
     t = time.perf_counter()
@@ -325,7 +327,7 @@ def convert(gguf_path: Path, out: Path, *, progress: Progress | None = None, thr
     times["read_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    progress.line("[1/2] building the tokenizer")
+    progress.line("[1/2] building the tokenizer" if weights else "building the tokenizer")
     tok, tok_config = build_tokenizer(gguf.metadata)
     tok.save(str(out / "tokenizer.json"))
     (out / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")
@@ -333,6 +335,8 @@ def convert(gguf_path: Path, out: Path, *, progress: Progress | None = None, thr
         (out / "chat_template.jinja").write_text(template)
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     times["tokenizer_s"] = time.perf_counter() - t
+    if not weights:
+        return {k: round(v, 2) for k, v in times.items()}
 
     t = time.perf_counter()
     threads = threads or min(4, os.cpu_count() or 1)

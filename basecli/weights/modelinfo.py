@@ -101,7 +101,8 @@ def provenance(source: models.ModelSource, folder: Path) -> dict:
                  "licence": source.licence or models.LICENCES.get(source.location)}
     if source.kind in ("embedded", "gguf"):
         man = models.manifest(folder)
-        out.update(file=man.get("source"), sha256=man.get("sha256"), format="GGUF, dequantised to float32 safetensors once")
+        how = "its own blocks, used in place" if man.get("format") == "gguf-noweights" else "dequantised to float32 safetensors once"
+        out.update(file=man.get("source"), sha256=man.get("sha256"), format=f"GGUF, {how}")
         if source.kind == "embedded":
             out["package"] = models.EMBEDDED_WHEEL
     else:
