@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from basecli.weights.gguf_convert import hf_name, reverse_permute
+from basecli.weights.gguf_convert import Unsupported, check_supported, hf_name, reverse_permute
 from basecli.weights.gguf_reader import GGUFFile, dequantize
 
 # GGUF (ggml) block type -> the name of native.c's type for it (engine/native.py), and the row width its blocks need;
@@ -34,9 +34,14 @@ def _is_matrix(name: str) -> bool:
 
 def runs_in_place(path: str | Path) -> bool:
     """Whether every weight matrix of this GGUF is in a block type the native kernels take, at least one a K-quant
-    (files of Q4_1/Q8_0 blocks only keep basecli's --quantize path), and every row fits its blocks' width."""
+    (files of Q4_1/Q8_0 blocks only keep basecli's --quantize path), and every row fits its blocks' width; and
+    basecli's own converter reads its configuration and tokenizer (which also makes it a model the lean engine runs)."""
     gguf = GGUFFile(path)
     if gguf.metadata.get("general.architecture") != "llama":
+        return False
+    try:
+        check_supported(gguf)
+    except Unsupported:
         return False
     types = []
     for info in gguf.tensors:
