@@ -69,7 +69,12 @@ def build(folder: Path, threads: int, ftypes) -> dict[str, Path]:
 # ---- workers: one engine, one file, one process -----------------------------------------------------------
 
 def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak resident memory (VmHWM: ru_maxrss would carry over the parent's peak through exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class Basecli:
@@ -149,6 +154,25 @@ def worker_side_by_side(path: str, threads: int, prefill: int, decode: int) -> d
     return {name: {"prefill_tok_s": prefill / o["prefill_s"], "decode_tok_s": o["steps"] / o["decode_s"]} for name, o in out.items()}
 
 
+def worker_cpu(path: str, prefill: int, decode: int) -> dict:
+    """Both engines at one thread, timed by the CPU time this process spends (not the wall clock), so the figures
+    do not depend on what else the machine runs: the work each does per token."""
+    out = {}
+    for name, cls in ENGINES.items():
+        e = cls(path, 1)
+        c0 = time.process_time()
+        e.prefill(ids(prefill))
+        prefill_s = time.process_time() - c0
+        steps = ids(decode + 1, seed=1)
+        e.step(steps[0])
+        c0 = time.process_time()
+        for t in steps[1:]:
+            e.step(t)
+        out[name] = {"prefill_tok_per_cpu_s": prefill / prefill_s, "decode_tok_per_cpu_s": decode / (time.process_time() - c0)}
+        del e
+    return out
+
+
 def worker_kl(path: str, threads: int, tokens: int) -> dict:
     """Mean KL(fp32 || basecli) and KL(fp32 || llama.cpp) over the positions of one id sequence."""
     import numpy as np
@@ -222,6 +246,7 @@ def worker_n16_llama(threads: int, n: int, new: int) -> dict:
     mem = L.llama_get_memory(ctx)
     for s in range(1, n):
         L.llama_memory_seq_cp(mem, 0, s, -1, -1)
+    c0 = time.process_time()
     tokens = [L.llama_sampler_sample(samplers[s], ctx, len(prompt) - 1) for s in range(n)]
     decode_s, made = 0.0, n
     for step in range(new - 1):
@@ -232,7 +257,7 @@ def worker_n16_llama(threads: int, n: int, new: int) -> dict:
         tokens = [L.llama_sampler_sample(samplers[s], ctx, s) for s in range(n)]
         made += n
     total = time.perf_counter() - t0
-    return {"tok_s": made / total, "decode_only_tok_s": (made - n) / decode_s}
+    return {"tok_s": made / total, "decode_only_tok_s": (made - n) / decode_s, "tok_per_cpu_s": made / (time.process_time() - c0)}
 
 
 def worker_n16_basecli(threads: int, n: int, new: int) -> dict:
@@ -246,12 +271,12 @@ def worker_n16_basecli(threads: int, n: int, new: int) -> dict:
     backend = LocalBackend(None, device="cpu", quantize="q4")
     params = seeded([SamplingParams(max_tokens=new, temperature=1.0, ignore_eos=True)] * n, 1)
     sum(1 for _ in stream_rows(backend, [PROMPT] * n, seeded([params[0].with_(max_tokens=4)] * n, 1)))  # warm-up
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     made = sum(1 for _ in stream_rows(backend, [PROMPT] * n, params))
-    return {"tok_s": made / (time.perf_counter() - t0)}
+    return {"tok_s": made / (time.perf_counter() - t0), "tok_per_cpu_s": made / (time.process_time() - c0)}
 
 
-WORKERS = {"alone": worker_alone, "side_by_side": worker_side_by_side, "kl": worker_kl, "n16_llama": worker_n16_llama,
+WORKERS = {"alone": worker_alone, "side_by_side": worker_side_by_side, "cpu": worker_cpu, "kl": worker_kl, "n16_llama": worker_n16_llama,
            "n16_basecli": worker_n16_basecli}
 
 
@@ -273,6 +298,7 @@ def main() -> None:
     ap.add_argument("--kl-tokens", type=int, default=64)
     ap.add_argument("--n16-tokens", type=int, default=32)
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: speed, kl, n16")
+    ap.add_argument("--files", default=",".join(FILES), help="the files of the speed part")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -281,22 +307,29 @@ def main() -> None:
         print(json.dumps(WORKERS[name](*rest)))
         return
     skip = set(filter(None, args.skip.split(",")))
-    files = build(args.dir, args.threads, dict.fromkeys(("speed" not in skip) * FILES + ("kl" not in skip) * KL_FILES))
+    files = build(args.dir, args.threads,
+                  dict.fromkeys(("speed" not in skip) * tuple(args.files.split(",")) + ("kl" not in skip) * KL_FILES))
     results: dict = {"threads": args.threads, "prefill": args.prefill, "decode": args.decode, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                      "load_average": os.getloadavg()[0]}
     rows = []
     if "speed" not in skip:
-        for ftype in FILES:
+        for ftype in args.files.split(","):
             size = files[ftype].stat().st_size
             b = run("alone", "basecli", str(files[ftype]), args.threads, args.prefill, args.decode)
             ll = run("alone", "llama.cpp", str(files[ftype]), args.threads, args.prefill, args.decode)
             both = run("side_by_side", str(files[ftype]), args.threads, args.prefill, args.decode)
-            results[ftype] = {"file_bytes": size, "alone": {"basecli": b, "llama.cpp": ll}, "side_by_side": both}
+            cpu = run("cpu", str(files[ftype]), args.prefill, args.decode)
+            results[ftype] = {"file_bytes": size, "alone": {"basecli": b, "llama.cpp": ll}, "side_by_side": both, "cpu": cpu}
+            cb, cl = cpu["basecli"], cpu["llama.cpp"]
             sb, sl = both["basecli"], both["llama.cpp"]
             rows += [
                 (f"{ftype} load (s)", b["load_s"], ll["load_s"], ll["load_s"] / b["load_s"]),
                 (f"{ftype} prefill {args.prefill} (tok/s)", sb["prefill_tok_s"], sl["prefill_tok_s"], sb["prefill_tok_s"] / sl["prefill_tok_s"]),
                 (f"{ftype} batch-1 decode (tok/s)", sb["decode_tok_s"], sl["decode_tok_s"], sb["decode_tok_s"] / sl["decode_tok_s"]),
+                (f"{ftype} prefill, tokens per CPU-second (1 thread)", cb["prefill_tok_per_cpu_s"], cl["prefill_tok_per_cpu_s"],
+                 cb["prefill_tok_per_cpu_s"] / cl["prefill_tok_per_cpu_s"]),
+                (f"{ftype} decode, tokens per CPU-second (1 thread)", cb["decode_tok_per_cpu_s"], cl["decode_tok_per_cpu_s"],
+                 cb["decode_tok_per_cpu_s"] / cl["decode_tok_per_cpu_s"]),
                 (f"{ftype} peak RSS / file size ({size / 2**20:.0f} MiB)", b["peak_rss"] / size, ll["peak_rss"] / size, None),
             ]
             print(json.dumps({ftype: results[ftype]}), file=sys.stderr)
@@ -309,9 +342,13 @@ def main() -> None:
     if "n16" not in skip:
         b = run("n16_basecli", args.threads, 16, args.n16_tokens)
         ll = run("n16_llama", args.threads, 16, args.n16_tokens)
-        results["n16"] = {"basecli": b, "llama.cpp": ll}
+        b1 = run("n16_basecli", 1, 16, args.n16_tokens)
+        ll1 = run("n16_llama", 1, 16, args.n16_tokens)
+        results["n16"] = {"basecli": b, "llama.cpp": ll, "basecli_1_thread": b1, "llama.cpp_1_thread": ll1}
         rows.append(("embedded, 16 samples of one prompt (tok/s)", b["tok_s"], ll["tok_s"], b["tok_s"] / ll["tok_s"]))
         rows.append(("  llama.cpp counting only llama_decode", b["tok_s"], ll["decode_only_tok_s"], b["tok_s"] / ll["decode_only_tok_s"]))
+        rows.append(("  the same, tokens per CPU-second (1 thread)", b1["tok_per_cpu_s"], ll1["tok_per_cpu_s"],
+                     b1["tok_per_cpu_s"] / ll1["tok_per_cpu_s"]))
     print(f"\n{results['when']}, {args.threads} threads, load average {results['load_average']:.1f}\n")
     print("| measure | basecli | llama.cpp | basecli / llama.cpp (load: llama.cpp / basecli) |\n|---|---|---|---|")
     for label, a, b, ratio in rows:
