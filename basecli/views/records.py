@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from typing import Iterable
+
+
+def write_json(*records) -> None:
+    """Each record as one line of JSON on stdout, text as UTF-8 rather than \\u escapes."""
+    sys.stdout.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 class Timer:
