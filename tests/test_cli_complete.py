@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from tests.conftest import invoke, run_cli
+from conftest import invoke, run_cli
 
 
 def test_pipe_prints_only_the_continuation(tiny_dirs, tiny_backends, reference):

@@ -235,7 +235,7 @@ def test_recite_through_the_server_finds_where_it_diverges(llama_server, tmp_pat
 
 
 def test_tokenize_through_the_server_matches_the_gguf_tokenizer(llama_server, monkeypatch):
-    from basecli.text.tokenizers import model_tokenizer
+    from basecli.weights.model_tokenizer import model_tokenizer
 
     monkeypatch.setenv("BASECLI_HOME", str(REAL_HOME))  # the GGUF's tokenizer is cached there
     text = "Hello world! The quick brown fox."

@@ -7,20 +7,18 @@ import json
 import math
 
 import pytest
-from typer.testing import CliRunner
 
 from basecli.backends.batching import Sample, collect, seeded, stream_rows
 from basecli.config import SamplingParams
+from conftest import invoke as run_in_process
 from conftest import run_cli
 
 PROMPT = "The quick brown fox"
 
 
 def invoke(*args):
-    from basecli.cli import app
-
-    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+    result = run_in_process(*args)
+    assert result.returncode == 0, result.stderr
     return result
 
 

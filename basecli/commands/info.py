@@ -22,7 +22,7 @@ def info(
     from basecli.weights.modelinfo import describe
 
     backend = model.open()
-    if not hasattr(backend, "folder"):  # a server: its weights and code are out of sight, only what the API says
+    if not backend.local:  # a server: its weights and code are out of sight, only what the API says
         return _remote(backend, json_out)
     d = describe(backend)
     if json_out:

@@ -69,7 +69,7 @@ def resample(
         collect(rows, events)
     shown = rows
     if best is not None:
-        from basecli.analyses.analysis import best as best_of
+        from basecli.analyses.samples import best as best_of
 
         shown = [rows[i] for i in best_of([s.mean_logprob for s in rows], best)]
 

@@ -96,7 +96,8 @@ def _read(text: Optional[List[str]]) -> str:
 
 
 def _tokenizer(encoding: Optional[str], model: Optional[str], base_url: Optional[str] = None):
-    from basecli.text.tokenizers import model_tokenizer, tiktoken_tokenizer
+    from basecli.text.tokenizers import tiktoken_tokenizer
+    from basecli.weights.model_tokenizer import model_tokenizer
 
     if base_url and not encoding:  # --encoding names a local tokenizer, which wins over the server
         from basecli.errors import UsageError
@@ -111,7 +112,8 @@ def _tokenizer(encoding: Optional[str], model: Optional[str], base_url: Optional
 
 def _spec(spec: str):
     from basecli.errors import UsageError
-    from basecli.text.tokenizers import TIKTOKEN_ENCODINGS, model_tokenizer, tiktoken_tokenizer
+    from basecli.text.tokenizers import TIKTOKEN_ENCODINGS, tiktoken_tokenizer
+    from basecli.weights.model_tokenizer import model_tokenizer
 
     if spec.startswith("model:"):
         return model_tokenizer(spec[len("model:"):] or None)

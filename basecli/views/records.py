@@ -1,4 +1,5 @@
-"""The JSON record every command prints with --json: one shape, documented in README."""
+"""The JSON output: the completion record that complete, resample, sweep and fewshot print (one shape, documented
+in README; score, recite, info and bench build their own), and the one writer every --json goes through."""
 
 from __future__ import annotations
 
