@@ -22,6 +22,8 @@ from basecli.config import SamplingParams  # noqa: E402
 pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed "
                     "(pip install 'llama-cpp-python[server]==0.3.36', a ~6 minute build on 2 cores)")
 
+pytestmark = pytest.mark.slow  # every test here talks to a llama.cpp server that has loaded the embedded model
+
 # Prompts of different kinds for the local-vs-server cross-check; the first tokens of a greedy
 # continuation should agree (the local model is the dequantised GGUF, the server runs it quantised).
 CROSS_CHECK = [
