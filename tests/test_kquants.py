@@ -264,6 +264,15 @@ def test_complete_runs_a_q4_k_m_file_in_its_own_format(files, tmp_path):
     assert r.returncode == 0 and json.loads(r.stdout)["runtime"]["quantize"] == "q8", r.stderr
 
 
+def test_without_a_compiler_the_file_runs_dequantised_with_a_note(files, tmp_path):
+    env = {"BASECLI_HOME": str(tmp_path / "home"), "CC": str(tmp_path / "no-such-compiler")}
+    r = run_cli("info", "-m", str(files["Q4_K_M"]), "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "no C compiler" in r.stderr and "Traceback" not in r.stderr
+    runtime = json.loads(r.stdout)["runtime"]
+    assert runtime["quantize"] is None and runtime["weights"]["attention"] in ("float32", "bfloat16")
+
+
 def test_files_without_k_quants_keep_their_path(files, tmp_path):
     from basecli.weights import gguf_blocks
 

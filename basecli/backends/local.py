@@ -126,6 +126,10 @@ class LocalBackend(Backend):
         self.tokenizer = models.tokenizer_for(self.folder, self.name)
         return_free_memory()  # before the weights arrive, or the peak is already set
         import_torch()  # after the tokenizer: the other way round left 5 MiB more in the heap at the peak
+        if in_file and not kernels_build():
+            print("basecli: note: no C compiler to build basecli's kernels, so this GGUF's K-quant weights run dequantised "
+                  "to float32 (slower, 4-7x the memory); install gcc (or set CC) to run its own blocks", file=sys.stderr)
+            in_file, self.folder = None, models.model_dir(self.source, allow_pickle=allow_pickle)
         # 4/8-bit and fbgemm weights run on the CPU with fp32 activations only: that is what auto means with them
         if self.quantize or in_file:
             device, dtype = ("cpu" if device == "auto" else device), ("float32" if dtype == "auto" else dtype)
@@ -234,6 +238,17 @@ def in_file_format(source, quantize: str | None, device: str, dtype: str, engine
     from basecli.weights import gguf_blocks
 
     return source.location if gguf_blocks.runs_in_place(source.location) else None
+
+
+def kernels_build() -> bool:
+    """Whether basecli's kernels (engine/native.c) are built, or can be built, here."""
+    from basecli.engine import native
+
+    try:
+        native.library()
+    except native.NativeUnavailable:
+        return False
+    return True
 
 
 def native_converter(quantize: str | None, device: str, dtype):
