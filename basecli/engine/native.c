@@ -19,7 +19,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+/* -DBASECLI_PORTABLE (BASECLI_NATIVE_BUILD=portable) keeps the plain C loops on any CPU, so tests compare them with the SIMD ones */
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(BASECLI_PORTABLE)
 #include <immintrin.h>
 #define BASECLI_AVX2 1
 #endif
