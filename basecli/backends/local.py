@@ -36,14 +36,19 @@ def pick_device(name: str = "auto") -> str:
     return name
 
 
-def cpu_has_bf16() -> bool:
-    """Native bf16 matmuls (AVX512-BF16 or AMX on x86; bf16 on recent Arm)."""
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them (x86 "flags", Arm "Features"); empty elsewhere."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            lines = [line for line in f if line.startswith(("flags", "Features"))][:1]
     except OSError:
-        return False
-    return any(flag in flags for flag in (" avx512_bf16", " amx_bf16", " bf16"))
+        return set()
+    return set(lines[0].partition(":")[2].split()) if lines else set()
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmuls (AVX512-BF16 or AMX on x86; bf16 on recent Arm)."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def pick_threads() -> int | None:
