@@ -157,7 +157,7 @@ def test_every_build_is_as_close_to_the_dequantised_model_on_the_embedded_model(
     assert max(kl.values()) <= MAX_KL and max(kl.values()) <= 1.33 * min(kl.values()), kl
 
 
-MAX_KL = 0.06  # nats per token; q4 measures about 0.035 on these prompts (bench/accuracy.py measures it on longer texts)
+MAX_KL = 0.015  # nats per token: a few times what bench/accuracy.py measures for q4 and llama.cpp on longer texts
 
 
 def greedy_alone(backend, prompt: str, n: int) -> list[int]:
