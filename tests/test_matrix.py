@@ -185,4 +185,6 @@ def test_every_command_in_every_cell(kind, engine, dtype, tiny_dirs, references,
             check(command, result.stdout, ref, tol, cell, engine, dtype)
         except AssertionError as e:
             failures.append(str(e))
+    if failures and kind == "gpt2" and engine != "transformers":
+        failures.insert(0, "GPT-2 on the lean engine (and so on q8/q4) needs engine/lean.py's GPT-2 forward, not in this tree yet:")
     assert not failures, "\n".join(failures)
