@@ -14,7 +14,8 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 # q4 and q8 in engine/native.py. Named here, away from torch, so a bad value is refused before
 # anything heavy is imported; engine/quant.py takes its MODES from here.
 NATIVE_MODES = ("q4", "q8")  # basecli's own kernels (engine/native.py); fp16 and int8 are torch's fbgemm
-QUANTIZE_MODES = ("fp16", "int8", *NATIVE_MODES)
+FILE_MODE = "gguf"  # a GGUF file's own blocks (K-quants too) on the same kernels, where they lie (weights/gguf_blocks.py)
+QUANTIZE_MODES = ("fp16", "int8", *NATIVE_MODES, FILE_MODE)
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,10 @@ class SamplingParams:
 
 
 def quantize_mode(mode: str | None, where: str = "--quantize") -> str | None:
-    """`mode` if it names a weight format (None: none asked for), else a UsageError naming the choices."""
-    if mode is not None and mode not in QUANTIZE_MODES:
-        raise UsageError(f"unknown quantisation {mode!r} ({where}); choose one of: {', '.join(QUANTIZE_MODES)}")
+    """`mode` if it names a weight format (None: none asked for; "none": the dequantised weights, not the
+    GGUF's own blocks), else a UsageError naming the choices."""
+    if mode is not None and mode not in (*QUANTIZE_MODES, "none"):
+        raise UsageError(f"unknown quantisation {mode!r} ({where}); choose one of: {', '.join(QUANTIZE_MODES)}, none")
     return mode
 
 

@@ -10,7 +10,7 @@ from typing import Iterator, Sequence
 
 from basecli.backends import Backend
 from basecli.weights import models
-from basecli.config import NATIVE_MODES, SamplingParams, quantize_mode
+from basecli.config import FILE_MODE, NATIVE_MODES, SamplingParams, quantize_mode
 from basecli.errors import UsageError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -38,14 +38,19 @@ def pick_device(name: str = "auto") -> str:
     return name
 
 
-def cpu_has_bf16() -> bool:
-    """Native bf16 matmuls (AVX512-BF16 or AMX on x86; bf16 on recent Arm)."""
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them (x86 "flags", Arm "Features"); empty elsewhere."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            lines = [line for line in f if line.startswith(("flags", "Features"))][:1]
     except OSError:
-        return False
-    return any(flag in flags for flag in (" avx512_bf16", " amx_bf16", " bf16"))
+        return set()
+    return set(lines[0].partition(":")[2].split()) if lines else set()
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmuls (AVX512-BF16 or AMX on x86; bf16 on recent Arm)."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def pick_threads() -> int | None:
@@ -126,27 +131,38 @@ class LocalBackend(Backend):
         self.tokenizer = models.tokenizer_for(self.folder, self.name)
         return_free_memory()  # before the weights arrive, or the peak is already set
         import_torch()  # after the tokenizer: the other way round left 5 MiB more in the heap at the peak
-        if in_file and not kernels_build():
-            print("basecli: note: no C compiler to build basecli's kernels, so this GGUF's K-quant weights run dequantised "
-                  "to float32 (slower, 4-7x the memory); install gcc (or set CC) to run its own blocks", file=sys.stderr)
-            in_file, self.folder = None, models.model_dir(self.source, allow_pickle=allow_pickle)
+        self.engine = engine or os.environ.get("BASECLI_ENGINE") or "auto"
+        if self.engine not in ENGINES:
+            raise UsageError(f"unknown engine {self.engine!r} (BASECLI_ENGINE); choose one of: {', '.join(ENGINES)}")
         # 4/8-bit and fbgemm weights run on the CPU with fp32 activations only: that is what auto means with them
-        if self.quantize or in_file:
-            device, dtype = ("cpu" if device == "auto" else device), ("float32" if dtype == "auto" else dtype)
-        self.device = pick_device(device)
+        self.device = pick_device("cpu" if self.quantize not in (None, "none") and device == "auto" else device)
+        from basecli.backends import weight_path
+
+        self.weight_path = weight_path.choose(self.source, self.folder, quantize=self.quantize, device=self.device,
+                                              dtype=dtype, engine=self.engine)
+        self.quantize = self.weight_path.quantize
+        if self.weight_path.default and not native_builds():
+            self.weight_path = weight_path.WeightPath(None, "dequantised: basecli's kernels do not build here (no C compiler)")
+            self.quantize = None
+            print("basecli: note: no C compiler to build basecli's kernels, so the GGUF's weights run dequantised "
+                  "(slower); install gcc (or set CC) for its own block formats", file=sys.stderr)
+        if self.quantize == FILE_MODE and self.weight_path.default and not in_file:
+            self.weight_path = weight_path.WeightPath(None, "dequantised: basecli's kernels do not run this GGUF's blocks as they are")
+            self.quantize = None
+        if self.quantize == FILE_MODE:
+            file_blocks(self.source)  # a usage error unless the file's blocks run as they are
+        elif in_file:  # the file's own blocks were expected, so its float32 weights were not written: now they are
+            self.folder = models.model_dir(self.source, allow_pickle=allow_pickle)
         if self.device == "cpu" and (threads := pick_threads()):
             import torch
 
             torch.set_num_threads(threads)
-        self.dtype = pick_dtype(dtype, self.device)
-        self.engine = engine or os.environ.get("BASECLI_ENGINE") or "auto"
-        if self.engine not in ENGINES:
-            raise UsageError(f"unknown engine {self.engine!r} (BASECLI_ENGINE); choose one of: {', '.join(ENGINES)}")
+        self.dtype = pick_dtype("float32" if self.quantize and dtype == "auto" else dtype, self.device)
         self.model = None
-        if in_file:
+        if self.quantize == FILE_MODE:  # weights/gguf_blocks.py: the lean engine over the file's blocks where they lie
             from basecli.weights import gguf_blocks
 
-            self.model, self.engine = gguf_blocks.load(in_file, self.folder), "lean"
+            self.model, self.engine = gguf_blocks.load(file_blocks(self.source), self.folder), "lean"
         elif self.engine != "transformers":
             self.model = load_lean(self.folder, self.dtype, self.device, quiet=self.engine == "auto", populate=not self.quantize,
                                    convert=native_converter(self.quantize, self.device, self.dtype))
@@ -154,7 +170,10 @@ class LocalBackend(Backend):
         if self.model is None:
             self.engine = "transformers"
             self.model = load_weights(self.folder, self.dtype, self.device, trust_remote_code, allow_pickle)
-        if self.quantize:  # engine/quant.py (fp16, int8) or engine/native.py (q4, q8): lean engine, CPU, fp32
+            if self.weight_path.default:  # the file's blocks need the lean engine, which does not run this architecture
+                self.weight_path = weight_path.WeightPath(None, "dequantised: basecli's kernels run Llama-architecture models only")
+                self.quantize = None
+        if self.quantize and self.quantize != FILE_MODE:  # engine/quant.py (fp16, int8) or engine/native.py (q4, q8)
             from basecli.engine import quant
 
             quant.apply(self.model, self.quantize)
@@ -228,27 +247,27 @@ def return_free_memory() -> None:
         pass
 
 
-def in_file_format(source, quantize: str | None, device: str, dtype: str, engine: str | None) -> str | None:
-    """The GGUF path when the model is a GGUF whose matrices run in their own K-quant blocks and nothing asked
-    for another format (--quantize, a GPU, bf16/fp16, the transformers engine); else None."""
-    if source.kind != "gguf" or quantize or device not in ("auto", "cpu") or dtype not in ("auto", "float32"):
-        return None
-    if (engine or os.environ.get("BASECLI_ENGINE") or "auto") == "transformers":
-        return None
+def in_file_format(source, quantize: str | None, device: str, dtype: str, engine: str | None) -> bool:
+    """Whether the model will run in its GGUF file's own K-quant blocks (--quantize gguf, or by default when nothing
+    asks for another format: backends/weight_path.py), so its float32 weights need not be written at all."""
+    if source.kind != "gguf" or quantize not in (None, FILE_MODE) or device not in ("auto", "cpu"):
+        return False
+    if quantize is None and (dtype != "auto" or (engine or os.environ.get("BASECLI_ENGINE") or "auto") == "transformers"):
+        return False
     from basecli.weights import gguf_blocks
 
-    return source.location if gguf_blocks.runs_in_place(source.location) else None
+    return gguf_blocks.runs_in_place(source.location)
 
 
-def kernels_build() -> bool:
-    """Whether basecli's kernels (engine/native.c) are built, or can be built, here."""
-    from basecli.engine import native
+def file_blocks(source) -> str:
+    """The GGUF file whose blocks --quantize gguf runs, or a UsageError saying why it cannot."""
+    from basecli.weights import gguf_blocks
 
-    try:
-        native.library()
-    except native.NativeUnavailable:
-        return False
-    return True
+    path = str(models.embedded_gguf()) if source.kind == "embedded" else source.location
+    if source.kind not in ("gguf", "embedded") or not gguf_blocks.runs_in_place(path, k_quants=False):
+        raise UsageError(f"--quantize {FILE_MODE} runs a Llama GGUF file's own blocks ({', '.join(gguf_blocks.NAMES)}); "
+                         f"{source.name} is not one: use q4 or q8")
+    return path
 
 
 def native_converter(quantize: str | None, device: str, dtype):
@@ -262,6 +281,17 @@ def native_converter(quantize: str | None, device: str, dtype):
     from basecli.engine import native
 
     return native.converter(quantize)
+
+
+def native_builds() -> bool:
+    """Whether basecli's kernels are built, or can be built, here."""
+    from basecli.engine import native
+
+    try:
+        native.library()
+    except native.NativeUnavailable:
+        return False
+    return True
 
 
 def load_lean(folder, dtype, device: str, *, quiet: bool, populate: bool = True, convert=None):

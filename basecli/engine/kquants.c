@@ -17,7 +17,7 @@
  * from the top 2 bits of bytes 0-3 (sc) and 4-7 (m).
  *
  * The matmul keeps native.c's activations: blocks of 32 with their own scale, so sub-block j of a super-block
- * meets exactly one activation block; the minimum term uses that block's rounded sum (sq), as the dequantised
+ * meets exactly one activation block; the minimum term uses that block's rounded sum (s), as the dequantised
  * matrix times the rounded activations would: d*sc*q is large where the minimum is, and their roundings cancel.
  */
 
@@ -229,7 +229,7 @@ static void k_rows(int type, const void *w, const block_act *a, const float *ad,
                 } else
                     s0 += s1;
                 acc[r] += mul[j] * y->d * (float)s0;
-                mins[r] += min[j] * y->sq;
+                mins[r] += min[j] * y->s;
             }
         }
     }
@@ -245,7 +245,7 @@ static void k_matmul(int type, const void *W, const block_act *x, int64_t M, int
     const int64_t nb = K / QK, row_bytes = K / QK_K * k_block_bytes(type);
     float *ad = malloc(sizeof(float) * 2 * M * nb), *asq = ad + M * nb;
     if (!ad) { for (int64_t r = 0; r < M; r++) for (int64_t c = 0; c < N; c++) out[r * ldo + c] = NAN; return; }
-    for (int64_t i = 0; i < M * nb; i++) ad[i] = x[i].d, asq[i] = x[i].sq;
+    for (int64_t i = 0; i < M * nb; i++) ad[i] = x[i].d, asq[i] = x[i].s;
     for (int64_t r0 = 0; r0 < M; r0 += K_CHUNK) {
         int64_t m = M - r0 < K_CHUNK ? M - r0 : K_CHUNK;
         #pragma omp parallel for schedule(static)

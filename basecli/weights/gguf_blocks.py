@@ -25,6 +25,7 @@ from basecli.weights.gguf_reader import GGUFFile, dequantize
 # torch and the kernels are imported only once a model is loaded, so deciding costs a read of the file's header
 IN_PLACE = {3: ("Q4_1", 32), 8: ("Q8_0", 32), 12: ("Q4_K", 256), 13: ("Q5_K", 256), 14: ("Q6_K", 256)}
 K_TYPES = {12, 13, 14}
+NAMES = [name for name, _ in IN_PLACE.values()]
 MATRIX_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head", "embed_tokens")
 
 
@@ -32,9 +33,10 @@ def _is_matrix(name: str) -> bool:
     return any(f"{part}." in name for part in MATRIX_PARTS)
 
 
-def runs_in_place(path: str | Path) -> bool:
+def runs_in_place(path: str | Path, *, k_quants: bool = True) -> bool:
     """Whether every weight matrix of this GGUF is in a block type the native kernels take, at least one a K-quant
-    (files of Q4_1/Q8_0 blocks only keep basecli's --quantize path), and every row fits its blocks' width; and
+    unless k_quants=False (by default, files of Q4_1/Q8_0 blocks run as --quantize q4/q8), and every row fits its
+    blocks' width; and
     basecli's own converter reads its configuration and tokenizer (which also makes it a model the lean engine runs)."""
     gguf = GGUFFile(path)
     if gguf.metadata.get("general.architecture") != "llama":
@@ -50,7 +52,7 @@ def runs_in_place(path: str | Path) -> bool:
             if info.ggml_type not in IN_PLACE or info.shape[-1] % IN_PLACE[info.ggml_type][1]:
                 return False
             types.append(info.ggml_type)
-    return any(t in K_TYPES for t in types)
+    return not k_quants or any(t in K_TYPES for t in types)
 
 
 class GGUFWeights:
