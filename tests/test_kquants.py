@@ -264,6 +264,17 @@ def test_complete_runs_a_q4_k_m_file_in_its_own_format(files, tmp_path):
     assert r.returncode == 0 and json.loads(r.stdout)["runtime"]["quantize"] == "q8", r.stderr
 
 
+def test_quantize_gguf_asks_for_the_files_blocks_and_says_when_it_cannot(files, tmp_path):
+    env = {"BASECLI_HOME": str(tmp_path / "home")}
+    r = run_cli("info", "-m", str(files["Q6_K"]), "--json", "--quantize", "gguf", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["runtime"]["weights"]["attention"] == "Q6_K", r.stderr
+    for args, says in ((["-m", str(Path(files["Q6_K"]).with_name("tiny-F16.gguf"))], "is not one: use q4 or q8"),
+                       (["-m", str(files["Q6_K"]), "--dtype", "bfloat16"], "float32 activations")):
+        r = run_cli("complete", *args, "--quantize", "gguf", "hi", env=env)
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not list((tmp_path / "home").rglob("*.safetensors"))  # refused before any conversion, or never needed
+
+
 def test_without_a_compiler_the_file_runs_dequantised_with_a_note(files, tmp_path):
     env = {"BASECLI_HOME": str(tmp_path / "home"), "CC": str(tmp_path / "no-such-compiler")}
     r = run_cli("info", "-m", str(files["Q4_K_M"]), "--json", env=env)

@@ -124,6 +124,8 @@ class LocalBackend(Backend):
         else:
             self.quantize = quantize_mode(os.environ.get("BASECLI_QUANTIZE") or None, "BASECLI_QUANTIZE")
         self.source = models.resolve(model)
+        if self.quantize == FILE_MODE:
+            file_blocks(self.source)  # a usage error, before any conversion, unless the file's blocks run as they are
         # a K-quant GGUF (Q4_K_M, Q5_K_M...) runs in its own blocks (weights/gguf_blocks.py) unless told otherwise
         in_file = in_file_format(self.source, self.quantize, device, dtype, engine)
         self.folder = models.model_dir(self.source, allow_pickle=allow_pickle, weights=not in_file)
@@ -149,15 +151,16 @@ class LocalBackend(Backend):
         if self.quantize == FILE_MODE and self.weight_path.default and not in_file:
             self.weight_path = weight_path.WeightPath(None, "dequantised: basecli's kernels do not run this GGUF's blocks as they are")
             self.quantize = None
-        if self.quantize == FILE_MODE:
-            file_blocks(self.source)  # a usage error unless the file's blocks run as they are
-        elif in_file:  # the file's own blocks were expected, so its float32 weights were not written: now they are
+        if in_file and self.quantize != FILE_MODE:  # its float32 weights were not written, its blocks expected: now they are
             self.folder = models.model_dir(self.source, allow_pickle=allow_pickle)
         if self.device == "cpu" and (threads := pick_threads()):
             import torch
 
             torch.set_num_threads(threads)
         self.dtype = pick_dtype("float32" if self.quantize and dtype == "auto" else dtype, self.device)
+        if self.quantize == FILE_MODE and (self.device != "cpu" or dtype not in ("auto", "float32")):
+            raise UsageError(f"--quantize {FILE_MODE} runs on the CPU with float32 activations; "
+                             "leave --device and --dtype unset (or cpu and float32)")
         self.model = None
         if self.quantize == FILE_MODE:  # weights/gguf_blocks.py: the lean engine over the file's blocks where they lie
             from basecli.weights import gguf_blocks
