@@ -289,3 +289,21 @@ def test_files_without_k_quants_keep_their_path(files, tmp_path):
 
     assert gguf_blocks.runs_in_place(files["Q4_K_M"])
     assert not gguf_blocks.runs_in_place(Path(files["Q4_K_M"]).with_name("tiny-F16.gguf"))
+
+
+@pytest.mark.slow
+def test_the_embedded_files_own_blocks_are_what_q4_makes_of_them(real_model):
+    """--quantize gguf reads the embedded Q4_1/Q8_0 blocks where they lie; --quantize q4 re-makes the same blocks
+    from the dequantised weights: the same matrices, so the same logits to the bit, in a prefill and a decode step."""
+    from basecli.backends.local import LocalBackend
+
+    ids = torch.tensor([real_model.encode("The capital of France is")])
+    logits = []
+    for mode in ("gguf", "q4"):
+        model = LocalBackend(None, quantize=mode).model
+        with torch.inference_mode():
+            cache = model.new_cache()
+            prefill = model(ids, past_key_values=cache).logits[0]
+            step = model(torch.tensor([[11]]), past_key_values=cache).logits[0]
+        logits.append((prefill, step))
+    assert torch.equal(logits[0][0], logits[1][0]) and torch.equal(logits[0][1], logits[1][1])
