@@ -276,12 +276,14 @@ def shared_prefix_attention(q: torch.Tensor, cache: KVCache, layer: int, held: i
 
 
 def attention_bias(keys: torch.Tensor, steps: int) -> torch.Tensor | None:
-    """Boolean (B, 1, T, L) mask: a query sees real keys up to itself. None when nothing is masked but causality.
+    """Boolean (B, 1, T, L) mask: a query sees real keys up to itself. None when nothing is masked but causality
+    and the queries are all the keys (SDPA's is_causal aligns its triangle top-left: wrong for queries that
+    follow cached keys, as the prefix cache's reads do).
 
     A padding query sees itself too, so its softmax never has an empty row (NaN that would
     flow into later layers' keys); no real query ever sees a padding key.
     """
-    if bool(keys.all()):
+    if (steps == 1 or steps == keys.shape[1]) and bool(keys.all()):
         return None
     total = keys.shape[1]
     cols = torch.arange(total, device=keys.device)

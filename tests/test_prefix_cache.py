@@ -1,0 +1,84 @@
+"""The prefix cache (engine/prefix_cache.py): a prompt that extends an earlier one reads only its new
+tokens, and the rows generated from it are those of a full read (the engine without the cache is the
+reference; it is itself checked against transformers in test_loop.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from basecli.config import SamplingParams
+
+PROMPTS = [
+    "The quick brown fox",
+    "The quick brown fox jumps over the lazy dog.",  # extends the first
+    "The quick brown fox jumps over the lazy dog. Here's my top-10 list",  # extends the second
+    "The quick brown cat",  # a sibling: shares only the start
+    "The quick brown fox jumps over the lazy dog.",  # seen before, exactly
+]
+
+
+def run(backend, prompt: str, n: int, seed: int, temperature: float):
+    params = [SamplingParams(max_tokens=6, temperature=temperature, seed=seed + i) for i in range(n)]
+    rows: dict[int, list] = {}
+    for ev in backend.stream([prompt] * n, params, alternatives=3):
+        rows.setdefault(ev.row, []).append(ev)
+    return [rows[i] for i in range(n)]
+
+
+@pytest.mark.parametrize("n,temperature", [(1, 0.0), (4, 0.0), (3, 1.0)])
+def test_rows_match_a_full_read(tiny_backend, one_thread, n, temperature):
+    from basecli.engine.prefix_cache import PrefixCache
+
+    cache = PrefixCache()
+    for k, prompt in enumerate(PROMPTS):
+        tiny_backend.prefix_cache = None
+        want = run(tiny_backend, prompt, n, 100 + k, temperature)
+        tiny_backend.prefix_cache = cache
+        try:
+            got = run(tiny_backend, prompt, n, 100 + k, temperature)
+        finally:
+            tiny_backend.prefix_cache = None
+        for a, b in zip(got, want):
+            assert [e.token_id for e in a] == [e.token_id for e in b]
+            assert [e.logprob for e in a] == pytest.approx([e.logprob for e in b], abs=1e-4)
+            assert [[i for i, _ in e.alternatives] for e in a] == [[i for i, _ in e.alternatives] for e in b]
+
+
+def test_only_new_tokens_are_read(tiny_backends, one_thread):
+    from basecli.engine.prefix_cache import PrefixCache
+
+    backend = tiny_backends["llama"]
+    ids = [backend.encode(p) for p in PROMPTS]
+    backend.prefix_cache = cache = PrefixCache()
+    try:
+        run(backend, PROMPTS[0], 2, 1, 0.0)
+        assert (cache.reused, cache.read) == (0, len(ids[0]))
+        run(backend, PROMPTS[1], 2, 1, 0.0)
+        shared = next(i for i, (a, b) in enumerate(zip(ids[0], ids[1])) if a != b) if ids[1][: len(ids[0])] != ids[0] else len(ids[0])
+        assert cache.reused == shared and cache.read == len(ids[0]) + len(ids[1]) - shared
+        before = cache.read
+        run(backend, PROMPTS[4], 1, 1, 0.0)  # the same prompt again: only its last token, for its logits
+        assert cache.read == before + 1
+    finally:
+        backend.prefix_cache = None
+
+
+def test_snapshots_are_not_changed_by_generation(tiny_backends, one_thread):
+    """Generating appends to the cache it is given; the kept snapshot must be a copy, or the next hit reads garbage."""
+    from basecli.engine.prefix_cache import PrefixCache
+
+    backend = tiny_backends["llama"]
+    backend.prefix_cache = PrefixCache()
+    try:
+        first = run(backend, PROMPTS[0], 2, 5, 1.0)
+        again = run(backend, PROMPTS[0], 2, 5, 1.0)
+    finally:
+        backend.prefix_cache = None
+    assert [[e.token_id for e in r] for r in first] == [[e.token_id for e in r] for r in again]
+
+
+def test_open_backend_turns_it_on(tiny_dirs):
+    from basecli.backends import open_backend
+
+    assert open_backend(str(tiny_dirs["gpt2"]), device="cpu", dtype="float32", prefix_cache=True).prefix_cache is not None
+    assert open_backend(str(tiny_dirs["gpt2"]), device="cpu", dtype="float32").prefix_cache is None
