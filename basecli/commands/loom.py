@@ -1,0 +1,101 @@
+"""basecli loom: weave a tree of continuations in the terminal, or grow and read one in a pipeline."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from basecli import options as o
+
+Target = Annotated[Optional[str], typer.Argument(
+    help="A prompt ('-' for stdin, @FILE) to start a new tree, or a TREE.json to open.", metavar="PROMPT|TREE.json", show_default=False)]
+Children = Annotated[Optional[int], typer.Option("--children", "-N", help="Children per weave (the tree remembers it). Default 4.",
+                                                 rich_help_panel="Sampling")]
+Print = Annotated[bool, typer.Option("--print", help="Print the tree as indented text and exit (no screen).")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print the whole tree as JSON (the file's format, docs/loom.md) and exit.")]
+PathOpt = Annotated[Optional[str], typer.Option("--path", metavar="NODE", help="Print the text of the path to NODE and exit.")]
+Expand = Annotated[Optional[int], typer.Option("--expand", metavar="N", help="Grow the tree without the screen: N children per node, breadth-first.")]
+Depth = Annotated[int, typer.Option("--depth", metavar="D", help="With --expand: how many levels.")]
+Jsonl = Annotated[bool, typer.Option("--jsonl", help="With --expand: one JSON line per new node as it is made.")]
+Out = Annotated[Optional[str], typer.Option("--out", metavar="FILE", help="Where a new tree is saved (default: a new file under BASECLI_HOME/looms/).")]
+Chat = Annotated[Optional[str], typer.Option("--chat", metavar="TEMPLATE",
+                                             help="Start a conversation tree from a chat template (e.g. assistant): the prompt is the human's "
+                                                  "message and each child stops at the end of the assistant's turn.")]
+
+
+def loom(
+    target: Target = None,
+    print_: Print = False,
+    json_out: JsonOut = False,
+    path: PathOpt = None,
+    expand: Expand = None,
+    depth: Depth = 1,
+    jsonl: Jsonl = False,
+    out: Out = None,
+    chat: Chat = None,
+    children: Children = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", "-n", help="New tokens per child at most. Default 24.", rich_help_panel="Sampling")] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", help="0 = greedy; < 1 sharper, > 1 flatter. Default 1.", rich_help_panel="Sampling")] = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Keep the k most likely tokens (0 = off).", rich_help_panel="Sampling")] = None,
+    top_p: Annotated[Optional[float], typer.Option("--top-p", help="Keep the smallest set of tokens with mass >= p (1 = off).", rich_help_panel="Sampling")] = None,
+    min_p: Annotated[Optional[float], typer.Option("--min-p", help="Drop tokens below min-p x p(top token) (0 = off).", rich_help_panel="Sampling")] = None,
+    repetition_penalty: Annotated[Optional[float], typer.Option("--repetition-penalty", help="> 1 discourages tokens already in the text (1 = off).", rich_help_panel="Sampling")] = None,
+    seed: o.Seed = None,
+    stop: o.Stop = None,
+    model: o.Model = None,
+    base_url: o.BaseUrl = None,
+    device: o.Device = "auto",
+    dtype: o.Dtype = "auto",
+    quantize: o.Quantize = None,
+    trust_remote_code: o.TrustRemoteCode = False,
+    allow_pickle: o.AllowPickle = False,
+):
+    """Weave a tree of continuations in the terminal, or grow and read one in a pipeline.
+
+    Opens a full-screen loom: w weaves N children of the current node in one batch, t puts a
+    cursor on the tokens to branch at the model's alternatives, e edits, ? lists the keys. The
+    tree is saved after every change (the status bar names the file). Format: docs/loom.md.
+
+    \b
+    Examples:
+      basecli loom "The 2031 World Cup final was won by"
+      basecli loom ~/.cache/basecli/looms/20261201-194100-the-2031-world-cup.json
+      basecli loom "Once upon a time" --expand 4 --depth 2 --jsonl --out tale.json
+      basecli loom tale.json --print
+      basecli loom tale.json --path 7
+      basecli loom "How do tides work?" --chat assistant
+    """
+    from basecli.errors import UsageError
+    from basecli.loom import session
+
+    settings = {"n": children, "max_tokens": max_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+                "min_p": min_p, "repetition_penalty": repetition_penalty, "seed": seed,
+                "stop": [o.unescape(s) for s in stop] if stop else None}
+    if jsonl and expand is None:
+        raise UsageError("--jsonl goes with --expand (it writes the nodes it makes); --json prints a whole tree")
+    reading = print_ or json_out or path is not None
+    if reading and expand is None and (target is None or not target.endswith(".json")):
+        raise UsageError("--print, --json and --path read a tree: give a TREE.json")
+    if expand is None and not reading and not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError("the loom's screen needs a terminal; in a pipeline use --print, --json, --path or --expand")
+    s = session.open_tree(target, out=out, template=chat, settings=settings)
+
+    def backend():
+        from basecli.backends import open_backend
+
+        return open_backend(model, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                            allow_pickle=allow_pickle, quantize=quantize, prefix_cache=True)
+
+    if expand is not None:
+        session.expand(s, backend(), expand, depth, jsonl=jsonl)
+        if not jsonl:
+            session.print_modes(s, print_=not (json_out or path), json_=json_out, path=path)
+        return
+    if session.print_modes(s, print_=print_, json_=json_out, path=path):
+        return
+    from basecli.loom.app import LoomApp
+
+    LoomApp(s, backend).run()
+    print(f"basecli: loom: saved {len(s.tree.nodes)} nodes to {s.path}", file=sys.stderr)
