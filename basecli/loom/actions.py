@@ -188,7 +188,7 @@ def check_settings(settings: dict) -> None:
     try:
         sampling_params(settings)
     except UsageError as e:
-        raise LoomError(str(e).replace("--", "/")) from None
+        raise LoomError(str(e)) from None
 
 
 def sampling_params(settings: dict):
