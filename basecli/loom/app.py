@@ -168,14 +168,15 @@ class LoomApp:
         return out
 
     def status_fragments(self):
+        """What just happened first (it is what the eye looks for), then where the reader is and the file."""
         t, node = self.tree, self.tree[self.tree.current]
-        left = f" {self.store.path.name} · node {node.id} · depth {t.depth(node.id)} · {len(t.children[node.id])} children · " \
-               f"n={t.settings['n']} max={t.settings['max_tokens']} T={t.settings['temperature']} "
+        where = f"node {node.id} · depth {t.depth(node.id)} · {len(t.children[node.id])} children · " \
+                f"n={t.settings['n']} max={t.settings['max_tokens']} T={t.settings['temperature']} · {self.store.path.name} "
         if self.busy:
-            return [("class:status.busy", f" {self.busy} (Esc stops) "), ("class:status", left)]
+            return [("class:status.busy", f" {self.busy} (Esc stops) "), ("class:status", " " + where)]
         if self.mode == "edit":
-            return [("class:status", " Ctrl-S or Alt-Enter saves · Esc cancels · " + left)]
-        return [("class:status", left + (f"· {self.message}" if self.message else "· ? keys"))]
+            return [("class:status", " Ctrl-S or Alt-Enter saves · Esc cancels · " + where)]
+        return [("class:status", f" {self.message or '? keys'} · {where}")]
 
     # --- doing -----------------------------------------------------------------------------------
 
