@@ -82,3 +82,26 @@ def test_open_backend_turns_it_on(tiny_dirs):
 
     assert open_backend(str(tiny_dirs["gpt2"]), device="cpu", dtype="float32", prefix_cache=True).prefix_cache is not None
     assert open_backend(str(tiny_dirs["gpt2"]), device="cpu", dtype="float32").prefix_cache is None
+
+
+def test_a_row_that_ends_on_its_first_token_after_a_shared_read(tiny_backend, one_thread):
+    """Rows of one prompt share its keys; one of them stopping at once must not break the others (the lean
+    cache held nothing per row yet and failed), with the prefix cache or without."""
+    from basecli.engine.prefix_cache import PrefixCache
+
+    prompt = "The quick brown fox"
+    first = run(tiny_backend, prompt, 1, 11, 1.0)[0][0].token_text
+    params = [SamplingParams(max_tokens=5, temperature=1.0, seed=11, stop=(first,))] + \
+             [SamplingParams(max_tokens=5, temperature=1.0, seed=12 + i) for i in range(2)]
+    for cache in (None, PrefixCache()):
+        tiny_backend.prefix_cache = cache
+        try:
+            rows: dict[int, list] = {}
+            for ev in tiny_backend.stream([prompt] * 3, params):
+                rows.setdefault(ev.row, []).append(ev)
+        finally:
+            tiny_backend.prefix_cache = None
+        assert rows[0][-1].finish_reason == "stop" and len(rows[0]) == 1
+        for i in (1, 2):
+            alone = [e.token_id for e in run(tiny_backend, prompt, 1, 11 + i, 1.0)[0]]
+            assert [e.token_id for e in rows[i]] == alone[: len(rows[i])] and len(rows[i]) == 5

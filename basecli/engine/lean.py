@@ -86,6 +86,8 @@ class KVCache:
 
     def batch_select_indices(self, rows: torch.Tensor) -> None:
         """Keep only `rows` (finished rows leave the batch)."""
+        if self.k is None:  # rows that ended on their first token, right after a shared prefill: nothing per row yet
+            return
         self.k, self.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
 
     def batch_repeat_interleave(self, n: int) -> None:
