@@ -67,7 +67,7 @@ class LoomApp:
         self.read_window = Window(FormattedTextControl(self.read_fragments, focusable=True), wrap_lines=True,
                                   always_hide_cursor=True)
         tree_window = Window(FormattedTextControl(self.tree_fragments), wrap_lines=False, always_hide_cursor=True,
-                             width=D(weight=2))
+                             width=lambda: D.exact(self.tree_width()))
         mode = lambda m: Condition(lambda: self.mode == m)  # noqa: E731
         body = VSplit([HSplit([self.read_window]),
                        ConditionalContainer(VSplit([Window(width=1, char="│", style="class:boundary"), tree_window]),
@@ -127,11 +127,15 @@ class LoomApp:
         out.append((base, node.text[at:]))
         return out
 
+    def tree_width(self) -> int:
+        """Almost half the screen, within reason: the text is what is read, the tree is for finding one's way."""
+        return max(30, min(64, int(self.app.output.get_size().columns * 0.45)))
+
     def tree_fragments(self):
         tree, out = self.tree, []
         on_path = set(tree.path(tree.current))
         out.append(("class:panel.title", f" path {view.breadcrumbs(tree, tree.current)}\n"))
-        for node_id, line in view.outline(tree, folded=self.folded):
+        for node_id, line in view.outline(tree, folded=self.folded, width=self.tree_width() - 1):
             if node_id == tree.current:
                 out += [("[SetCursorPosition]", ""), ("class:tree.current", line + "\n")]
             else:

@@ -38,6 +38,10 @@ def bindings(ui) -> KeyBindings:
         ui.cancel()
         event.app.exit()
 
+    @kb.add("c-l")
+    def _(event):
+        event.app.renderer.clear()  # redraw everything (after another program wrote over the screen)
+
     @on("w", filter=normal & idle)
     def _(event):
         ui.generate("weave")

@@ -41,21 +41,25 @@ def figures(tree: Tree, node: Node) -> str:
     return f"{below:>3}↓ {lp}"
 
 
-def node_line(tree: Tree, node_id: int, depth: int, *, folded: bool = False) -> str:
+def node_line(tree: Tree, node_id: int, depth: int, *, folded: bool = False, width: int = 72) -> str:
+    """`width` characters: marks, id and first words on the left, descendants and mean log-probability on the right."""
     node = tree[node_id]
     fold = f" ▸{len(tree.descendants(node_id))}" if folded and tree.children[node_id] else ""
-    return f"{'  ' * depth}{marks(tree, node)}{node_id:>3} {first_words(node.text)}{fold}  {figures(tree, node)}"
+    right = f"{fold}  {figures(tree, node)}"
+    left = f"{'  ' * min(depth, 12)}{marks(tree, node)}{node_id:>3} "
+    room = max(4, width - len(left) - len(right))
+    return f"{left}{first_words(node.text, width=room):<{room}}{right}"
 
 
-def outline(tree: Tree, *, folded: set[int] = frozenset(), start: int | None = None) -> list[tuple[int, str]]:
+def outline(tree: Tree, *, folded: set[int] = frozenset(), start: int | None = None, width: int = 72) -> list[tuple[int, str]]:
     """(id, line) for every node not under a folded one, in reading order."""
     out, hidden = [], set()
     for node_id, depth in tree.walk(start):
         parent = tree[node_id].parent
-        if parent in hidden or parent in folded and node_id != start:
+        if parent in hidden or (parent in folded and node_id != start):
             hidden.add(node_id)
             continue
-        out.append((node_id, node_line(tree, node_id, depth, folded=node_id in folded)))
+        out.append((node_id, node_line(tree, node_id, depth, folded=node_id in folded, width=width)))
     return out
 
 
