@@ -248,3 +248,10 @@ def test_new_files_go_under_basecli_home(monkeypatch, tmp_path):
     monkeypatch.setenv("BASECLI_HOME", str(tmp_path))
     p = store.new_path("The 2031 World Cup final was won by")
     assert p.parent == tmp_path / "looms" and p.name.endswith("-the-2031-world-cup-final-was-won-by.json")
+
+
+def test_what_counts_as_a_tree_file(tmp_path):
+    existing = tmp_path / "my tree.json"
+    existing.write_text("{}")
+    assert store.is_tree_file("tale.json") and store.is_tree_file(str(existing))
+    assert not store.is_tree_file("Parse this as data.json") and not store.is_tree_file("Once upon a time")

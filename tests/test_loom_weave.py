@@ -132,6 +132,8 @@ def test_expand_breadth_first_jsonl_then_print_and_path(tiny_dirs, tmp_path):
     (["a prompt", "--jsonl"], "--jsonl goes with --expand"),
     (["a prompt"], "needs a terminal"),
     (["a prompt", "--expand", "2", "--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["a prompt", "--depth", "3"], "--depth goes with --expand"),
+    (["tree.json", "--out", "other.json", "--print"], "--out names the file of a new tree"),
 ])
 def test_usage_errors_are_one_line(args, message):
     r = run_cli("loom", *args)

@@ -76,8 +76,13 @@ def loom(
     if jsonl and expand is None:
         raise UsageError("--jsonl goes with --expand (it writes the nodes it makes); --json prints a whole tree")
     reading = print_ or json_out or path is not None
-    if reading and expand is None and (target is None or not target.endswith(".json")):
+    opening = target is not None and session.store.is_tree_file(target)
+    if reading and expand is None and not opening:
         raise UsageError("--print, --json and --path read a tree: give a TREE.json")
+    if depth != 1 and expand is None:
+        raise UsageError("--depth goes with --expand N (how many levels to grow)")
+    if out is not None and opening:
+        raise UsageError(f"--out names the file of a new tree; {target} is saved where it is")
     if expand is None and not reading and not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UsageError("the loom's screen needs a terminal; in a pipeline use --print, --json, --path or --expand")
     s = session.open_tree(target, out=out, template=chat, settings=settings)

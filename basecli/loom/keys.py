@@ -34,6 +34,7 @@ def bindings(ui) -> KeyBindings:
 
     @on("q")
     @kb.add("c-q")
+    @kb.add("c-c", filter=idle)
     def _(event):
         ui.cancel()
         event.app.exit()

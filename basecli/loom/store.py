@@ -78,8 +78,9 @@ def load(path: Path) -> Tree:
 
 
 def is_tree_file(arg: str) -> bool:
-    """Whether a command-line argument names a tree file rather than being a prompt."""
-    return arg.endswith(".json") and "\n" not in arg
+    """Whether a command-line argument names a tree file rather than being a prompt: it ends in .json and is
+    a file, or looks like a path (no spaces) - "Parse this as data.json" is a prompt."""
+    return arg.endswith(".json") and "\n" not in arg and (Path(arg).exists() or not any(c.isspace() for c in arg))
 
 
 class Store:
