@@ -255,3 +255,16 @@ def test_what_counts_as_a_tree_file(tmp_path):
     existing.write_text("{}")
     assert store.is_tree_file("tale.json") and store.is_tree_file(str(existing))
     assert not store.is_tree_file("Parse this as data.json") and not store.is_tree_file("Once upon a time")
+
+
+def test_outline_folds_and_fits_its_width(tree):
+    from basecli.loom import view
+
+    lines = dict(view.outline(tree, width=40))
+    assert list(lines) == [0, 1, 3, 5, 4, 2] and all(len(line) == 40 for line in lines.values())
+    assert lines[1].rstrip().endswith("3↓ -0.50")  # three below it, its tokens' mean log-probability
+    assert lines[3].startswith("    ") and "," in lines[3]  # depth 2: indented twice
+    folded = dict(view.outline(tree, folded={1}, width=40))
+    assert list(folded) == [0, 1, 2] and "▸3" in folded[1]
+    assert view.breadcrumbs(tree, 5) == "0 › 1 › 3 › 5"
+    assert view.print_tree(tree).splitlines()[:2] == ["[0] Once", "  [1]  upon a time"]  # "[id] " then the text as it is
