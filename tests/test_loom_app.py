@@ -216,3 +216,69 @@ def test_a_tree_opens_without_a_model(tmp_path):
 
     asyncio.run(main())
     assert t[1].text == " upon a time more" and not opened
+
+
+class Slow:
+    """The tiny Llama, one event every 0.2 s: time to press a key while it generates."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.tokenizer = inner, inner.name, inner.tokenizer
+
+    def stream(self, *args, **kw):
+        import time
+
+        for ev in self.inner.stream(*args, **kw):
+            time.sleep(0.2)
+            yield ev
+
+
+def test_esc_stops_a_generation_and_adds_nothing(tmp_path, llama):
+    got = {}
+
+    async def script(d):
+        d.inp.send_text("w")
+        await asyncio.sleep(0.8)
+        got["busy"] = d.ui.busy
+        got["live"] = d.screen()
+        await d.keys(ESC)
+
+    tree = drive(tmp_path, script, backend=Slow(llama), tree=Tree("Hi", settings={"max_tokens": 30, "n": 2})).tree
+    assert got["busy"] and "Esc stops" in got["live"] and "weaving 2" in got["live"]  # the rows, live
+    assert tree.children[0] == [] and len(store.load(tmp_path / "t.json").nodes) == 1
+
+
+def test_continue_fold_and_help(tmp_path, llama):
+    got = {}
+
+    async def script(d):
+        await d.keys("w")
+        leaf = d.ui.tree.current
+        got["before"] = d.ui.tree[leaf].text
+        await d.keys("c")  # a leaf: more text on the same node
+        got["after"] = d.ui.tree[leaf].text
+        got["leaf"] = leaf
+        await d.keys("h", "z")  # fold the root: its children leave the tree view
+        got["folded"] = d.screen()
+        await d.keys("?")
+        got["help"] = d.screen()
+
+    tree = drive(tmp_path, script, backend=llama).tree
+    assert got["after"].startswith(got["before"]) and len(got["after"]) > len(got["before"])
+    assert tree.children[got["leaf"]] == []
+    assert "▸2" in got["folded"] and sum("↓" in ln for ln in got["folded"].splitlines()) == 1
+    assert "w weave" in got["help"]
+
+
+def test_a_conversation_tree_adds_the_humans_turn_and_opens_the_assistants(tmp_path, llama):
+    from basecli.loom import session
+
+    st = session.open_tree("Hello", out=str(tmp_path / "c.json"), template="assistant", settings={"max_tokens": 3})
+
+    async def script(d):
+        await d.keys("a", "Why?", CTRL_S)
+
+    tree = drive(tmp_path, script, backend=llama, tree=st.tree).tree
+    typed = tree[tree.current]
+    assert typed.text == "\nHuman: Why?\nAssistant:"
+    assert tree.text(typed.id).endswith("Human: Hello\nAssistant:\nHuman: Why?\nAssistant:")
+    assert "\nHuman:" in tree.settings["stop"]

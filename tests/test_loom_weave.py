@@ -146,3 +146,20 @@ def test_path_to_a_missing_node(tmp_path):
     store.save(Tree("x"), t)
     r = run_cli("loom", str(t), "--path", "9")
     assert r.returncode == 2 and "there is no node 9" in r.stderr
+
+
+def test_expand_over_base_url_from_the_command_line(tmp_path):
+    """`--base-url`: each weave is one request with n; the children's text and log-probabilities are the server's."""
+    out = tmp_path / "r.json"
+    with FakeServer(owned_by="vllm") as s:
+        s.on("POST", "/tokenize", reply(body={"tokens": [1, 2, 3]}))
+        s.on("POST", "/v1/completions", sse(*[choice(f" c{i}", index=i, logprob=-0.25 * (i + 1), finish="length") for i in range(2)]))
+        r = run_cli("loom", "Once", "--expand", "2", "--depth", "2", "--out", str(out), "--base-url", s.url, "-n", "1", "-s", "9")
+        bodies = s.bodies()
+    assert r.returncode == 0, r.stderr
+    assert len(bodies) == 3 and all(b["n"] == 2 for b in bodies)  # the root, then each of its two children
+    assert [b["prompt"] for b in bodies] == ["Once", "Once c0", "Once c1"]
+    tree = store.load(out)
+    assert [tree[i].text for i in tree.children[0]] == [" c0", " c1"]
+    assert [tree[i].tokens[0].logprob for i in tree.children[0]] == [-0.25, -0.5]
+    assert r.stdout.splitlines()[0] == "[0] Once"  # without --jsonl, the tree as --print shows it

@@ -270,6 +270,8 @@ class LoomApp:
             if self.act(actions.edit, node_id, text) is not None:
                 self.message = f"edited; {below} below marked stale" if below else "edited"
         elif purpose == "add":
+            if self.tree.chat and not text.rstrip().endswith(f"{self.tree.chat['assistant']}:"):
+                text = text.rstrip("\n") + f"\n{self.tree.chat['assistant']}:"  # the open turn the model writes
             node = self.act(actions.add_text, node_id, text, message="added")
             if node is not None:
                 self.tree.current = node.id

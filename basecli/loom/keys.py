@@ -70,7 +70,8 @@ def bindings(ui) -> KeyBindings:
 
     @on("a")
     def _(event):
-        ui.open_editor("add")
+        # in a conversation, the human's next turn: its label is there to type after, the assistant's is added
+        ui.open_editor("add", f"\n{ui.tree.chat['human']}: " if ui.tree.chat else "")
 
     @on("d")
     def _(event):

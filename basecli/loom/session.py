@@ -52,8 +52,10 @@ def new_tree(prompt: str, template: str | None) -> Tree:
     if not path.exists() and (templates.prompts_dir() / f"{template}.txt").exists():
         path = templates.prompts_dir() / f"{template}.txt"
     tpl = templates.load(path)
-    tree = Tree(templates.chat_prompt(tpl, [], prompt or None) if prompt else templates.chat_prompt(tpl, [], None))
+    tree = Tree(templates.chat_prompt(tpl, [], prompt or None))
     tree.template = str(path)
+    human, assistant = templates.chat_labels(tpl)
+    tree.chat = {"human": human, "assistant": assistant}
     tree.settings["stop"] = list(dict.fromkeys([*templates.chat_stops(tpl), *tree.settings["stop"]]))
     return tree
 

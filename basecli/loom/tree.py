@@ -89,6 +89,7 @@ class Tree:
         self.model = model
         self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
         self.template: str | None = None  # the chat template a conversation tree was started from
+        self.chat: dict | None = None  # its turn labels, {"human": ..., "assistant": ...}
         self.created = now()
         self.root = self.add(None, prompt, origin="prompt").id
         self.current = self.root
@@ -171,7 +172,7 @@ class Tree:
     # --- the file format -------------------------------------------------------------------
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "version": VERSION, "created": self.created, "model": self.model, "template": self.template,
+        return {"format": FORMAT, "version": VERSION, "created": self.created, "model": self.model, "template": self.template, "chat": self.chat,
                 "root": self.root, "current": self.current, "next_id": self.next_id, "settings": self.settings,
                 "nodes": [self.nodes[i].to_dict() for i, _ in self.walk()]}
 
@@ -184,7 +185,7 @@ class Tree:
             raise ValueError(f"written by a newer basecli (format version {d.get('version')}; this one reads {VERSION})")
         tree = cls.__new__(cls)
         tree.nodes, tree.children = {}, {}
-        tree.model, tree.template = d.get("model"), d.get("template")
+        tree.model, tree.template, tree.chat = d.get("model"), d.get("template"), d.get("chat")
         tree.settings = {**DEFAULT_SETTINGS, **(d.get("settings") or {})}
         tree.created = d.get("created") or now()
         try:
