@@ -163,3 +163,19 @@ def test_expand_over_base_url_from_the_command_line(tmp_path):
     assert [tree[i].text for i in tree.children[0]] == [" c0", " c1"]
     assert [tree[i].tokens[0].logprob for i in tree.children[0]] == [-0.25, -0.5]
     assert r.stdout.splitlines()[0] == "[0] Once"  # without --jsonl, the tree as --print shows it
+
+
+def test_a_server_without_logprobs_gives_null_not_nan(tmp_path):
+    """NaN is not JSON: unknown log-probabilities are written as null, and the file reads back."""
+    with FakeServer(owned_by="vllm") as s:
+        s.on("POST", "/tokenize", reply(body={"tokens": [1]}))
+        s.on("POST", "/v1/completions", sse({"choices": [{"index": 0, "text": " x", "finish_reason": None}]},
+                                             {"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}))
+        from basecli.backends.remote import RemoteBackend
+
+        tree = Tree("a", settings={"n": 1})
+        kid = weave.weave(RemoteBackend(s.url), tree, tree.root)[0]
+    assert kid.text == " x" and kid.tokens[0].logprob is None and kid.mean_logprob is None
+    store.save(tree, tmp_path / "t.json")
+    assert "NaN" not in (tmp_path / "t.json").read_text()
+    assert store.load(tmp_path / "t.json")[kid.id].tokens[0].logprob is None

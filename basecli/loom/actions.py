@@ -151,7 +151,7 @@ def branch_at_token(tree: Tree, node_id: int, index: int, *, alternative: int | 
         alt_id, alt_text, alt_lp = top[alternative]
         # the alternative's own alternatives are those of the same place: the model saw the same context
         new_text = node.text[:start] + alt_text
-        tokens = prefix_tokens + [Token(int(alt_id), alt_text, float(alt_lp), [list(a) for a in top])]
+        tokens = prefix_tokens + [Token(int(alt_id), alt_text, alt_lp, [list(a) for a in top])]
     return tree.add(node.parent, new_text, origin="branch", tokens=tokens, model=node.model, settings=node.settings,
                     branched_from={"node": node_id, "token": index})
 

@@ -38,8 +38,8 @@ HELP = ("←/h parent  →/l child  ↑/k ↓/j siblings   w weave  c continue  
         ": command (/n 4, /temp 0.8, /go 12)   q quit")
 
 
-def band(logprob: float) -> str:
-    if math.isnan(logprob):
+def band(logprob: float | None) -> str:
+    if logprob is None:
         return ""
     p = math.exp(logprob)
     return "fg:" + COLOURS[next(style for bound, style in BANDS if p >= bound)]
@@ -164,7 +164,7 @@ class LoomApp:
             return []
         tok = node.tokens[self.token]
         out = [("class:panel.title", f"token {self.token + 1}/{len(node.tokens)} {view.shown(tok.text)!r} "
-                                     f"p={math.exp(tok.logprob):.3f}   1-{len(tok.top)} branch there with an alternative, "
+                                     f"p={'?' if tok.logprob is None else f'{math.exp(tok.logprob):.3f}'}   1-{len(tok.top)} branch there with an alternative, "
                                      "i type instead, ←/→ move, Esc back\n")]
         for k, (tid, text, lp) in enumerate(tok.top):
             chosen = " (chosen)" if tid == tok.id else ""

@@ -28,12 +28,13 @@ def now() -> str:
 class Token:
     id: int
     text: str  # this token's own text (a partial UTF-8 character shows as U+FFFD)
-    logprob: float  # under the model's own distribution, before any sampling control
+    logprob: float | None  # under the model's own distribution, before any sampling control; None: not known
     top: list = field(default_factory=list)  # [[id, text, logprob], ...], most likely first
 
     @classmethod
     def from_dict(cls, d: dict) -> "Token":
-        return cls(int(d["id"]), str(d["text"]), float(d["logprob"]), [list(a) for a in d.get("top") or []])
+        lp = d.get("logprob")
+        return cls(int(d["id"]), str(d["text"]), None if lp is None else float(lp), [list(a) for a in d.get("top") or []])
 
 
 @dataclass
@@ -53,7 +54,7 @@ class Node:
 
     @property
     def mean_logprob(self) -> float | None:
-        lps = [t.logprob for t in self.tokens if t.logprob == t.logprob]  # NaN: a server that gave none
+        lps = [t.logprob for t in self.tokens if t.logprob is not None]
         return sum(lps) / len(lps) if lps else None
 
     def token_spans(self) -> list[tuple[int, int]]:

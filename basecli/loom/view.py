@@ -6,7 +6,6 @@ Plain strings only (no terminal): the app styles them, pipelines read them as th
 from __future__ import annotations
 
 import json
-import math
 
 from basecli.loom.tree import Node, Tree
 
@@ -37,7 +36,7 @@ def figures(tree: Tree, node: Node) -> str:
     """How many nodes are below it, and its tokens' mean log-probability."""
     below = len(tree.descendants(node.id))
     mean = node.mean_logprob
-    lp = f"{mean:+.2f}" if mean is not None and not math.isnan(mean) else "  -  "
+    lp = f"{mean:+.2f}" if mean is not None else "  -  "
     return f"{below:>3}↓ {lp}"
 
 

@@ -39,8 +39,8 @@ class Rows:
         if ev.finish_reason == "eos":  # the end of the document is not part of the text
             return
         top = [[i, self._name(i), round(lp, 5)] for i, lp in ev.alternatives]
-        lp = ev.logprob if not math.isnan(ev.logprob) else float("nan")
-        self.tokens[ev.row].append(Token(ev.token_id, ev.token_text, round(lp, 5), top))
+        lp = None if math.isnan(ev.logprob) else round(ev.logprob, 5)  # a server that gives none: unknown, null in JSON
+        self.tokens[ev.row].append(Token(ev.token_id, ev.token_text, lp, top))
 
     def _name(self, token_id: int) -> str:
         if token_id not in self._names:
