@@ -268,3 +268,7 @@ def test_outline_folds_and_fits_its_width(tree):
     assert list(folded) == [0, 1, 2] and "▸3" in folded[1]
     assert view.breadcrumbs(tree, 5) == "0 › 1 › 3 › 5"
     assert view.print_tree(tree).splitlines()[:2] == ["[0] Once", "  [1]  upon a time"]  # "[id] " then the text as it is
+
+
+def test_sizes_count_every_node_below(tree):
+    assert tree.sizes() == {i: len(tree.descendants(i)) for i in tree.nodes}

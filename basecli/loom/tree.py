@@ -151,6 +151,16 @@ class Tree:
             todo.extend(self.children[i])
         return out
 
+    def sizes(self) -> dict[int, int]:
+        """How many nodes are below each node, for the whole tree in one pass."""
+        order = [i for i, _ in self.walk()]
+        below = dict.fromkeys(order, 0)
+        for i in reversed(order):  # children come after their parent in reading order
+            parent = self.nodes[i].parent
+            if parent is not None:
+                below[parent] += below[i] + 1
+        return below
+
     def depth(self, node_id: int) -> int:
         return len(self.path(node_id)) - 1
 

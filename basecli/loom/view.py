@@ -32,19 +32,18 @@ def marks(tree: Tree, node: Node) -> str:
     return ("★" if node.bookmark else " ") + ("~" if node.stale else " ")
 
 
-def figures(tree: Tree, node: Node) -> str:
+def figures(node: Node, below: int) -> str:
     """How many nodes are below it, and its tokens' mean log-probability."""
-    below = len(tree.descendants(node.id))
     mean = node.mean_logprob
     lp = f"{mean:+.2f}" if mean is not None else "  -  "
     return f"{below:>3}↓ {lp}"
 
 
-def node_line(tree: Tree, node_id: int, depth: int, *, folded: bool = False, width: int = 72) -> str:
+def node_line(tree: Tree, node_id: int, depth: int, *, below: int, folded: bool = False, width: int = 72) -> str:
     """`width` characters: marks, id and first words on the left, descendants and mean log-probability on the right."""
     node = tree[node_id]
-    fold = f" ▸{len(tree.descendants(node_id))}" if folded and tree.children[node_id] else ""
-    right = f"{fold}  {figures(tree, node)}"
+    fold = f" ▸{below}" if folded and tree.children[node_id] else ""
+    right = f"{fold}  {figures(node, below)}"
     left = f"{'  ' * min(depth, 12)}{marks(tree, node)}{node_id:>3} "
     room = max(4, width - len(left) - len(right))
     return f"{left}{first_words(node.text, width=room):<{room}}{right}"
@@ -52,13 +51,13 @@ def node_line(tree: Tree, node_id: int, depth: int, *, folded: bool = False, wid
 
 def outline(tree: Tree, *, folded: set[int] = frozenset(), start: int | None = None, width: int = 72) -> list[tuple[int, str]]:
     """(id, line) for every node not under a folded one, in reading order."""
-    out, hidden = [], set()
+    out, hidden, sizes = [], set(), tree.sizes()
     for node_id, depth in tree.walk(start):
         parent = tree[node_id].parent
         if parent in hidden or (parent in folded and node_id != start):
             hidden.add(node_id)
             continue
-        out.append((node_id, node_line(tree, node_id, depth, folded=node_id in folded, width=width)))
+        out.append((node_id, node_line(tree, node_id, depth, below=sizes[node_id], folded=node_id in folded, width=width)))
     return out
 
 
