@@ -282,3 +282,17 @@ def test_a_conversation_tree_adds_the_humans_turn_and_opens_the_assistants(tmp_p
     assert typed.text == "\nHuman: Why?\nAssistant:"
     assert tree.text(typed.id).endswith("Human: Hello\nAssistant:\nHuman: Why?\nAssistant:")
     assert "\nHuman:" in tree.settings["stop"]
+
+
+def test_moves_are_saved_with_the_next_change_or_on_quitting(tmp_path, llama):
+    got = {}
+
+    async def script(d):
+        await d.keys("w")
+        got["child"] = d.ui.tree.current
+        await d.keys("h")  # a move: the file still has the reader on the child
+        got["file_after_move"] = store.load(tmp_path / "t.json").current
+
+    drive(tmp_path, script, backend=llama)  # ends with q
+    assert got["file_after_move"] == got["child"]
+    assert store.load(tmp_path / "t.json").current == 0

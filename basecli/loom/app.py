@@ -61,6 +61,7 @@ class LoomApp:
         self.hits: list[int] = []
         self.editing: tuple | None = None  # (purpose, node, token index)
         self.confirming: Callable | None = None
+        self.moved = False  # the reader moved since the last save
 
         self.editor = TextArea(multiline=True, wrap_lines=True, height=D(min=3, max=10), style="class:panel")
         self.command = TextArea(multiline=False, prompt=":", height=1, accept_handler=self._on_command)
@@ -187,16 +188,20 @@ class LoomApp:
     def changed(self, message: str = "") -> None:
         """After every change: save, say it."""
         self.store.changed()
-        self.message = message
+        self.message, self.moved = message, False
 
-    def act(self, fn: Callable, *args, message: str = "", **kw):
-        """Run an action; a LoomError is shown, not raised."""
+    def act(self, fn: Callable, *args, message: str = "", move: bool = False, **kw):
+        """Run an action; a LoomError is shown, not raised. A move only changes where the reader is: it is saved
+        with the next change or on quitting, so walking a big tree does not rewrite its file at every key."""
         try:
             out = fn(self.tree, *args, **kw)
         except actions.LoomError as e:
             self.message = str(e)
             return None
-        self.changed(message)
+        if move:
+            self.moved, self.message = True, message
+        else:
+            self.changed(message)
         return out
 
     def generate(self, kind: str) -> None:
@@ -250,6 +255,12 @@ class LoomApp:
     def cancel(self) -> None:
         self._cancel.set()
 
+    def quit(self) -> None:
+        """Stop any generation (nothing half-made is added), save where the reader is, leave."""
+        self.cancel()
+        self.save_position()
+        self.app.exit()
+
     def open_editor(self, purpose: str, text: str = "", token: int | None = None) -> None:
         self.editing = (purpose, self.tree.current, token)
         self.editor.text = text
@@ -291,7 +302,14 @@ class LoomApp:
         return False
 
     def run(self) -> None:
-        self.app.run()
+        try:
+            self.app.run()
+        finally:
+            self.save_position()
+
+    def save_position(self) -> None:
+        if self.moved:
+            self.changed(self.message)
 
 
 def screen_text(app: Application) -> str:

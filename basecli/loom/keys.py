@@ -22,7 +22,7 @@ def bindings(ui) -> KeyBindings:
     def move(fn, *args):
         def handler(event):
             ui.token = 0
-            ui.act(fn, *args)
+            ui.act(fn, *args, move=True)
         return handler
 
     for keys, fn, args in ((("left",), actions.to_parent, ()), (("h",), actions.to_parent, ()),
@@ -36,8 +36,7 @@ def bindings(ui) -> KeyBindings:
     @kb.add("c-q")
     @kb.add("c-c", filter=idle)
     def _(event):
-        ui.cancel()
-        event.app.exit()
+        ui.quit()
 
     @kb.add("c-l")
     def _(event):
@@ -125,7 +124,7 @@ def bindings(ui) -> KeyBindings:
             return
         here = hits.index(ui.tree.current) if ui.tree.current in hits else -1 if step > 0 else 0
         target = hits[(here + step) % len(hits)]
-        ui.act(actions.go, target, message=f"hit {hits.index(target) + 1}/{len(hits)}")
+        ui.act(actions.go, target, message=f"hit {hits.index(target) + 1}/{len(hits)}", move=True)
 
     @on("p")
     def _(event):
@@ -219,20 +218,19 @@ def run_command(ui, line: str) -> None:
     name, _, arg = line.partition(" ")
     if name in ("go", "goto"):
         try:
-            ui.act(actions.go, int(arg), message=f"node {arg}")
+            ui.act(actions.go, int(arg), message=f"node {arg}", move=True)
         except ValueError:
             ui.message = f":go needs a node id, got {arg!r}"
     elif name in ("search", "find"):
         ui.hits = ui.tree.search(arg)
         if ui.hits:
-            ui.act(actions.go, ui.hits[0], message=f"hit 1/{len(ui.hits)} for {arg!r} (n next)")
+            ui.act(actions.go, ui.hits[0], message=f"hit 1/{len(ui.hits)} for {arg!r} (n next)", move=True)
         else:
             ui.message = f"{arg!r} is nowhere in the tree"
     elif name in ("help", "?"):
         ui.show_help = True
     elif name in ("quit", "q"):
-        ui.cancel()
-        ui.app.exit()
+        ui.quit()
     elif name in ("weave", "w"):
         if arg:
             ui.act(actions.set_setting, "n", arg)

@@ -10,7 +10,7 @@ and branching at a token read.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Iterator
 
 FORMAT = "basecli-loom"
@@ -67,9 +67,11 @@ class Node:
         return spans
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["tokens"] = [asdict(t) for t in self.tokens]
-        return d
+        # by hand: dataclasses.asdict deep-copies every token's alternatives, and the file is written on every change
+        return {"id": self.id, "parent": self.parent, "text": self.text, "origin": self.origin,
+                "tokens": [{"id": t.id, "text": t.text, "logprob": t.logprob, "top": t.top} for t in self.tokens],
+                "settings": self.settings, "model": self.model, "created": self.created, "bookmark": self.bookmark,
+                "stale": self.stale, "finish": self.finish, "branched_from": self.branched_from}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Node":
