@@ -20,11 +20,15 @@ Expand = Annotated[Optional[int], typer.Option("--expand", metavar="N", help="Gr
 Depth = Annotated[int, typer.Option("--depth", metavar="D", help="With --expand: how many levels.")]
 Jsonl = Annotated[bool, typer.Option("--jsonl", help="With --expand: one JSON line per new node as it is made.")]
 Out = Annotated[Optional[str], typer.Option("--out", metavar="FILE", help="Where a new tree is saved (default: a new file under BASECLI_HOME/looms/).")]
+SAMPLING_HELP = {"max_tokens": "New tokens per child at most. Default: the tree's, else 24.",
+                 "temperature": "0 = greedy; < 1 sharper, > 1 flatter. Default: the tree's, else 1.",
+                 "seed": "Child k of a weave uses seed S + k (plus the children the node already has): reproducible trees."}
 Chat = Annotated[Optional[str], typer.Option("--chat", metavar="TEMPLATE",
                                              help="Start a conversation tree from a chat template (e.g. assistant): the prompt is the human's "
                                                   "message and each child stops at the end of the assistant's turn.")]
 
 
+@o.grouped
 def loom(
     target: Target = None,
     print_: Print = False,
@@ -36,21 +40,8 @@ def loom(
     out: Out = None,
     chat: Chat = None,
     children: Children = None,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", "-n", help="New tokens per child at most. Default 24.", rich_help_panel="Sampling")] = None,
-    temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", help="0 = greedy; < 1 sharper, > 1 flatter. Default 1.", rich_help_panel="Sampling")] = None,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Keep the k most likely tokens (0 = off).", rich_help_panel="Sampling")] = None,
-    top_p: Annotated[Optional[float], typer.Option("--top-p", help="Keep the smallest set of tokens with mass >= p (1 = off).", rich_help_panel="Sampling")] = None,
-    min_p: Annotated[Optional[float], typer.Option("--min-p", help="Drop tokens below min-p x p(top token) (0 = off).", rich_help_panel="Sampling")] = None,
-    repetition_penalty: Annotated[Optional[float], typer.Option("--repetition-penalty", help="> 1 discourages tokens already in the text (1 = off).", rich_help_panel="Sampling")] = None,
-    seed: o.Seed = None,
-    stop: o.Stop = None,
-    model: o.Model = None,
-    base_url: o.BaseUrl = None,
-    device: o.Device = "auto",
-    dtype: o.Dtype = "auto",
-    quantize: o.Quantize = None,
-    trust_remote_code: o.TrustRemoteCode = False,
-    allow_pickle: o.AllowPickle = False,
+    model: o.ModelChoice = o.model_choice(),
+    sampling: o.SamplingFlags = o.template_sampling(fresh_seed=False, help=SAMPLING_HELP),
 ):
     """Weave a tree of continuations in the terminal, or grow and read one in a pipeline.
 
@@ -70,9 +61,9 @@ def loom(
     from basecli.errors import UsageError
     from basecli.loom import session
 
-    settings = {"n": children, "max_tokens": max_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-                "min_p": min_p, "repetition_penalty": repetition_penalty, "seed": seed,
-                "stop": [o.unescape(s) for s in stop] if stop else None}
+    # the flags given change the tree's own settings (remembered with it); the others leave them as they are
+    given = sampling.given
+    settings = {**given, "n": children, "stop": [o.unescape(s) for s in given["stop"]] if given["stop"] else None}
     if jsonl and expand is None:
         raise UsageError("--jsonl goes with --expand (it writes the nodes it makes); --json prints a whole tree")
     reading = print_ or json_out or path is not None
@@ -88,10 +79,7 @@ def loom(
     s = session.open_tree(target, out=out, template=chat, settings=settings)
 
     def backend():
-        from basecli.backends import open_backend
-
-        return open_backend(model, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                            allow_pickle=allow_pickle, quantize=quantize, prefix_cache=True)
+        return model.open(prefix_cache=True)
 
     if expand is not None:
         session.expand(s, backend(), expand, depth, jsonl=jsonl)
