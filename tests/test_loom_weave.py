@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import run_cli  # noqa: E402
+from conftest import invoke  # noqa: E402  (the CLI in this process: torch is imported once)
 from fake_openai import FakeServer, choice, reply, sse  # noqa: E402
 
 from basecli.config import SamplingParams  # noqa: E402
@@ -107,7 +107,7 @@ def test_children_through_the_servers_n_with_chat_stops(tmp_path):
 
 def test_expand_breadth_first_jsonl_then_print_and_path(tiny_dirs, tmp_path):
     out = tmp_path / "t.json"
-    r = run_cli("loom", "The quick brown", "--expand", "2", "--depth", "2", "--jsonl", "--out", str(out),
+    r = invoke("loom", "The quick brown", "--expand", "2", "--depth", "2", "--jsonl", "--out", str(out),
                 "-m", str(tiny_dirs["llama"]), "-n", "4", "-s", "5", "--dtype", "float32")
     assert r.returncode == 0, r.stderr
     records = [json.loads(line) for line in r.stdout.splitlines()]
@@ -117,12 +117,12 @@ def test_expand_breadth_first_jsonl_then_print_and_path(tiny_dirs, tmp_path):
     assert [n.to_dict()["text"] for n in map(saved.__getitem__, range(1, 7))] == [x["text"] for x in records]
     assert str(out) in r.stderr
 
-    printed = run_cli("loom", str(out), "--print")
+    printed = invoke("loom", str(out), "--print")
     assert printed.returncode == 0 and printed.stdout.splitlines()[0] == "[0] The quick brown"
     assert printed.stdout.splitlines()[3].startswith("    [4]")  # node 4 under node 1, two levels in
-    path = run_cli("loom", str(out), "--path", "4")
+    path = invoke("loom", str(out), "--path", "4")
     assert path.stdout == "The quick brown" + records[0]["text"] + records[3]["text"]
-    whole = json.loads(run_cli("loom", str(out), "--json").stdout)
+    whole = json.loads(invoke("loom", str(out), "--json").stdout)
     assert whole == json.loads(out.read_text())
 
 
@@ -136,7 +136,7 @@ def test_expand_breadth_first_jsonl_then_print_and_path(tiny_dirs, tmp_path):
     (["tree.json", "--out", "other.json", "--print"], "--out names the file of a new tree"),
 ])
 def test_usage_errors_are_one_line(args, message):
-    r = run_cli("loom", *args)
+    r = invoke("loom", *args)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
@@ -144,7 +144,7 @@ def test_usage_errors_are_one_line(args, message):
 def test_path_to_a_missing_node(tmp_path):
     t = tmp_path / "t.json"
     store.save(Tree("x"), t)
-    r = run_cli("loom", str(t), "--path", "9")
+    r = invoke("loom", str(t), "--path", "9")
     assert r.returncode == 2 and "there is no node 9" in r.stderr
 
 
@@ -154,7 +154,7 @@ def test_expand_over_base_url_from_the_command_line(tmp_path):
     with FakeServer(owned_by="vllm") as s:
         s.on("POST", "/tokenize", reply(body={"tokens": [1, 2, 3]}))
         s.on("POST", "/v1/completions", sse(*[choice(f" c{i}", index=i, logprob=-0.25 * (i + 1), finish="length") for i in range(2)]))
-        r = run_cli("loom", "Once", "--expand", "2", "--depth", "2", "--out", str(out), "--base-url", s.url, "-n", "1", "-s", "9")
+        r = invoke("loom", "Once", "--expand", "2", "--depth", "2", "--out", str(out), "--base-url", s.url, "-n", "1", "-s", "9")
         bodies = s.bodies()
     assert r.returncode == 0, r.stderr
     assert len(bodies) == 3 and all(b["n"] == 2 for b in bodies)  # the root, then each of its two children
