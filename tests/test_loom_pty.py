@@ -105,3 +105,24 @@ def test_weave_three_levels_branch_quit_reopen_carry_on(tiny_dirs, tmp_path):
     again.keys("q")
     assert again.close() == 0
     assert store.load(out).children[branch.id] == [14, 15, 16, 17]
+
+
+def test_kill_9_during_a_generation_loses_only_that_generation(tiny_dirs, tmp_path):
+    """What was done before is on disk; the generation in flight is not. The first weave of a session loads the
+    model (torch's import alone takes seconds), which makes a window to kill it in that does not depend on luck."""
+    import signal
+
+    out = tmp_path / "k.json"
+    term = Terminal(["loom", "Once", "--out", str(out), "-m", str(tiny_dirs["llama"]), "--dtype", "float32"])
+    term.wait_for(lambda: out.exists() and b"? keys" in term.output)
+    term.keys("a")
+    term.keys(" upon a time\x13")  # a typed child, saved with Ctrl-S
+    term.keys(":n 3\r")
+    term.wait_for(lambda: nodes_in(out) == 2 and store.load(out).settings["n"] == 3)
+    term.output = b""
+    os.write(term.master, b"w")
+    term.wait_for(lambda: b"Esc stops" in term.output)
+    term.proc.send_signal(signal.SIGKILL)
+    term.close()
+    tree = store.load(out)  # a whole file, with everything before the generation in flight
+    assert [tree[i].text for i in sorted(tree.nodes)] == ["Once", " upon a time"] and tree.settings["n"] == 3
