@@ -129,6 +129,7 @@ def bindings(ui) -> KeyBindings:
     @on("p")
     def _(event):
         ui.show_probs = not ui.show_probs
+        ui.message = f"probabilities: {legend()}" if ui.show_probs else "probabilities off"
 
     @on("z")
     def _(event):
@@ -208,6 +209,14 @@ def bindings(ui) -> KeyBindings:
         ui.close_editor(save=False)
 
     return kb
+
+
+def legend() -> str:
+    """The colour bands in words (the status bar has one style): bright green p>=0.9, ..., red below 0.01."""
+    from basecli.views.render import BANDS
+
+    names = [style.replace("_", " ").replace("dark ", "") for _, style in BANDS]
+    return ", ".join(f"{n} \u2265{b:g}" for n, (b, _) in zip(names[:-1], BANDS[:-1])) + f", {names[-1]} below"
 
 
 def run_command(ui, line: str) -> None:
