@@ -139,8 +139,7 @@ def test_q4_rows_match_a_full_read(q4_backend, one_thread):
             q4_backend.prefix_cache = None
         for a, b in zip(got, want):
             assert [e.token_id for e in a] == [e.token_id for e in b]
-            # a one-token read goes through the native decode step, which rounds activations to int8, where a full
-            # read computes that token in the prefill's path: the same tokens, log-probabilities within that rounding
-            # (3e-3 seen)
+            # a read in pieces runs other kernels than one read (a one-token read: the native decode step), which
+            # round differently: the same tokens, log-probabilities within q4's rounding (3e-3 seen)
             assert [e.logprob for e in a] == pytest.approx([e.logprob for e in b], abs=1e-2)
     assert cache.reused > 0
