@@ -54,7 +54,7 @@ class LoomApp:
         self.show_probs = False
         self.show_tree, self.show_settings, self.show_help = True, False, False
         self.folded: set[int] = set()
-        self.message = ""
+        self.message = f"saved after every change to {store.path}"  # where the tree is, in full, once
         self.busy: str | None = None
         self.live: weave.Rows | None = None
         self._cancel = threading.Event()
