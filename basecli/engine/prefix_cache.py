@@ -35,8 +35,8 @@ class PrefixCache:
         device = model.device
         rest = torch.tensor([ids[common:]], device=device)
         out = model(input_ids=rest, attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device),
-                    position_ids=torch.arange(common, len(ids), device=device)[None], past_key_values=cache, use_cache=True,
-                    logits_to_keep=1)
+                    position_ids=torch.arange(common, len(ids), device=device)[None], use_cache=True, logits_to_keep=1,
+                    **{cache_keyword(model): cache})
         self.reused += common
         self.read += len(ids) - common
         self._keep(ids, _copy(cache, len(ids)))
@@ -63,6 +63,12 @@ def _new_cache(model):
     from basecli.engine.loop import new_cache
 
     return new_cache(model)
+
+
+def cache_keyword(model) -> str:
+    from basecli.engine.loop import cache_keyword
+
+    return cache_keyword(model)
 
 
 def _copy(cache, length: int):
