@@ -14,6 +14,8 @@ from typing import Sequence
 
 import torch
 
+from basecli.engine.loop import cache_keyword, new_cache
+
 
 class PrefixCache:
     def __init__(self, entries: int = 4):
@@ -31,7 +33,7 @@ class PrefixCache:
         if common and found is not None:
             cache = _copy(found, common)
         else:
-            cache, common = _new_cache(model), 0
+            cache, common = new_cache(model), 0
         device = model.device
         rest = torch.tensor([ids[common:]], device=device)
         out = model(input_ids=rest, attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device),
@@ -59,16 +61,7 @@ def _common(a: Sequence[int], b: Sequence[int], limit: int) -> int:
     return n
 
 
-def _new_cache(model):
-    from basecli.engine.loop import new_cache
 
-    return new_cache(model)
-
-
-def cache_keyword(model) -> str:
-    from basecli.engine.loop import cache_keyword
-
-    return cache_keyword(model)
 
 
 def _copy(cache, length: int):
