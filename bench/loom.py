@@ -76,7 +76,7 @@ def main() -> None:
     total = {k: statistics.median(r[1] for r in v) for k, v in runs.items()}
 
     print(f"model {backend.name} ({backend.engine}, {backend.device}, {str(backend.dtype).removeprefix('torch.')}"
-          f"{', ' + args.quantize if args.quantize else ''}); N={args.N} children of {args.n} tokens; "
+          f"{', weights ' + backend.quantize if backend.quantize else ''}); N={args.N} children of {args.n} tokens; "
           f"path {length[1]} tokens at depth 1, {length[args.depth]} at depth {args.depth}; median of {args.repeats}")
     print("| depth | path tokens | prefix cache | first token | N children | N children vs depth 1 (same cache setting) |")
     print("|---|---|---|---|---|---|")
