@@ -179,3 +179,22 @@ def test_a_server_without_logprobs_gives_null_not_nan(tmp_path):
     store.save(tree, tmp_path / "t.json")
     assert "NaN" not in (tmp_path / "t.json").read_text()
     assert store.load(tmp_path / "t.json")[kid.id].tokens[0].logprob is None
+
+
+@pytest.mark.parametrize("engine,dtype", [("lean", "float32"), ("lean", "bfloat16"), ("transformers", "float32"),
+                                          ("transformers", "bfloat16"), ("q4", "float32")])
+def test_expand_on_every_engine(tiny_dirs, tmp_path, monkeypatch, engine, dtype):
+    """Each path a machine can pick, forced here: the prefix cache rides on every engine and dtype."""
+    import shutil
+
+    if engine == "q4" and shutil.which("cc") is None:
+        pytest.skip("no C compiler to build native.c")
+    monkeypatch.setenv("BASECLI_ENGINE", "transformers" if engine == "transformers" else "lean")
+    monkeypatch.setenv("BASECLI_THREADS", "1")
+    out = tmp_path / "e.json"
+    args = ["loom", "The quick brown", "--expand", "2", "--depth", "3", "--out", str(out), "-m", str(tiny_dirs["llama"]),
+            "-n", "4", "-s", "1", "--dtype", dtype] + (["--quantize", "q4"] if engine == "q4" else [])
+    r = invoke(*args)
+    assert r.returncode == 0, r.stderr
+    tree = store.load(out)
+    assert len(tree.nodes) == 1 + 2 + 4 + 8 and all(tree[i].tokens for i in tree.nodes if i != tree.root)
