@@ -272,3 +272,8 @@ def test_outline_folds_and_fits_its_width(tree):
 
 def test_sizes_count_every_node_below(tree):
     assert tree.sizes() == {i: len(tree.descendants(i)) for i in tree.nodes}
+
+
+def test_stop_strings_take_escapes_and_any_script(tree):
+    actions.set_setting(tree, "stop", "\\n\\n|。|Human:")
+    assert tree.settings["stop"] == ["\n\n", "。", "Human:"]

@@ -7,6 +7,7 @@ The app and the pipeline modes call these, then save. Each returns the node to s
 from __future__ import annotations
 
 from basecli.errors import UsageError
+from basecli.text.templates import unescape  # \n and \t as a template's front matter writes them
 from basecli.loom.tree import Node, Token, Tree
 
 
@@ -163,7 +164,7 @@ SETTINGS = {  # slash command -> (setting, parser); the same names as the comman
     "temperature": ("temperature", float), "top-k": ("top_k", int), "top-p": ("top_p", float), "min-p": ("min_p", float),
     "rep": ("repetition_penalty", float), "repetition-penalty": ("repetition_penalty", float),
     "seed": ("seed", lambda s: None if s in ("off", "none", "random") else int(s)),
-    "stop": ("stop", lambda s: [] if s in ("off", "none") else [*s.encode().decode("unicode_escape").split("|")]),
+    "stop": ("stop", lambda s: [] if s in ("off", "none") else [unescape(part) for part in s.split("|")]),
 }
 
 
