@@ -162,7 +162,15 @@ static inline __attribute__((always_inline)) void k_rows_avx2(const int TYPE, co
     for (int64_t i = 0; i < supers; i++) {
         const void *b = (const char *)w + i * size;
         __m256 mul, min, s[4];
-        if (TYPE == Q6_K) mul = _mm256_set1_ps(half_to_float(((const block_q6_K *)b)->d)), min = _mm256_setzero_ps();
+        __m256i sc32[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+        if (TYPE == Q6_K) {  /* the sixteen int8 scales, each in both int16 halves of an int32 (one permute picks a pair) */
+            mul = _mm256_set1_ps(half_to_float(((const block_q6_K *)b)->d)), min = _mm256_setzero_ps();
+            __m128i raw = _mm_loadu_si128((const __m128i *)((const block_q6_K *)b)->scales);
+            for (int h = 0; h < 2; h++) {
+                __m256i v = _mm256_cvtepi8_epi32(h ? _mm_srli_si128(raw, 8) : raw);
+                sc32[h] = _mm256_or_si256(_mm256_and_si256(v, _mm256_set1_epi32(0xffff)), _mm256_slli_epi32(v, 16));
+            }
+        }
         else k_scales8(b, &mul, &min);
         for (int r = 0; r < R; r++) {
             s[r] = _mm256_mul_ps(mul, _mm256_loadu_ps(ad + r * nb + i * 8));  /* per sub-block: weight scale x activation scale */
@@ -172,8 +180,8 @@ static inline __attribute__((always_inline)) void k_rows_avx2(const int TYPE, co
         for (int j = 0; j < 8; j++) {
             __m256i q = k_values8(TYPE, b, j), scales = ones, sign = q;
             if (TYPE == Q6_K) {  /* q - 32 as |q - 32| with its sign moved onto the activations (maddubs takes unsigned x signed) */
-                const int8_t *sc = ((const block_q6_K *)b)->scales + 2 * j;
-                scales = _mm256_set_m128i(_mm_set1_epi16(sc[1]), _mm_set1_epi16(sc[0]));
+                const int k = 2 * j % 8;  /* scales 2j (low half of the 32 values) and 2j + 1 (high half) */
+                scales = _mm256_permutevar8x32_epi32(sc32[j / 4], _mm256_setr_epi32(k, k, k, k, k + 1, k + 1, k + 1, k + 1));
                 sign = _mm256_sub_epi8(q, _mm256_set1_epi8(32));
                 q = _mm256_sign_epi8(sign, sign);
             }
