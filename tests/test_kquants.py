@@ -70,7 +70,9 @@ def rounded(x: np.ndarray) -> np.ndarray:
 def portable(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BASECLI_HOME", str(tmp_path_factory.mktemp("kq-portable")))
-        return native.load(native.build((["-O3", "-ffp-contract=off"],)))
+        lib = native.load(native.build(native.flag_sets("portable")))
+        assert not lib.basecli_has_avx2()
+        return lib
 
 
 # ---- 1. dequantisation against gguf's reference -----------------------------------------------------------
