@@ -270,7 +270,7 @@ def converter(mode: str):
 
 
 def apply(model, mode: str, threads: int | None = None) -> None:
-    """Quantise every matrix of a LeanLlama but the embedding lookup, in place (those `converter` did at
+    """Quantise every matrix of a lean model (engine/lean.py, engine/gpt2.py) but the embedding lookup, in place (those `converter` did at
     load are kept), and give it the one-call decode step."""
     check(mode, model, model.device.type)
     lib = library()
@@ -287,17 +287,16 @@ def apply(model, mode: str, threads: int | None = None) -> None:
 
     try:
         for i, layer in enumerate(model.layers):
-            p = f"model.layers.{i}."
-            layer.qkv = convert(layer.qkv, kind)  # fused at load: already a copy, its pages released then
-            layer.o = convert(layer.o, kind, p + "self_attn.o_proj.weight")
-            layer.gate_up = convert(layer.gate_up, kind)
-            layer.down = convert(layer.down, kind, p + "mlp.down_proj.weight")
+            for field in model.MATRICES:  # a matrix fused at load is a copy whose pages went then; releasing again is harmless
+                setattr(layer, field, convert(getattr(layer, field), kind, *model.source_names(field, i)))
         model.head_tied = getattr(model, "head_tied", False) or model.head is model.embed
         # the embedding is read a row per token from here on: its pages come back as rows are looked up
-        model.head = convert(model.head, Q8_0, "lm_head.weight", "model.embed_tokens.weight")
+        model.head = convert(model.head, Q8_0, *model.source_names("head"))
     except NativeUnavailable as e:
         raise UsageError(f"--quantize {mode} cannot run this model: {e}") from None
-    if {m.kind for layer in model.layers for m in (layer.qkv, layer.o, layer.gate_up, layer.down)} != {kind}:
+    if {getattr(layer, field).kind for layer in model.layers for field in model.MATRICES} != {kind}:
         raise UsageError(f"this model was loaded with other quantised weights than --quantize {mode}")
-    model.native = NativeDecoder(model, Q8_0)
+    # one C call per decode step where it computes this model (Llama without biases); else torch's code with these matmuls
+    if getattr(model, "one_call_step", False):
+        model.native = NativeDecoder(model, Q8_0)
     model.quantized = mode

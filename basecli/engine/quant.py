@@ -131,20 +131,20 @@ def check_model(mode: str, model, device: str) -> None:
     if device != "cpu":
         raise UsageError(f"--quantize {mode} runs on the CPU only; use --device cpu, or leave --quantize (BASECLI_QUANTIZE) unset")
     if not hasattr(model, "layers"):
-        raise UsageError(f"--quantize {mode} needs basecli's lean engine, which runs Llama-architecture models only; this one runs on transformers' code (leave --quantize unset, and BASECLI_ENGINE unset or lean)")
+        raise UsageError(f"--quantize {mode} needs basecli's lean engine (Llama, Qwen2 and GPT-2 models); this one runs on transformers' code (leave --quantize unset, and BASECLI_ENGINE unset or lean)")
     if model.embed.dtype != torch.float32:
         raise UsageError(f"--quantize {mode} needs float32 activations: use --dtype float32")
 
 
 def apply(model, mode: str) -> None:
-    """Replace every matrix of a LeanLlama except the embedding lookup by its Packed form, in place."""
+    """Replace every matrix of a lean model except the embedding lookup by its Packed form, in place."""
     if mode in NATIVE_MODES:
         from basecli.engine import native
 
         return native.apply(model, mode)
     check(mode, model, model.device.type)
     for layer in model.layers:
-        for name in ("qkv", "o", "gate_up", "down"):
+        for name in model.MATRICES:
             setattr(layer, name, Packed(getattr(layer, name), mode))
     model.head_tied = getattr(model, "head_tied", False) or model.head is model.embed  # still one matrix for counting (info), though now two objects
     model.head = Packed(model.head, mode)
