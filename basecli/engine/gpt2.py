@@ -13,7 +13,6 @@ transposed views of the mapped file, so fp32 loading copies nothing.
 
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
 import torch
@@ -24,7 +23,8 @@ from basecli.engine.lean import KVCache, LeanOutput, Unsupported, affine, attend
 # activation_function values that are GELU with the tanh approximation, and the exact one
 GELU = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "none"}
 # layer field -> the checkpoint tensor it is (below transformer.h.{i}.); the matrices come with a .bias
-CHECKPOINT_NAMES = {"ln1": "ln_1", "qkv": "attn.c_attn", "o": "attn.c_proj", "ln2": "ln_2", "fc": "mlp.c_fc", "proj": "mlp.c_proj"}
+# (named as LeanLlama's, so engine/native.py's decode step reads both; "up" is GPT-2's whole MLP input matrix)
+CHECKPOINT_NAMES = {"norm1": "ln_1", "qkv": "attn.c_attn", "o": "attn.c_proj", "norm2": "ln_2", "up": "mlp.c_fc", "down": "mlp.c_proj"}
 
 
 def check_supported(cfg: dict) -> None:
@@ -33,6 +33,8 @@ def check_supported(cfg: dict) -> None:
         (act not in GELU, f"activation {act!r}"),
         (cfg.get("add_cross_attention"), "cross-attention"),
         (cfg.get("n_embd", 768) % cfg.get("n_head", 12), "n_embd not a multiple of n_head"),
+        # attention scaled otherwise than by 1/sqrt(head_dim): no released GPT-2 does
+        (not cfg.get("scale_attn_weights", True) or cfg.get("scale_attn_by_inverse_layer_idx"), "attention scaling"),
     ]
     found = [why for bad, why in reasons if bad]
     if found:
@@ -40,7 +42,7 @@ def check_supported(cfg: dict) -> None:
 
 
 class LeanGPT2(torch.nn.Module):
-    MATRICES = ("qkv", "o", "fc", "proj")  # the layer fields engine/quant.py and engine/native.py replace
+    MATRICES = ("qkv", "o", "up", "down")  # the layer fields engine/quant.py and engine/native.py replace
 
     def __init__(self, cfg: dict, weights, dtype, device, convert=None):
         super().__init__()
@@ -50,9 +52,6 @@ class LeanGPT2(torch.nn.Module):
         self.dim, self.n_heads, self.n_layers = cfg.get("n_embd", 768), cfg.get("n_head", 12), cfg.get("n_layer", 12)
         self.n_kv, self.head_dim = self.n_heads, self.dim // self.n_heads
         self.eps, self.approximate = cfg["layer_norm_epsilon"], GELU[cfg.get("activation_function", "gelu_new")]
-        base = 1 / math.sqrt(self.head_dim) if cfg.get("scale_attn_weights", True) else 1.0
-        by_layer = cfg.get("scale_attn_by_inverse_layer_idx", False)
-        self.scales = [base / (i + 1) if by_layer else base for i in range(self.n_layers)]
         # hub checkpoints name their tensors with or without transformers' "transformer." prefix
         self.root = "transformer." if "transformer.wte.weight" in weights.index else ""
         self.weights = weights
@@ -77,13 +76,15 @@ class LeanGPT2(torch.nn.Module):
             }, **{f"{field}_bias": take(p + name + ".bias") for field, name in CHECKPOINT_NAMES.items()}))
         self.norm, self.norm_bias = take("ln_f.weight"), take("ln_f.bias")
         self.head_tied = "lm_head.weight" not in weights.index or cfg.get("tie_word_embeddings", True)
-        if self.head_tied:  # the head is the embedding, which stays for lookups
+        if self.head_tied:  # the head is the embedding, which stays for lookups (its pages come back a row at a time)
             self.head = self.embed if convert is None else convert(self.embed, "head")
+            if convert is not None:
+                weights.release(self.root + "wte.weight")
         else:
             self.head = weights.read(("lm_head.weight",), dtype, device)
             self.head = self.head if convert is None else convert(self.head, "head")
         self._device = torch.device(device)
-        self.native = None  # no one-call decode step: the matmuls are engine/native.py's, the rest is torch
+        self.native = None  # engine/native.py's one-call decode step, when BASECLI_QUANTIZE=q4|q8
 
     @property
     def device(self) -> torch.device:
@@ -122,16 +123,18 @@ class LeanGPT2(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 past_key_values: KVCache | None = None, use_cache: bool = True, logits_to_keep: int = 0, **_) -> LeanOutput:
         cache, attention_mask, position_ids = step_inputs(self, input_ids, attention_mask, position_ids, past_key_values)
+        if input_ids.shape[1] == 1 and self.native is not None:  # engine/native.py: the whole step in one call
+            return LeanOutput(self.native.step(input_ids, attention_mask, position_ids, cache)[:, None])
         batch, steps = input_ids.shape
         mask, start = open_step(cache, attention_mask, steps)
         x = F.embedding(input_ids, self.embed) + F.embedding(position_ids, self.positions)  # (B, T, dim)
         heads, hd, dim = self.n_heads, self.head_dim, (self.dim,)
         for i, layer in enumerate(self.layers):
-            h = F.layer_norm(x, dim, layer.ln1, layer.ln1_bias, self.eps)
+            h = F.layer_norm(x, dim, layer.norm1, layer.norm1_bias, self.eps)
             q, k, v = affine(h, layer.qkv, layer.qkv_bias).view(batch, steps, 3, heads, hd).unbind(2)  # (B, T, heads, hd) each
-            x = x + affine(attend(cache, i, q, k, v, mask, start, self.scales[i]), layer.o, layer.o_bias)
-            h = F.layer_norm(x, dim, layer.ln2, layer.ln2_bias, self.eps)
-            x = x + affine(F.gelu(affine(h, layer.fc, layer.fc_bias), approximate=self.approximate), layer.proj, layer.proj_bias)
+            x = x + affine(attend(cache, i, q, k, v, mask, start), layer.o, layer.o_bias)
+            h = F.layer_norm(x, dim, layer.norm2, layer.norm2_bias, self.eps)
+            x = x + affine(F.gelu(affine(h, layer.up, layer.up_bias), approximate=self.approximate), layer.down, layer.down_bias)
         cache.length = start + steps
         if logits_to_keep:
             x = x[:, -logits_to_keep:]

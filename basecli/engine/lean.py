@@ -189,11 +189,6 @@ class LeanLlama(torch.nn.Module):
     def device(self) -> torch.device:
         return self._device
 
-    @property
-    def one_call_step(self) -> bool:
-        """Whether engine/native.py's one-call decode step computes this model (it has no biases)."""
-        return all(layer.qkv_bias is None and layer.o_bias is None for layer in self.layers)
-
     def source_names(self, field: str, layer: int | None = None) -> tuple[str, ...]:
         """The checkpoint tensors a matrix was read from (engine/native.py releases their pages once it is quantised)."""
         if layer is None:
@@ -293,7 +288,7 @@ def open_step(cache: KVCache, attention_mask: torch.Tensor, steps: int) -> tuple
 
 
 def attend(cache: KVCache, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-           start: int, scale: float | None = None) -> torch.Tensor:
+           start: int) -> torch.Tensor:
     """Causal attention of this pass's queries (B, T, heads, hd) over the cache and this pass's keys and values
     (B, T, kv, hd), which are written into the cache at columns start.. first; (B, T, heads * hd)."""
     batch, steps, heads, hd = q.shape
@@ -302,13 +297,13 @@ def attend(cache: KVCache, layer: int, q: torch.Tensor, k: torch.Tensor, v: torc
     cache.k[layer, :, :, col:held] = k.transpose(1, 2)  # (B, kv, T, hd)
     cache.v[layer, :, :, col:held] = v.transpose(1, 2)
     if cache.shared:
-        return shared_prefix_attention(q[:, 0], cache, layer, held, scale).view(batch, 1, heads * hd)
+        return shared_prefix_attention(q[:, 0], cache, layer, held).view(batch, 1, heads * hd)
     o = F.scaled_dot_product_attention(q.transpose(1, 2), cache.k[layer, :, :, :end], cache.v[layer, :, :, :end], attn_mask=mask,
-                                       is_causal=mask is None and steps > 1, enable_gqa=k.shape[2] != heads, scale=scale)
+                                       is_causal=mask is None and steps > 1, enable_gqa=k.shape[2] != heads)
     return o.transpose(1, 2).reshape(batch, steps, heads * hd)  # (B, heads, T, hd) -> (B, T, heads * hd)
 
 
-def shared_prefix_attention(q: torch.Tensor, cache: KVCache, layer: int, held: int, scale: float | None = None) -> torch.Tensor:
+def shared_prefix_attention(q: torch.Tensor, cache: KVCache, layer: int, held: int) -> torch.Tensor:
     """One decode step's attention over a prefix every row shares plus each row's own keys, (B, heads * hd).
 
     The queries of all rows that use one kv head attend to the prefix as one block (the prefix
@@ -320,9 +315,9 @@ def shared_prefix_attention(q: torch.Tensor, cache: KVCache, layer: int, held: i
     kv = cache.shape[1]
     q = q.reshape(batch, kv, heads // kv, hd)  # query head h uses kv head h // (heads / kv), as in enable_gqa
     rows = q.transpose(0, 1).reshape(1, kv, -1, hd)  # (1, kv, B * group, hd): every row's queries, per kv head
-    o1, lse1 = flash(rows, cache.prefix_k[layer], cache.prefix_v[layer], scale=scale)
+    o1, lse1 = flash(rows, cache.prefix_k[layer], cache.prefix_v[layer])
     o1, lse1 = o1.view(kv, batch, -1, hd).transpose(0, 1), lse1.view(kv, batch, -1).transpose(0, 1)
-    o2, lse2 = flash(q, cache.k[layer, :, :, :held], cache.v[layer, :, :, :held], scale=scale)
+    o2, lse2 = flash(q, cache.k[layer, :, :, :held], cache.v[layer, :, :, :held])
     lse = torch.logaddexp(lse1, lse2)
     o = o1 * (lse1 - lse).exp_()[..., None] + o2 * (lse2 - lse).exp_()[..., None]
     return o.reshape(batch, heads * hd)
