@@ -9,7 +9,9 @@ in F32, a real 50257-token byte-level BPE vocabulary), quantises it to Q8_0 with
 --quantize q8 (the same Q8_0 blocks: both quantise the same F16 values with the same rule) and in
 fp32. Every engine runs in its own process (so peak RSS is its own), the engines take turns for
 `--rounds` rounds and each keeps its best round: load, prefill of the prompt, batch-1 greedy decode
-(first generated token to the last). Ratios are only meaningful within one run.
+(first generated token to the last), with the CPU time the process spent per decoded token (at
+--threads 1 the work per token, which a busy machine does not inflate as it does wall time).
+Ratios are only meaningful within one run.
 """
 
 from __future__ import annotations
@@ -107,31 +109,38 @@ def child(engine: str, f16: Path, q8: Path, prompt: list[int], new: int, threads
                     verbose=False)
         load_s = time.perf_counter() - t0
 
-        def run(n):
-            times, t0 = [], time.perf_counter()
+        def tokens():
             llm.reset()  # else generate() reuses the cached prompt and skips the prefill being timed
-            for _ in llm.generate(prompt, top_k=1, temp=0.0, reset=True):  # evaluates the prompt, then a token per step
-                times.append(time.perf_counter())
-                if len(times) == n:
-                    break
-            return times[0] - t0, (len(times) - 1) / (times[-1] - times[0]) if n > 1 else None
+            return llm.generate(prompt, top_k=1, temp=0.0, reset=True)  # evaluates the prompt, then a token per step
     else:
-        from basecli.analyses import benchmark
         from basecli.backends.local import LocalBackend
+        from basecli.config import SamplingParams
+        from basecli.engine.loop import generate
 
         os.environ["BASECLI_THREADS"] = str(threads)
         backend = LocalBackend(str(f16), device="cpu", dtype="float32", quantize="q8" if engine == "basecli-q8" else None)
         assert type(backend.model).__name__ == "LeanGPT2", backend.model
         load_s = backend.load_seconds
+        greedy = [SamplingParams(max_tokens=10**6, temperature=0, ignore_eos=True)]
 
-        def run(n):
-            first, decode_s, tokens = benchmark.timed_generation(backend.model, backend.tokenizer, [prompt], n, device="cpu")
-            return first, tokens / decode_s if n > 1 else None
+        def tokens():
+            return generate(backend.model, backend.tokenizer, [prompt], greedy)
+
+    def run(n):
+        """(seconds to the first token, decode tokens per second, decode CPU ms per token) of n greedy tokens"""
+        clock, t0 = [], time.perf_counter()
+        for _ in tokens():
+            clock.append((time.perf_counter(), time.process_time()))
+            if len(clock) == n:
+                break
+        (w0, c0), (w1, c1) = clock[0], clock[-1]
+        return clock[0][0] - t0, (n - 1) / (w1 - w0) if n > 1 else None, 1000 * (c1 - c0) / (n - 1) if n > 1 else None
+
     run(4)  # warm-up
     first = min(run(1)[0] for _ in range(3))
-    rate = run(new)[1]
+    _, rate, cpu_ms = run(new)
     return {"load_s": round(load_s, 2), "prefill_tok_s": round(len(prompt) / first, 1), "decode_tok_s": round(rate, 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+            "cpu_ms_per_token": round(cpu_ms, 2), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
 def main() -> None:
@@ -182,13 +191,14 @@ def main() -> None:
 def print_table(table: dict, args) -> None:
     print(f"`python bench/gpt2.py --shapes {args.shapes} --threads {args.threads} --prompt-tokens {args.prompt_tokens} "
           f"--new-tokens {args.new_tokens} --rounds {args.rounds}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
-    print("| shape | engine | load s | prefill tok/s | decode tok/s | decode vs llama.cpp | peak RSS MiB |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| shape | engine | load s | prefill tok/s | decode tok/s | decode vs llama.cpp | decode CPU ms/token | peak RSS MiB |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for shape, rows in table.items():
         peer = rows.get("llama.cpp", {}).get("decode_tok_s")
         for engine, r in rows.items():
             ratio = f"{r['decode_tok_s'] / peer:.2f}x" if peer else "-"
-            print(f"| {shape} | {engine} | {r['load_s']} | {r['prefill_tok_s']} | {r['decode_tok_s']} | {ratio} | {r['peak_rss_mb']} |")
+            print(f"| {shape} | {engine} | {r['load_s']} | {r['prefill_tok_s']} | {r['decode_tok_s']} | {ratio} | {r['cpu_ms_per_token']} "
+                  f"| {r['peak_rss_mb']} |")
 
 
 if __name__ == "__main__":

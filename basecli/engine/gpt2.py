@@ -57,12 +57,12 @@ class LeanGPT2(torch.nn.Module):
         self.weights = weights
         take = lambda name: weights.read((self.root + name,), dtype, device)  # noqa: E731
 
-        def matrix(name: str, role: str = "layer", tensor=None):
-            """A stored (in, out) matrix as (out, in), or what `convert(matrix, role)` makes of it (engine/native.py)."""
-            t = take(name).t() if tensor is None else tensor
+        def matrix(name: str):
+            """A stored (in, out) matrix as (out, in), or what `convert(matrix, "layer")` makes of it (engine/native.py)."""
+            t = take(name).t()
             if convert is None:
                 return t
-            out = convert(t, role)
+            out = convert(t, "layer")
             weights.release(self.root + name)
             return out
 
@@ -76,13 +76,10 @@ class LeanGPT2(torch.nn.Module):
             }, **{f"{field}_bias": take(p + name + ".bias") for field, name in CHECKPOINT_NAMES.items()}))
         self.norm, self.norm_bias = take("ln_f.weight"), take("ln_f.bias")
         self.head_tied = "lm_head.weight" not in weights.index or cfg.get("tie_word_embeddings", True)
-        if self.head_tied:  # the head is the embedding, which stays for lookups (its pages come back a row at a time)
-            self.head = self.embed if convert is None else convert(self.embed, "head")
-            if convert is not None:
-                weights.release(self.root + "wte.weight")
-        else:
-            self.head = weights.read(("lm_head.weight",), dtype, device)
-            self.head = self.head if convert is None else convert(self.head, "head")
+        self.head = self.embed if self.head_tied else weights.read(("lm_head.weight",), dtype, device)
+        if convert is not None:  # a tied head's embedding stays for lookups: its pages come back a row at a time
+            self.head = convert(self.head, "head")
+            weights.release(*self.source_names("head"))
         self._device = torch.device(device)
         self.native = None  # engine/native.py's one-call decode step, when BASECLI_QUANTIZE=q4|q8
 

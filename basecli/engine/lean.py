@@ -158,6 +158,7 @@ class LeanLlama(torch.nn.Module):
             return out
 
         self.embed = take("model.embed_tokens.weight")
+
         def bias(*names):
             """The biases of a (fused) matrix: Qwen2's q, k and v, Llama's with attention_bias; None when it has none."""
             return take(*names) if all(n in weights.index for n in names) else None
