@@ -140,7 +140,17 @@ def child(engine: str, f16: Path, q8: Path, prompt: list[int], new: int, threads
     first = min(run(1)[0] for _ in range(3))
     _, rate, cpu_ms = run(new)
     return {"load_s": round(load_s, 2), "prefill_tok_s": round(len(prompt) / first, 1), "decode_tok_s": round(rate, 2),
-            "cpu_ms_per_token": round(cpu_ms, 2), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+            "cpu_ms_per_token": round(cpu_ms, 2), "peak_rss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb() -> int:
+    """This process's own peak resident memory. (getrusage's ru_maxrss would start from the parent's peak at the
+    fork, kept across exec: the parent that wrote a 3 GB GGUF would set every engine's figure.)"""
+    try:
+        with open("/proc/self/status") as f:
+            return round(int(next(line.split()[1] for line in f if line.startswith("VmHWM:"))) / 1024)
+    except (OSError, StopIteration):
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def main() -> None:

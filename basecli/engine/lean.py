@@ -321,7 +321,7 @@ def shared_prefix_attention(q: torch.Tensor, cache: KVCache, layer: int, held: i
     o2, lse2 = flash(q, cache.k[layer, :, :, :held], cache.v[layer, :, :, :held])
     lse = torch.logaddexp(lse1, lse2)
     o = o1 * (lse1 - lse).exp_()[..., None] + o2 * (lse2 - lse).exp_()[..., None]
-    return o.reshape(batch, heads * hd)
+    return o.reshape(batch, heads * hd).to(q.dtype)  # the log-sum-exps are fp32, and with them the merge
 
 
 def attention_bias(keys: torch.Tensor, steps: int) -> torch.Tensor | None:
