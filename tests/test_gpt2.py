@@ -208,6 +208,38 @@ def test_complete_prints_nothing_on_stderr(tiny_dirs):
     assert r.returncode == 0 and r.stderr == ""
 
 
+@pytest.mark.parametrize("name, shape", [("distilgpt2", dict(n_layer=6)), ("gpt2", {}),
+                                         ("gpt2-medium", dict(n_embd=1024, n_layer=24, n_head=16)),
+                                         ("gpt2-large", dict(n_embd=1280, n_layer=36, n_head=20)),
+                                         ("gpt2-xl", dict(n_embd=1600, n_layer=48, n_head=25))])
+def test_every_released_gpt2_config_runs_on_the_lean_engine(name, shape):
+    from transformers import GPT2Config
+
+    from basecli.engine import gpt2
+
+    cfg = GPT2Config(**shape).to_dict()
+    assert lean.forward_for(cfg) is gpt2.LeanGPT2
+    assert cfg["n_embd"] // cfg["n_head"] == 64 and cfg["n_embd"] % 32 == 0  # the native kernels' block of 32 fits
+
+
+def test_hub_checkpoint_names_without_the_transformer_prefix(tiny_dirs, tmp_path, reference):
+    """openai-community/gpt2's own file names its tensors h.0.attn.c_attn.weight, wte.weight, ... and keeps the
+    attention mask buffers (h.N.attn.bias); both layouts load to the same model."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    src = tiny_dirs["gpt2"]
+    shutil.copytree(src, tmp_path / "m")
+    state = {k.removeprefix("transformer."): v for k, v in load_file(str(src / "model.safetensors")).items()}
+    state["h.0.attn.bias"] = torch.tril(torch.ones(1, 1, 8, 8))
+    save_file(state, str(tmp_path / "m" / "model.safetensors"))
+    model = lean.load(tmp_path / "m", torch.float32, "cpu")
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, reference(src)(ids).logits, atol=1e-5, rtol=1e-5)
+
+
 def test_unsupported_gpt2_variants_fall_back():
     from basecli.engine import gpt2
 
