@@ -18,7 +18,7 @@ import pytest
 from basecli.weights import gguf_convert
 from basecli.weights import models
 from basecli.text.tokenizers import HFTokenizer
-from tests.conftest import CORPUS, build_tokenizer
+from conftest import CORPUS, build_tokenizer
 
 TEXTS = [
     "Hello world", "The quick brown fox jumps over the lazy dog.", "  two  spaces\n\n\ttab\t\t end   ",
@@ -30,9 +30,11 @@ TEXTS = [
 ]
 
 
-def write_tiny_gguf(path: Path, *, tied: bool, pre: str, add_bos: bool, endoftext: bool, arch: str = "llama") -> Path:
+def write_tiny_gguf(path: Path, *, tied: bool, pre: str, add_bos: bool, endoftext: bool, arch: str = "llama",
+                    layer_type=None) -> Path:
     """A 2-layer Llama (or Qwen2: with q/k/v biases) GGUF with random weights in F32, F16, BF16, Q8_0,
-    Q4_0, Q4_1 and Q5_0, and a real BPE vocabulary."""
+    Q4_0, Q4_1 and Q5_0 (or every layer matrix in `layer_type`, as llama.cpp's pure quantisations), and a
+    real BPE vocabulary."""
     from gguf import GGMLQuantizationType as T
     from gguf import GGUFWriter
     from gguf.quants import quantize
@@ -73,6 +75,8 @@ def write_tiny_gguf(path: Path, *, tied: bool, pre: str, add_bos: bool, endoftex
     rng = np.random.default_rng(0)
 
     def add(name, rows, cols=None, qtype=None, scale=0.2):
+        if layer_type is not None and name.startswith("blk.") and cols is not None:
+            qtype = layer_type
         value = (1 + 0.1 * rng.standard_normal(rows) if cols is None else rng.standard_normal((rows, cols)) * scale).astype(np.float32)
         if qtype == T.F16:
             w.add_tensor(name, value.astype(np.float16))
@@ -273,6 +277,7 @@ def transformers_conversion(real_model, tmp_path) -> Path:
     return reference
 
 
+@pytest.mark.slow
 def test_embedded_model_converts_to_the_transformers_converted_cache(real_model, tmp_path):
     """The real SmolLM2 GGUF: weights equal to transformers' conversion, and token ids equal on many strings."""
     from safetensors import safe_open
@@ -304,7 +309,7 @@ def test_tokenizer_alone_comes_out_of_the_gguf_without_transformers(converted, t
     import sys
 
     gguf, _, _, reference = converted["llama3-like"]
-    probe = ("import sys; from basecli.text.tokenizers import model_tokenizer; tok = model_tokenizer(sys.argv[1]); "
+    probe = ("import sys; from basecli.weights.model_tokenizer import model_tokenizer; tok = model_tokenizer(sys.argv[1]); "
              "print(tok.encode(sys.argv[2]), tok.prefix_ids, sorted(tok.eos_ids)); "
              "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     text = "Hello 세계 😀, a GGUF tokenizer\n\n  x"

@@ -1,4 +1,5 @@
-"""A model on this machine: transformers' model code driven by basecli's own decode loop."""
+"""A model on this machine: basecli's own Llama forward (engine/lean.py) where it applies, else transformers'
+model code, driven by basecli's own decode loop."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 import time
 from typing import Iterator, Sequence
 
+from basecli.backends import Backend
 from basecli.weights import models
 from basecli.config import NATIVE_MODES, SamplingParams, quantize_mode
 from basecli.errors import UsageError
@@ -36,25 +38,29 @@ def pick_device(name: str = "auto") -> str:
     return name
 
 
-def cpu_has_bf16() -> bool:
-    """Native bf16 matmuls (AVX512-BF16 or AMX on x86; bf16 on recent Arm)."""
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them (x86 "flags", Arm "Features"); empty elsewhere."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            lines = [line for line in f if line.startswith(("flags", "Features"))][:1]
     except OSError:
-        return False
-    return any(flag in flags for flag in (" avx512_bf16", " amx_bf16", " bf16"))
+        return set()
+    return set(lines[0].partition(":")[2].split()) if lines else set()
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmuls (AVX512-BF16 or AMX on x86; bf16 on recent Arm)."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def pick_threads() -> int | None:
     """CPU threads for torch (and basecli's kernels): BASECLI_THREADS if set; none chosen if OMP_NUM_THREADS is
     set (torch reads it); else the cores that no other process is running on right now, at least one.
 
-    Why: OpenMP workers wait on each other at every op, so on a 2-core machine with one other busy
-    process, 2 threads decoded at 3.5 tok/s where 1 thread gave 11.4 (measured here). "Right now"
-    comes from the kernel's count of runnable tasks (Linux); the 1-minute load average, used where
-    that is missing, still counts a basecli run that ended seconds ago, and so gave the next run one
-    thread on an idle 2-core machine (half the speed of `--quantize q4`).
+    Why: OpenMP workers wait on each other at every op, so a thread on a core another process holds
+    slows every step (bench/README.md, "Figures behind the code"). "Right now" comes from the kernel's
+    count of runnable tasks (Linux); the 1-minute load average, used where that is missing, still counts
+    a basecli run that ended seconds ago, and so would give the next run too few threads.
     """
     if os.environ.get("BASECLI_THREADS"):
         try:
@@ -106,7 +112,8 @@ def pick_dtype(name: str, device: str):
     return torch.float32
 
 
-class LocalBackend:
+class LocalBackend(Backend):
+    local = True
     def __init__(self, model: str | None = None, *, device: str = "auto", dtype: str = "auto",
                  trust_remote_code: bool = False, allow_pickle: bool = False, engine: str | None = None,
                  quantize: str | None = None):
@@ -122,18 +129,26 @@ class LocalBackend:
         self.tokenizer = models.tokenizer_for(self.folder, self.name)
         return_free_memory()  # before the weights arrive, or the peak is already set
         import_torch()  # after the tokenizer: the other way round left 5 MiB more in the heap at the peak
+        self.engine = engine or os.environ.get("BASECLI_ENGINE") or "auto"
+        if self.engine not in ENGINES:
+            raise UsageError(f"unknown engine {self.engine!r} (BASECLI_ENGINE); choose one of: {', '.join(ENGINES)}")
         # 4/8-bit and fbgemm weights run on the CPU with fp32 activations only: that is what auto means with them
-        if self.quantize:
-            device, dtype = ("cpu" if device == "auto" else device), ("float32" if dtype == "auto" else dtype)
-        self.device = pick_device(device)
+        self.device = pick_device("cpu" if self.quantize not in (None, "none") and device == "auto" else device)
+        from basecli.backends import weight_path
+
+        self.weight_path = weight_path.choose(self.source, self.folder, quantize=self.quantize, device=self.device,
+                                              dtype=dtype, engine=self.engine)
+        self.quantize = self.weight_path.quantize
+        if self.weight_path.default and not native_builds():
+            self.weight_path = weight_path.WeightPath(None, "dequantised: basecli's kernels do not build here (no C compiler)")
+            self.quantize = None
+            print("basecli: note: no C compiler to build basecli's kernels, so the GGUF's weights run dequantised "
+                  "(slower); install gcc (or set CC) for its own block formats", file=sys.stderr)
         if self.device == "cpu" and (threads := pick_threads()):
             import torch
 
             torch.set_num_threads(threads)
-        self.dtype = pick_dtype(dtype, self.device)
-        self.engine = engine or os.environ.get("BASECLI_ENGINE") or "auto"
-        if self.engine not in ENGINES:
-            raise UsageError(f"unknown engine {self.engine!r} (BASECLI_ENGINE); choose one of: {', '.join(ENGINES)}")
+        self.dtype = pick_dtype("float32" if self.quantize and dtype == "auto" else dtype, self.device)
         self.model = None
         if self.engine != "transformers":
             self.model = load_lean(self.folder, self.dtype, self.device, quiet=self.engine == "auto", populate=not self.quantize,
@@ -142,6 +157,9 @@ class LocalBackend:
         if self.model is None:
             self.engine = "transformers"
             self.model = load_weights(self.folder, self.dtype, self.device, trust_remote_code, allow_pickle)
+            if self.weight_path.default:  # the file's blocks need the lean engine, which does not run this architecture
+                self.weight_path = weight_path.WeightPath(None, "dequantised: basecli's kernels run Llama-architecture models only")
+                self.quantize = None
         if self.quantize:  # engine/quant.py (fp16, int8) or engine/native.py (q4, q8): lean engine, CPU, fp32
             from basecli.engine import quant
 
@@ -189,9 +207,9 @@ def import_torch() -> None:
     """Import torch, then freeze what it made so the garbage collector never walks it again.
 
     Importing torch leaves about 166,000 tracked objects (modules, functions: they live as long
-    as the process); soon after, the collector's first full pass walked them all, 0.13 s here.
-    Pausing the collector during the import as well saved another 0.2 s but added 2 MiB to the
-    peak of `complete` (the import's garbage piled up before it was freed), so it is not done.
+    as the process), which the collector's first full pass would otherwise walk. Pausing the
+    collector during the import as well is faster still but raises the peak memory of `complete`
+    (the import's garbage piles up before it is freed), so it is not done; figures in bench/README.md.
     """
     import gc
 
@@ -205,8 +223,8 @@ def import_torch() -> None:
 def return_free_memory() -> None:
     """Hand the C heap's free pages back to the OS (glibc keeps them by default).
 
-    Building the tokenizer parses a 3.5 MB JSON file in Rust; what that freed stayed resident,
-    16 MiB of peak memory for SmolLM2. Not glibc (musl, macOS): nothing to do.
+    Building the tokenizer parses a multi-megabyte JSON file in Rust; what that freed would stay
+    resident and add to the peak (bench/README.md). Not glibc (musl, macOS): nothing to do.
     """
     import ctypes
 
@@ -227,6 +245,17 @@ def native_converter(quantize: str | None, device: str, dtype):
     from basecli.engine import native
 
     return native.converter(quantize)
+
+
+def native_builds() -> bool:
+    """Whether basecli's kernels are built, or can be built, here."""
+    from basecli.engine import native
+
+    try:
+        native.library()
+    except native.NativeUnavailable:
+        return False
+    return True
 
 
 def load_lean(folder, dtype, device: str, *, quiet: bool, populate: bool = True, convert=None):

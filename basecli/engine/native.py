@@ -45,7 +45,23 @@ FLAG_SETS = (  # the first that compiles is used: OpenMP threads and this CPU's 
     ["-O3", "-ffp-contract=off"],
 )
 
+# BASECLI_NATIVE_BUILD: which code paths of native.c to build. native (the default): this CPU's vector units
+# (-march=native: the AVX2 intrinsics, compiled with AVX-512 where the CPU has it); avx2: AVX2, FMA and F16C
+# only, as on CPUs without AVX-512; portable: the plain C loops, as on CPUs without AVX2 or other
+# architectures. Tests build each one and check that they give the same tokens.
+BUILDS = ("native", "avx2", "portable")
+
 _lib = None
+
+
+def flag_sets(build: str = "native") -> tuple[list[str], ...]:
+    """FLAG_SETS for one of BUILDS."""
+    if build not in BUILDS:
+        raise UsageError(f"unknown BASECLI_NATIVE_BUILD {build!r}; choose one of: {', '.join(BUILDS)}")
+    if build == "native":
+        return FLAG_SETS
+    isa = ["-mavx2", "-mfma", "-mf16c"] if build == "avx2" else ["-DBASECLI_PORTABLE"]
+    return tuple([*flags, *isa] for flags in FLAG_SETS if "-march=native" not in flags)
 
 
 class NativeUnavailable(Exception):
@@ -55,12 +71,14 @@ class NativeUnavailable(Exception):
 def library() -> ctypes.CDLL:
     """The compiled kernels, built on first use (about a second) and kept in BASECLI_HOME.
 
-    BASECLI_NATIVE_PROFILE=1 builds them with -DBASECLI_PROFILE (see `profile`).
+    BASECLI_NATIVE_PROFILE=1 builds them with -DBASECLI_PROFILE (see `profile`); BASECLI_NATIVE_BUILD picks
+    the code paths (BUILDS).
     """
     global _lib
     if _lib is None:
         extra = ["-DBASECLI_PROFILE"] if os.environ.get("BASECLI_NATIVE_PROFILE") else []
-        _lib = load(build(tuple([*flags, *extra] for flags in FLAG_SETS)))
+        sets = flag_sets(os.environ.get("BASECLI_NATIVE_BUILD") or "native")
+        _lib = load(build(tuple([*flags, *extra] for flags in sets)))
     return _lib
 
 
@@ -261,10 +279,18 @@ def _release(model, *names: str) -> None:
             weights.release(name)
 
 
+def check_model(mode: str, model, device: str) -> None:
+    """What every --quantize mode needs (quant.py's fp16 and int8 too): the CPU, the lean engine, fp32 activations."""
+    if device != "cpu":
+        raise UsageError(f"--quantize {mode} runs on the CPU only; use --device cpu, or leave --quantize (BASECLI_QUANTIZE) unset")
+    if not hasattr(model, "layers"):
+        raise UsageError(f"--quantize {mode} needs basecli's lean engine (Llama, Qwen2 and GPT-2 models); this one runs on transformers' code (leave --quantize unset, and BASECLI_ENGINE unset or lean)")
+    if model.embed.dtype != torch.float32:
+        raise UsageError(f"--quantize {mode} needs float32 activations: use --dtype float32")
+
+
 def check(mode: str, model, device: str) -> None:
     """A UsageError saying what to change, unless `mode` can run for this model here."""
-    from basecli.engine.quant import check_model
-
     check_model(mode, model, device)
     try:
         library()
