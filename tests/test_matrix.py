@@ -12,7 +12,6 @@ and each command's log-probabilities are checked against the reference, fp32 tra
 teacher-forced on the same tokens: |logprob - reference| within the cell's tolerance, and
 greedy picks within that tolerance of the reference's best token (a near-tie may break either
 way in low precision). q8/q4 with bf16 or fp16 activations is a usage error, and checked as one.
-
 """
 
 from __future__ import annotations
