@@ -12,7 +12,7 @@ import torch
 
 from basecli.backends.local import LocalBackend
 from basecli.config import SamplingParams
-from basecli.engine import lean
+from basecli.engine import forwards, lean
 from basecli.engine.loop import generate
 
 PROMPTS = ["The quick brown fox", "Hello world! 안녕", "def add(a, b):\n"]
@@ -131,7 +131,7 @@ def test_lean_refuses_other_architectures(tiny_dirs, tmp_path, capsys):
     cfg = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps({**cfg, "mlp_bias": True}))
     with pytest.raises(lean.Unsupported, match="MLP biases"):
-        lean.load(d, torch.float32, "cpu")
+        forwards.load(d, torch.float32, "cpu")
     assert LocalBackend(str(d), device="cpu", dtype="float32", engine="lean").engine == "transformers"
     assert "lean engine does not run this model (MLP biases)" in capsys.readouterr().err
     with pytest.raises(lean.Unsupported, match="rope scaling"):

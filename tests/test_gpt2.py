@@ -13,7 +13,7 @@ import torch
 
 from basecli.backends.local import LocalBackend
 from basecli.config import SamplingParams
-from basecli.engine import lean
+from basecli.engine import forwards, lean
 from basecli.engine.gpt2 import LeanGPT2
 from tests.conftest import run_cli
 
@@ -127,7 +127,7 @@ def gpt2_124m(tmp_path_factory):
 
 def test_124m_shapes_logits_and_greedy_equal_transformers(gpt2_124m):
     path, ref = gpt2_124m
-    model = lean.load(path, torch.float32, "cpu")
+    model = forwards.load(path, torch.float32, "cpu")
     assert [p.numel() for _, p in model.named_parameters()] == [p.numel() for _, p in ref.named_parameters()]
     ids = torch.randint(0, 50257, (12,), generator=torch.Generator().manual_seed(1)).tolist()
     want_ids, want = reference_greedy(ref, ids, 4)
@@ -149,7 +149,7 @@ def test_124m_shapes_quantised_within_bounds(gpt2_124m, mode):
     from basecli.engine.quant import apply
 
     path, ref = gpt2_124m
-    model = lean.load(path, torch.float32, "cpu", populate=False, convert=native.converter(mode))
+    model = forwards.load(path, torch.float32, "cpu", populate=False, convert=native.converter(mode))
     apply(model, mode)
     assert {getattr(layer, f).format for layer in model.layers for f in model.MATRICES} == {native.FORMAT_NAMES[native.LAYER_TYPE[mode]]}
     ids = torch.randint(0, 50257, (1, 10), generator=torch.Generator().manual_seed(2))
@@ -183,7 +183,7 @@ def test_124m_shapes_native_decode_step_equals_the_torch_forward(gpt2_124m):
     from tests.test_native import STEP_TOL, stepwise
 
     path, _ = gpt2_124m
-    model = lean.load(path, torch.float32, "cpu", populate=False, convert=native.converter("q8"))
+    model = forwards.load(path, torch.float32, "cpu", populate=False, convert=native.converter("q8"))
     apply(model, "q8")
     prompts = [[464, 2068, 7586, 21831, 18045], [15496, 995]]
     forced = torch.randint(0, 50257, (2, 4), generator=torch.Generator().manual_seed(3))
@@ -218,7 +218,7 @@ def test_every_released_gpt2_config_runs_on_the_lean_engine(name, shape):
     from basecli.engine import gpt2
 
     cfg = GPT2Config(**shape).to_dict()
-    assert lean.forward_for(cfg) is gpt2.LeanGPT2
+    assert forwards.forward_for(cfg) is gpt2.LeanGPT2
     assert cfg["n_embd"] // cfg["n_head"] == 64 and cfg["n_embd"] % 32 == 0  # the native kernels' block of 32 fits
 
 
@@ -234,7 +234,7 @@ def test_hub_checkpoint_names_without_the_transformer_prefix(tiny_dirs, tmp_path
     state = {k.removeprefix("transformer."): v for k, v in load_file(str(src / "model.safetensors")).items()}
     state["h.0.attn.bias"] = torch.tril(torch.ones(1, 1, 8, 8))
     save_file(state, str(tmp_path / "m" / "model.safetensors"))
-    model = lean.load(tmp_path / "m", torch.float32, "cpu")
+    model = forwards.load(tmp_path / "m", torch.float32, "cpu")
     ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, reference(src)(ids).logits, atol=1e-5, rtol=1e-5)
@@ -312,7 +312,7 @@ def test_gpt2_gguf_converts_and_runs_on_the_lean_engine(tiny_dirs, tmp_path, ref
     out = tmp_path / "converted"
     out.mkdir()
     gguf_convert.convert(gguf, out, progress=gguf_convert.Progress(io.StringIO()))
-    ours = lean.load(out, torch.float32, "cpu")
+    ours = forwards.load(out, torch.float32, "cpu")
     assert isinstance(ours, LeanGPT2)
     theirs = GPT2LMHeadModel.from_pretrained(str(out), dtype=torch.float32).eval()
     ids = torch.tensor([[5, 17, 99, 3, 250, 42, 7]])

@@ -382,32 +382,6 @@ def check_supported(cfg: dict) -> None:
         raise Unsupported(", ".join(found))
 
 
-def forward_for(cfg: dict) -> type:
-    """The forward class for a config.json (engine/gpt2.py for GPT-2), or Unsupported saying why none fits."""
-    if cfg.get("model_type") == "gpt2":
-        from basecli.engine import gpt2
-
-        gpt2.check_supported(cfg)
-        return gpt2.LeanGPT2
-    check_supported(cfg)
-    return LeanLlama
-
-
-def load(folder: Path, dtype, device, *, populate: bool = True, convert=None) -> torch.nn.Module:
-    """The model in `folder` (config.json + safetensors): a LeanLlama or a LeanGPT2, or Unsupported.
-
-    populate=False when the weights are about to be replaced (BASECLI_QUANTIZE): their pages then
-    come in as each matrix is read and go right after, so the fp32 file is never resident whole.
-    `convert(matrix, role)` ("layer" or "head") replaces each matrix as it is read.
-    """
-    cfg = json.loads((folder / "config.json").read_text())
-    model_class = forward_for(cfg)
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise Unsupported("no safetensors weights")
-    return model_class(cfg, Weights(files, dtype, device, populate=populate), dtype, device, convert).eval()
-
-
 SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 

@@ -299,7 +299,7 @@ def check(mode: str, model, device: str) -> None:
 
 
 def converter(mode: str):
-    """`convert(matrix, role)` for lean.load: each matrix quantised as it is read (role "head": Q8_0)."""
+    """`convert(matrix, role)` for forwards.load: each matrix quantised as it is read (role "head": Q8_0)."""
     try:
         library()  # fails here, before any weight is read, when the kernels cannot be built
     except NativeUnavailable as e:
