@@ -203,6 +203,22 @@ def test_quantised_tiny_runs_the_loop_and_keeps_the_argmax(tiny_dirs, pair):
     assert got == want  # the tiny model's head is scaled x8: its argmax is far ahead of the runner-up
 
 
+def test_info_describes_the_lean_gpt2_as_transformers_config_does(tiny_dirs, monkeypatch):
+    from tests.conftest import invoke
+
+    def architecture():
+        r = invoke("info", "-m", str(tiny_dirs["gpt2"]), "--json")
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        return out["code"]["class"], out["architecture"]
+
+    lean_class, ours = architecture()
+    monkeypatch.setenv("BASECLI_ENGINE", "transformers")
+    plain_class, theirs = architecture()
+    assert lean_class.endswith("LeanGPT2") and plain_class.endswith("GPT2LMHeadModel")
+    assert ours == theirs and ours["layers"] == 2 and ours["hidden_size"] == 32
+
+
 def test_complete_prints_nothing_on_stderr(tiny_dirs):
     r = run_cli("complete", "-m", str(tiny_dirs["gpt2"]), "hi", "-n", "3")
     assert r.returncode == 0 and r.stderr == ""

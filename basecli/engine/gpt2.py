@@ -47,9 +47,12 @@ class LeanGPT2(torch.nn.Module):
     def __init__(self, cfg: dict, weights, dtype, device, convert=None):
         super().__init__()
         check_supported(cfg)
-        cfg = {"n_positions": 1024, "layer_norm_epsilon": 1e-5, **cfg}
-        self.config = SimpleNamespace(**cfg)
-        self.dim, self.n_heads, self.n_layers = cfg.get("n_embd", 768), cfg.get("n_head", 12), cfg.get("n_layer", 12)
+        cfg = {"n_positions": 1024, "layer_norm_epsilon": 1e-5, "n_embd": 768, "n_layer": 12, "n_head": 12, **cfg}
+        # and the generic names GPT2Config answers too (its attribute_map), which `basecli info` reads
+        aliases = {"hidden_size": "n_embd", "num_hidden_layers": "n_layer", "num_attention_heads": "n_head",
+                   "max_position_embeddings": "n_positions"}
+        self.config = SimpleNamespace(**cfg, **{alias: cfg[name] for alias, name in aliases.items()})
+        self.dim, self.n_heads, self.n_layers = cfg["n_embd"], cfg["n_head"], cfg["n_layer"]
         self.n_kv, self.head_dim = self.n_heads, self.dim // self.n_heads
         self.eps, self.approximate = cfg["layer_norm_epsilon"], GELU[cfg.get("activation_function", "gelu_new")]
         # hub checkpoints name their tensors with or without transformers' "transformer." prefix
