@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from basecli.engine.lean import KVCache, LeanOutput, Unsupported, affine, attend, linear, open_step, step_inputs
+from basecli.engine.lean import KVCache, LeanModel, Unsupported, affine, attend
 
 # activation_function values that are GELU with the tanh approximation, and the exact one
 GELU = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "none"}
@@ -41,7 +41,7 @@ def check_supported(cfg: dict) -> None:
         raise Unsupported(", ".join(found))
 
 
-class LeanGPT2(torch.nn.Module):
+class LeanGPT2(LeanModel):
     MATRICES = ("qkv", "o", "up", "down")  # the layer fields engine/quant.py and engine/native.py replace
 
     def __init__(self, cfg: dict, weights, dtype, device, convert=None):
@@ -84,11 +84,6 @@ class LeanGPT2(torch.nn.Module):
             self.head = convert(self.head, "head")
             weights.release(*self.source_names("head"))
         self._device = torch.device(device)
-        self.native = None  # engine/native.py's one-call decode step, when BASECLI_QUANTIZE=q4|q8
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
 
     def source_names(self, field: str, layer: int | None = None) -> tuple[str, ...]:
         """The checkpoint tensors a matrix was read from (engine/native.py releases their pages once it is quantised)."""
@@ -114,19 +109,8 @@ class LeanGPT2(torch.nn.Module):
         if not self.head_tied:
             yield "lm_head.weight", self.head
 
-    def get_output_embeddings(self):
-        return SimpleNamespace(weight=self.head)
-
-    def new_cache(self) -> KVCache:
-        return KVCache(self.n_layers, self.n_heads, self.head_dim, self.embed.dtype, self._device)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                past_key_values: KVCache | None = None, use_cache: bool = True, logits_to_keep: int = 0, **_) -> LeanOutput:
-        cache, attention_mask, position_ids = step_inputs(self, input_ids, attention_mask, position_ids, past_key_values)
-        if input_ids.shape[1] == 1 and self.native is not None:  # engine/native.py: the whole step in one call
-            return LeanOutput(self.native.step(input_ids, attention_mask, position_ids, cache)[:, None])
+    def blocks(self, input_ids: torch.Tensor, position_ids: torch.Tensor, cache: KVCache, mask, start: int) -> torch.Tensor:
         batch, steps = input_ids.shape
-        mask, start = open_step(cache, attention_mask, steps)
         x = F.embedding(input_ids, self.embed) + F.embedding(position_ids, self.positions)  # (B, T, dim)
         heads, hd, dim = self.n_heads, self.head_dim, (self.dim,)
         for i, layer in enumerate(self.layers):
@@ -135,7 +119,7 @@ class LeanGPT2(torch.nn.Module):
             x = x + affine(attend(cache, i, q, k, v, mask, start), layer.o, layer.o_bias)
             h = F.layer_norm(x, dim, layer.norm2, layer.norm2_bias, self.eps)
             x = x + affine(F.gelu(affine(h, layer.up, layer.up_bias), approximate=self.approximate), layer.down, layer.down_bias)
-        cache.length = start + steps
-        if logits_to_keep:
-            x = x[:, -logits_to_keep:]
-        return LeanOutput(linear(F.layer_norm(x, dim, self.norm, self.norm_bias, self.eps), self.head))
+        return x
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (self.dim,), self.norm, self.norm_bias, self.eps)

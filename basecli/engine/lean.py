@@ -128,7 +128,49 @@ class KVCache:
         return self.length
 
 
-class LeanLlama(torch.nn.Module):
+class LeanModel(torch.nn.Module):
+    """What basecli's loop, scorer and kernels ask of a lean forward (LeanLlama here, LeanGPT2 in engine/gpt2.py).
+
+    A subclass sets embed, head, layers, n_layers, n_kv, head_dim, _device and native, and computes
+    `blocks` (the embeddings and every layer) and `final_norm`.
+    """
+
+    native = None  # engine/native.py's one-call decode step, when BASECLI_QUANTIZE=q4|q8
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def get_output_embeddings(self):
+        return SimpleNamespace(weight=self.head)
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.n_layers, self.n_kv, self.head_dim, self.embed.dtype, self._device)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                past_key_values: KVCache | None = None, use_cache: bool = True, logits_to_keep: int = 0, **_) -> LeanOutput:
+        """transformers' call as far as basecli uses it; the defaults filled in as transformers fills them."""
+        batch, steps = input_ids.shape
+        cache = past_key_values if past_key_values is not None else self.new_cache()
+        start = cache.length
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, start + steps, dtype=torch.long, device=input_ids.device)
+        if position_ids is None:
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, start:]
+        if steps == 1 and self.native is not None:  # engine/native.py: the whole step in one call
+            return LeanOutput(self.native.step(input_ids, attention_mask, position_ids, cache)[:, None])
+        mask = attention_bias(attention_mask.bool(), steps)
+        if cache.shared and (steps > 1 or mask is not None):
+            cache.unshare()
+        cache.reserve(batch, steps)
+        x = self.blocks(input_ids, position_ids, cache, mask, start)  # (B, T, dim)
+        cache.length = start + steps
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        return LeanOutput(linear(self.final_norm(x), self.head))
+
+
+class LeanLlama(LeanModel):
     MATRICES = ("qkv", "o", "gate_up", "down")  # the layer fields engine/quant.py and engine/native.py replace
 
     def __init__(self, cfg: dict, weights: "Weights", dtype, device, convert=None):
@@ -184,11 +226,6 @@ class LeanLlama(torch.nn.Module):
             self.head = self.embed if convert is None else matrix("model.embed_tokens.weight", role="head", tensor=self.embed)
             self.head_tied = True
         self._device = torch.device(device)
-        self.native = None  # engine/native.py's one-call decode step, when BASECLI_QUANTIZE=q4|q8
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
 
     def source_names(self, field: str, layer: int | None = None) -> tuple[str, ...]:
         """The checkpoint tensors a matrix was read from (engine/native.py releases their pages once it is quantised)."""
@@ -217,19 +254,8 @@ class LeanLlama(torch.nn.Module):
         if self.head is not self.embed and not getattr(self, "head_tied", False):  # tied: the embedding, already listed
             yield "lm_head.weight", self.head
 
-    def get_output_embeddings(self):
-        return SimpleNamespace(weight=self.head)
-
-    def new_cache(self) -> KVCache:
-        return KVCache(self.n_layers, self.n_kv, self.head_dim, self.embed.dtype, self._device)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                past_key_values: KVCache | None = None, use_cache: bool = True, logits_to_keep: int = 0, **_) -> LeanOutput:
-        cache, attention_mask, position_ids = step_inputs(self, input_ids, attention_mask, position_ids, past_key_values)
-        if input_ids.shape[1] == 1 and self.native is not None:  # engine/native.py: the whole step in one call
-            return LeanOutput(self.native.step(input_ids, attention_mask, position_ids, cache)[:, None])
+    def blocks(self, input_ids: torch.Tensor, position_ids: torch.Tensor, cache: KVCache, mask, start: int) -> torch.Tensor:
         batch, steps = input_ids.shape
-        mask, start = open_step(cache, attention_mask, steps)
         cos, sin = self.rope(position_ids)
         x = F.embedding(input_ids, self.embed)
         heads, kv, hd = self.n_heads, self.n_kv, self.head_dim
@@ -244,10 +270,10 @@ class LeanLlama(torch.nn.Module):
             h = F.rms_norm(x, (self.dim,), layer.norm2, self.eps)
             gate, up = linear(h, layer.gate_up).chunk(2, dim=-1)
             x = x + linear(F.silu(gate, inplace=True) * up, layer.down)
-        cache.length = start + steps
-        if logits_to_keep:
-            x = x[:, -logits_to_keep:]
-        return LeanOutput(linear(F.rms_norm(x, (self.dim,), self.norm, self.eps), self.head))
+        return x
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (self.dim,), self.norm, self.eps)
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sign-folded sin for every position, (B, T, 1, head_dim), as transformers computes them (in fp32).
@@ -265,27 +291,6 @@ def affine(x: torch.Tensor, w, bias: torch.Tensor | None) -> torch.Tensor:
     if bias is None:
         return linear(x, w)
     return F.linear(x, w, bias) if isinstance(w, torch.Tensor) else w(x).add_(bias)
-
-
-def step_inputs(model, input_ids, attention_mask, position_ids, cache):
-    """(cache, attention_mask, position_ids) of a forward call, the defaults filled in as transformers fills them."""
-    batch, steps = input_ids.shape
-    cache = cache if cache is not None else model.new_cache()
-    start = cache.length
-    if attention_mask is None:
-        attention_mask = torch.ones(batch, start + steps, dtype=torch.long, device=input_ids.device)
-    if position_ids is None:
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, start:]
-    return cache, attention_mask, position_ids
-
-
-def open_step(cache: KVCache, attention_mask: torch.Tensor, steps: int) -> tuple[torch.Tensor | None, int]:
-    """(attention mask for `attend`, first new column): room made in the cache for `steps` more tokens."""
-    mask = attention_bias(attention_mask.bool(), steps)
-    if cache.shared and (steps > 1 or mask is not None):
-        cache.unshare()
-    cache.reserve(attention_mask.shape[0], steps)
-    return mask, cache.length
 
 
 def attend(cache: KVCache, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
