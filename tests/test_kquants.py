@@ -204,7 +204,7 @@ def mean_kl(p_logits, q_logits) -> float:
 def test_logits_agree_with_llama_cpp_and_are_no_less_accurate(files, loaded, ftype):
     import llama_cpp
 
-    from basecli.engine import lean
+    from basecli.engine import forwards
 
     model, folder = loaded[ftype]
     assert not any(isinstance(t, torch.Tensor) and t.dim() == 2 for t in model.tensors())  # no fp32 matrix anywhere
@@ -213,7 +213,7 @@ def test_logits_agree_with_llama_cpp_and_are_no_less_accurate(files, loaded, fty
     theirs = np.array(llm.scores[: len(PROMPT)])
     with torch.inference_mode():
         ours = model(torch.tensor([PROMPT])).logits[0]
-        fp32 = lean.load(folder, torch.float32, "cpu")(torch.tensor([PROMPT])).logits[0]
+        fp32 = forwards.load(folder, torch.float32, "cpu")(torch.tensor([PROMPT])).logits[0]
     assert mean_kl(theirs, ours) < 5e-3
     # our top token is llama.cpp's, or one it puts within 0.3 of its own (near-ties of a random model; measured 0.125)
     top = ours.numpy().argmax(-1)
