@@ -1,4 +1,4 @@
-"""A lean Llama forward pass for decoding, with a preallocated KV cache. Opt-in: BASECLI_ENGINE=lean.
+"""A lean Llama forward pass for decoding, the default engine for Llama models (BASECLI_ENGINE=transformers turns it off).
 
 On a small model every decode step is a few hundred tiny kernels, so the cost per kernel,
 not the arithmetic, decides the speed. This module computes the same function as
@@ -272,7 +272,7 @@ def shared_prefix_attention(q: torch.Tensor, cache: KVCache, layer: int, held: i
     o2, lse2 = flash(q, cache.k[layer, :, :, :held], cache.v[layer, :, :, :held])
     lse = torch.logaddexp(lse1, lse2)
     o = o1 * (lse1 - lse).exp_()[..., None] + o2 * (lse2 - lse).exp_()[..., None]
-    return o.reshape(batch, heads * hd)
+    return o.reshape(batch, heads * hd).to(q.dtype)  # the fp32 log-sum-exps promote o; bf16 weights need it back
 
 
 def attention_bias(keys: torch.Tensor, steps: int) -> torch.Tensor | None:
