@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from basecli.engine.quant import linear
+from basecli.engine.static import StaticCache
 
 
 # Layer fields and the checkpoint tensors they hold (q, k, v and gate, up are fused on load).
@@ -200,46 +201,32 @@ class LeanLlama(torch.nn.Module):
     def new_cache(self) -> KVCache:
         return KVCache(self.n_layers, self.n_kv, self.head_dim, self.embed.dtype, self._device)
 
+    def new_static_cache(self, batch: int, capacity: int) -> StaticCache:
+        """engine/static.py's preallocated cache, for engine/static_loop.py's fixed-shape decode step."""
+        return StaticCache.for_model(self, batch, capacity)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 past_key_values: KVCache | None = None, use_cache: bool = True, logits_to_keep: int = 0, **_) -> LeanOutput:
-        batch, steps = input_ids.shape
-        cache = past_key_values if past_key_values is not None else self.new_cache()
-        start = cache.length
-        if attention_mask is None:
-            attention_mask = torch.ones(batch, start + steps, dtype=torch.long, device=input_ids.device)
-        if position_ids is None:
-            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, start:]
-        if steps == 1 and self.native is not None:  # engine/native.py: the whole step in one call
+        cache, attention_mask, position_ids = step_inputs(self, input_ids, attention_mask, position_ids, past_key_values)
+        if input_ids.shape[1] == 1 and self.native is not None:  # engine/native.py: the whole step in one call
             return LeanOutput(self.native.step(input_ids, attention_mask, position_ids, cache)[:, None])
-        mask = attention_bias(attention_mask.bool(), steps)
-        if cache.shared and (steps > 1 or mask is not None):
-            cache.unshare()
-        cache.reserve(batch, steps)
+        batch, steps = input_ids.shape
+        mask, start = open_step(cache, attention_mask, steps)
         cos, sin = self.rope(position_ids)
         x = F.embedding(input_ids, self.embed)
-        end = start + steps
-        col, held = start - cache.shared, end - cache.shared  # this step's columns in the per-row buffers
         heads, kv, hd = self.n_heads, self.n_kv, self.head_dim
-        causal, gqa = mask is None and steps > 1, kv != heads
         for i, layer in enumerate(self.layers):
             h = F.rms_norm(x, (self.dim,), layer.norm1, self.eps)
             qkv = linear(h, layer.qkv).view(batch, steps, heads + 2 * kv, hd)
             qk = qkv[:, :, : heads + kv]
             # rope on q and k at once: x cos + rotate_half(x) sin, where rotate_half(x) = roll(x) with the first half negated
             qk = torch.addcmul(qk * cos, qk.roll(hd // 2, -1), sin)
-            cache.k[i, :, :, col:held] = qk[:, :, heads:].transpose(1, 2)  # (B, kv, T, hd)
-            cache.v[i, :, :, col:held] = qkv[:, :, heads + kv :].transpose(1, 2)
-            if cache.shared:
-                o = shared_prefix_attention(qk[:, 0, :heads], cache, i, held)  # (B, heads * hd)
-            else:
-                o = F.scaled_dot_product_attention(qk[:, :, :heads].transpose(1, 2), cache.k[i, :, :, :end], cache.v[i, :, :, :end],
-                                                   attn_mask=mask, is_causal=causal, enable_gqa=gqa)  # (B, heads, T, hd)
-                o = o.transpose(1, 2).reshape(batch, steps, heads * hd)
-            x = x + linear(o.view(batch, steps, heads * hd), layer.o)
+            o = attend(cache, i, qk[:, :, :heads], qk[:, :, heads:], qkv[:, :, heads + kv :], mask, start)
+            x = x + linear(o, layer.o)
             h = F.rms_norm(x, (self.dim,), layer.norm2, self.eps)
             gate, up = linear(h, layer.gate_up).chunk(2, dim=-1)
             x = x + linear(F.silu(gate, inplace=True) * up, layer.down)
-        cache.length = end
+        cache.length = start + steps
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         return LeanOutput(linear(F.rms_norm(x, (self.dim,), self.norm, self.eps), self.head))
@@ -253,6 +240,47 @@ class LeanLlama(torch.nn.Module):
         cos, sin = freqs.cos(), freqs.sin()
         cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
         return cos[:, :, None].to(self.embed.dtype), sin[:, :, None].to(self.embed.dtype)
+
+
+def step_inputs(model, input_ids, attention_mask, position_ids, cache):
+    """(cache, attention_mask, position_ids) of a forward call, the defaults filled in as transformers fills them."""
+    batch, steps = input_ids.shape
+    cache = cache if cache is not None else model.new_cache()
+    start = cache.length
+    if attention_mask is None:
+        attention_mask = torch.ones(batch, start + steps, dtype=torch.long, device=input_ids.device)
+    if position_ids is None:
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, start:]
+    return cache, attention_mask, position_ids
+
+
+def open_step(cache: KVCache, attention_mask: torch.Tensor, steps: int) -> tuple[torch.Tensor | None, int]:
+    """(attention mask for `attend`, first new column): room made in the cache for `steps` more tokens."""
+    if hasattr(cache, "open_step"):  # engine/static.py's preallocated cache: fixed shapes, nothing read back to the host
+        return cache.open_step(attention_mask, steps)
+    mask = attention_bias(attention_mask.bool(), steps)
+    if cache.shared and (steps > 1 or mask is not None):
+        cache.unshare()
+    cache.reserve(attention_mask.shape[0], steps)
+    return mask, cache.length
+
+
+def attend(cache: KVCache, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+           start: int, scale: float | None = None) -> torch.Tensor:
+    """Causal attention of this pass's queries (B, T, heads, hd) over the cache and this pass's keys and values
+    (B, T, kv, hd), which are written into the cache at columns start.. first; (B, T, heads * hd)."""
+    if hasattr(cache, "attend"):
+        return cache.attend(layer, q, k, v, mask, scale)
+    batch, steps, heads, hd = q.shape
+    end = start + steps
+    col, held = start - cache.shared, end - cache.shared  # this pass's columns in the per-row buffers
+    cache.k[layer, :, :, col:held] = k.transpose(1, 2)  # (B, kv, T, hd)
+    cache.v[layer, :, :, col:held] = v.transpose(1, 2)
+    if cache.shared:
+        return shared_prefix_attention(q[:, 0], cache, layer, held).view(batch, 1, heads * hd)
+    o = F.scaled_dot_product_attention(q.transpose(1, 2), cache.k[layer, :, :, :end], cache.v[layer, :, :, :end], attn_mask=mask,
+                                       is_causal=mask is None and steps > 1, enable_gqa=k.shape[2] != heads, scale=scale)
+    return o.transpose(1, 2).reshape(batch, steps, heads * hd)  # (B, heads, T, hd) -> (B, T, heads * hd)
 
 
 def shared_prefix_attention(q: torch.Tensor, cache: KVCache, layer: int, held: int) -> torch.Tensor:

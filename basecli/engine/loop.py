@@ -144,7 +144,7 @@ def draw(logits, rows_cfg: RowParams, seen, generators, *, alternatives: int, en
     if alternatives:
         top = torch.topk(logits, alternatives, dim=-1)
         alts = [list(zip(i, lp)) for i, lp in zip(top.indices.tolist(), (top.values - norm).tolist())]
-    ent = _entropy(processed, rows_cfg.greedy).tolist() if entropy else None
+    ent = sampled_entropy(processed, rows_cfg.greedy).tolist() if entropy else None
     return tokens, Draw(tokens.tolist(), chosen.tolist(), alts, ent)
 
 
@@ -222,7 +222,8 @@ def generate(
         next_pos = next_pos + 1
 
 
-def _entropy(logits: torch.Tensor, greedy: torch.Tensor) -> torch.Tensor:
+def sampled_entropy(logits: torch.Tensor, greedy: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of softmax(logits) per row; 0 for greedy rows, which draw nothing."""
     logp = logits.log_softmax(-1)
     h = -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
     return torch.where(greedy, torch.zeros_like(h), h)

@@ -1,0 +1,229 @@
+"""The decode loop over a preallocated cache, its step replayed as a CUDA graph on a GPU.
+
+gpt-fast's shape: `prefill` once (eager, the prompt's width), then `decode_one_token` is a
+fixed-shape function of static buffers (engine/static.py's cache, the last logits, positions,
+the step counter) that samples on the device (engine/device_sampling.py), writes the token
+into the cache and computes the next logits. On CUDA it is captured once per batch size and
+replayed; the host reads the drawn tokens back every `sync_every` steps, turns them into text
+and checks stop strings, EOS and max tokens there (engine/loop.py's row_event). Rows that
+finish keep computing, masked out, until at most half the batch is left; then the batch is
+cut to the live rows (a new shape, a new capture). The same code runs eagerly on the CPU.
+
+BASECLI_DECODE=static|plain forces a path (auto: static on CUDA, plain elsewhere; the
+native q4/q8 step and transformers' models always run plain). BASECLI_GRAPH=cudagraph|compile|off
+chooses how a CUDA step is replayed: captured as it is (default), compiled by torch.compile
+first (fused kernels, minutes of compiling), or not at all.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from basecli.config import SamplingParams
+from basecli.engine.device_sampling import DeviceDraw, seed_tensor
+from basecli.engine.loop import TextStream, left_pad, is_shared, row_event, row_seeds, _vocab
+from basecli.engine.processors import RowParams
+from basecli.engine.static import StaticCache, capacity_for
+from basecli.errors import UsageError
+from basecli.events import Event
+
+DECODE_MODES = ("auto", "static", "plain")
+GRAPH_MODES = ("auto", "cudagraph", "compile", "off")
+WARMUP_STEPS = 2  # eager steps before a capture: lazy initialisation (cuBLAS handles, workspaces) must not be captured
+
+
+def supports_static(model) -> bool:
+    """A lean forward (Llama, Qwen2, GPT-2) without engine/native.py's one-call step."""
+    return hasattr(model, "new_static_cache") and getattr(model, "native", None) is None
+
+
+def use_static(model, mode: str | None = None) -> bool:
+    """Whether `generate_static` runs this model: BASECLI_DECODE, else static on CUDA and plain elsewhere."""
+    mode = mode or os.environ.get("BASECLI_DECODE") or "auto"
+    if mode not in DECODE_MODES:
+        raise UsageError(f"unknown decode path {mode!r} (BASECLI_DECODE); choose one of: {', '.join(DECODE_MODES)}")
+    if mode == "plain" or not supports_static(model):
+        return False
+    return mode == "static" or torch.device(model.device).type == "cuda"
+
+
+def pick_generate(model) -> Callable[..., Iterator[Event]]:
+    """The decode loop for this model: `generate_static` where `use_static` says so, else engine/loop.py's `generate`."""
+    from basecli.engine.loop import generate
+
+    return generate_static if use_static(model) else generate
+
+
+def graph_mode(device, mode: str | None = None) -> str:
+    mode = mode or os.environ.get("BASECLI_GRAPH") or "auto"
+    if mode not in GRAPH_MODES:
+        raise UsageError(f"unknown graph mode {mode!r} (BASECLI_GRAPH); choose one of: {', '.join(GRAPH_MODES)}")
+    if torch.device(device).type != "cuda":
+        return "off"
+    return "cudagraph" if mode == "auto" else mode
+
+
+class Replay:
+    """Calls `fn` (no arguments, results left in static buffers): eagerly for the warm-up steps, then
+    as a CUDA graph captured on the next call. A capture or compile that fails says so on stderr
+    once and the run goes on eagerly (or uncompiled): slower, never wrong."""
+
+    def __init__(self, fn: Callable[[], None], mode: str):
+        self.fn, self.mode, self.calls, self.graph = fn, mode, 0, None
+        if mode == "compile":
+            try:
+                self.fn = torch.compile(fn, dynamic=False)
+            except Exception as e:  # noqa: BLE001 - any failure of the compiler leaves the eager step
+                note(f"torch.compile is not available ({type(e).__name__}); the decode step is captured uncompiled")
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.mode == "off":
+            return self.fn()
+        if self.calls <= WARMUP_STEPS:
+            return self._warm()
+        if self.graph is None:
+            self._capture()
+        if self.graph is None:
+            return self.fn()
+        self.graph.replay()
+
+    def _warm(self) -> None:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            try:
+                self.fn()
+            except Exception as e:  # noqa: BLE001 - a compiled step that fails to build: the eager one instead
+                if self.fn is self._eager():
+                    raise
+                note(f"the compiled decode step failed ({type(e).__name__}: {e}); running it uncompiled")
+                self.fn = self._eager()
+                self.fn()
+        torch.cuda.current_stream().wait_stream(side)
+
+    def _capture(self) -> None:
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self.fn()
+        except Exception as e:  # noqa: BLE001 - capture is an optimisation: any failure leaves the eager step
+            note(f"CUDA graph capture failed ({type(e).__name__}: {e}); decoding without it")
+            torch.cuda.synchronize()
+            self.mode = "off"
+            return
+        self.graph = graph
+
+    def _eager(self):
+        return getattr(self.fn, "_torchdynamo_orig_callable", self.fn)
+
+
+def note(message: str) -> None:
+    print(f"basecli: note: {message}", file=sys.stderr)
+
+
+class Decoder:
+    """The static state of one fixed-shape batch and its one-token step."""
+
+    def __init__(self, model, cache: StaticCache, logits, positions, draw: DeviceDraw, seen):
+        self.model, self.cache, self.logits, self.positions, self.draw, self.seen = model, cache, logits, positions, draw, seen
+        self.step = torch.zeros(1, dtype=torch.long, device=logits.device)  # the step counter, on the device
+
+    def decode_one_token(self) -> None:
+        """Draw this step's tokens from the last logits, write them into the cache, compute the next logits."""
+        tokens = self.draw(self.logits, self.seen, self.step)
+        if self.seen is not None:
+            self.seen.scatter_(1, tokens[:, None], True)
+        self.cache.mark_next()
+        out = self.model(input_ids=tokens[:, None], attention_mask=self.cache.keys, position_ids=self.positions[:, None],
+                         past_key_values=self.cache)
+        self.logits.copy_(out.logits[:, -1, :])
+        self.cache.advance(1)
+        self.positions += 1
+        self.step += 1
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only `rows`: every buffer is cut (new tensors, so a new graph is captured for the new shape)."""
+        self.cache.select(rows)
+        self.draw.select(rows)
+        self.logits, self.positions = self.logits.index_select(0, rows), self.positions.index_select(0, rows)
+        self.seen = self.seen.index_select(0, rows) if self.seen is not None else None
+
+
+def prefill(model, ids, mask, positions, capacity: int, shared: bool) -> tuple[StaticCache, torch.Tensor]:
+    """A cache for every row holding its prompt, and the (B, vocab) fp32 logits of each row's next token.
+
+    shared (resample): the first row's prompt is run once and its keys copied to every row."""
+    batch = ids.shape[0]
+    rows = slice(0, 1) if shared else slice(None)
+    cache = model.new_static_cache(1 if shared else batch, capacity)
+    cache.fill_prompt(mask[rows])
+    logits = model(input_ids=ids[rows], attention_mask=cache.keys, position_ids=positions[rows], past_key_values=cache,
+                   logits_to_keep=1).logits[:, -1, :].float()
+    cache.advance(ids.shape[1])
+    if shared:
+        one, cache = cache, model.new_static_cache(batch, capacity)
+        cache.share(one)
+        logits = logits.expand(batch, -1)
+    return cache, logits.contiguous()
+
+
+@torch.inference_mode()
+def generate_static(
+    model,
+    tokenizer,
+    prompts: Sequence[Sequence[int]],
+    params: Sequence[SamplingParams],
+    *,
+    alternatives: int = 0,
+    entropy: bool = False,
+    seeds: Sequence[int] | None = None,
+    sync_every: int | None = None,
+    graph: str | None = None,
+) -> Iterator[Event]:
+    """engine/loop.py's `generate` (same arguments, same Events) over a preallocated cache and a fixed-shape step.
+
+    sync_every: decode steps between two reads of the drawn tokens (default 8 on CUDA, 1 elsewhere)."""
+    assert len(prompts) == len(params) and all(len(p) > 0 for p in prompts)
+    device = model.device
+    mode = graph_mode(device, graph)
+    sync_every = sync_every or (8 if mode != "off" else 1)
+    ids, mask, positions = left_pad(prompts, device)
+    steps = max(p.max_tokens for p in params)
+    cache, logits = prefill(model, ids, mask, positions, capacity_for(ids.shape[1], steps), is_shared(prompts))
+    seen = None
+    cfg = RowParams(params, device)
+    if cfg.use_penalty:
+        seen = torch.zeros(len(prompts), _vocab(model), dtype=torch.bool, device=device)
+        seen.scatter_(1, ids, mask.bool())
+    draw = DeviceDraw(cfg, seed_tensor(row_seeds(params, seeds), device), steps, alternatives=alternatives, entropy=entropy)
+    decoder = Decoder(model, cache, logits, positions[:, -1] + 1, draw, seen)
+    replay = Replay(decoder.decode_one_token, mode)
+    streams = [TextStream(p.stop) for p in params]
+    live = list(range(len(prompts)))  # batch position -> original row, for the rows in the decoder's batch
+    going = set(live)  # rows not finished yet
+    done = 0
+    while going:
+        chunk = min(sync_every, max(params[r].max_tokens for r in going) - done)
+        for _ in range(chunk):
+            replay()
+        tokens, logprobs, alts, ents = draw.read(done, done + chunk)
+        for s in range(chunk):  # step by step, every row at a step before the next step, as engine/loop.py yields them
+            for b, row in enumerate(live):
+                if row not in going:
+                    continue
+                ev = row_event(tokenizer, row, done + s, params[row], streams[row], tokens[b][s], logprobs[b][s],
+                               alts[b][s] if alts else [], ents[b][s] if ents else None)
+                yield ev
+                if ev.finish_reason is not None:
+                    going.discard(row)
+        done += chunk
+        if going and len(going) * 2 <= len(live):  # half the batch or less is live: cut it to the live rows
+            keep = [b for b, row in enumerate(live) if row in going]
+            decoder.select(torch.tensor(keep, device=device))
+            live = [live[b] for b in keep]
+            replay = Replay(decoder.decode_one_token, mode)

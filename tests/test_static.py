@@ -1,0 +1,177 @@
+"""The preallocated-cache decode path (engine/static_loop.py) against the plain loop (engine/loop.py),
+and its on-device draw against its definition. It runs here eagerly: the same code a GPU captures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from basecli.backends.local import LocalBackend
+from basecli.config import SamplingParams
+from basecli.engine import static_loop
+from basecli.engine.device_sampling import seed_tensor, uniform
+from basecli.engine.loop import generate
+from basecli.engine.processors import RowParams, invert_cdf, process
+from basecli.engine.static import StaticCache, capacity_for
+from basecli.engine.static_loop import generate_static, graph_mode, pick_generate, use_static
+from basecli.errors import UsageError
+
+PROMPTS = ["The quick brown fox", "Hello world! 안녕", "def add(a, b):\n"]
+# fp32, static against plain: the same function, but attention over the whole (masked) capacity sums in another order
+LOGPROB_TOLERANCE = 1e-5
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module", params=["llama"])
+def lean_backend(request, tiny_dirs):
+    b = LocalBackend(str(tiny_dirs[request.param]), device="cpu", dtype="float32", engine="lean")
+    assert b.engine == "lean" and static_loop.supports_static(b.model)
+    return b
+
+
+def rows(events):
+    out = {}
+    for ev in events:
+        out.setdefault(ev.row, []).append(ev)
+    return [out[i] for i in sorted(out)]
+
+
+def both(b, prompts, params, **kw):
+    """(plain, static) events per row for the same call."""
+    encoded = [b.encode(p) for p in prompts]
+    plain = rows(generate(b.model, b.tokenizer, encoded, params, **{k: v for k, v in kw.items() if k != "sync_every"}))
+    static = rows(generate_static(b.model, b.tokenizer, encoded, params, **kw))
+    return plain, static
+
+
+def assert_same(plain, static):
+    assert [[e.token_id for e in r] for r in static] == [[e.token_id for e in r] for r in plain]
+    assert [[(e.text, e.finish_reason, e.step) for e in r] for r in static] == [[(e.text, e.finish_reason, e.step) for e in r] for r in plain]
+    for rp, rs in zip(plain, static):
+        for p, s in zip(rp, rs):
+            assert s.logprob == pytest.approx(p.logprob, abs=LOGPROB_TOLERANCE)
+            assert [i for i, _ in s.alternatives] == [i for i, _ in p.alternatives]
+            assert [lp for _, lp in s.alternatives] == pytest.approx([lp for _, lp in p.alternatives], abs=LOGPROB_TOLERANCE)
+            if p.entropy is not None:
+                assert s.entropy == pytest.approx(p.entropy, abs=LOGPROB_TOLERANCE)
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_batch_1_greedy_equals_plain(lean_backend, prompt):
+    p = [SamplingParams(max_tokens=30, temperature=0, ignore_eos=True)]
+    assert_same(*both(lean_backend, [prompt], p, alternatives=3, entropy=True))
+
+
+@pytest.mark.parametrize("sync_every", [1, 4])
+def test_left_padding_and_rows_leaving_equal_plain(lean_backend, sync_every):
+    """Rows of different lengths (left padding) and max tokens (rows leave: masked, then the batch is cut)."""
+    params = [SamplingParams(max_tokens=n, temperature=0, ignore_eos=True, repetition_penalty=r) for n, r in [(5, 1.0), (23, 1.3), (11, 1.0)]]
+    assert_same(*both(lean_backend, PROMPTS, params, alternatives=2, sync_every=sync_every))
+
+
+def test_shared_prefix_greedy_equals_plain_and_sampled_rows_equal_single_runs(lean_backend):
+    greedy = [SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in (9, 17, 4, 12)]
+    assert_same(*both(lean_backend, [PROMPTS[2]] * 4, greedy, sync_every=3))
+    sampled = [SamplingParams(max_tokens=n, temperature=1.0, seed=s, ignore_eos=True) for s, n in [(1, 14), (2, 6), (3, 10)]]
+    enc = [lean_backend.encode(PROMPTS[0])]
+    batch = rows(generate_static(lean_backend.model, lean_backend.tokenizer, enc * 3, sampled, sync_every=4))
+    singles = [rows(generate_static(lean_backend.model, lean_backend.tokenizer, enc, [p]))[0] for p in sampled]
+    assert [[e.token_id for e in r] for r in batch] == [[e.token_id for e in r] for r in singles]
+    assert [len(r) for r in batch] == [14, 6, 10]
+    assert len({tuple(e.token_id for e in r[:6]) for r in batch}) > 1, "different seeds should give different samples"
+
+
+def test_stop_strings_and_eos_are_found_on_the_host_between_reads(lean_backend):
+    b = lean_backend
+    (free,) = both(b, [PROMPTS[0]], [SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)])[0]
+    text = "".join(e.text for e in free)
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    eos = free[4].token_id
+    params = [SamplingParams(max_tokens=12, temperature=0, ignore_eos=True, stop=(stop,)),
+              SamplingParams(max_tokens=12, temperature=0)]
+    b.tokenizer.eos_ids, saved = {eos}, b.tokenizer.eos_ids
+    try:
+        plain, static = both(b, [PROMPTS[0]] * 2, params, sync_every=5)
+    finally:
+        b.tokenizer.eos_ids = saved
+    assert_same(plain, static)
+    assert static[0][-1].finish_reason == "stop" and static[1][-1].finish_reason == "eos"
+    assert len(static[1]) == 5
+
+
+def test_sampled_tokens_are_the_inverse_cdf_at_the_hashed_uniform(lean_backend, reference):
+    """Each sampled token is, by definition, the processed distribution's inverse CDF at uniform(seed, step);
+    the logits come from transformers' own forward pass over the prompt and the tokens drawn so far."""
+    b = lean_backend
+    params = [SamplingParams(max_tokens=10, temperature=0.8, top_k=40, top_p=0.9, min_p=0.02, repetition_penalty=1.2, seed=s)
+              for s in (5, 2**40 + 9)]
+    params = [p.with_(ignore_eos=True) for p in params]
+    enc = [b.encode(PROMPTS[1]), b.encode(PROMPTS[2])]
+    out = rows(generate_static(b.model, b.tokenizer, enc, params, sync_every=3))
+    ref = reference(b.folder)
+    for ids, p, events in zip(enc, params, out):
+        cfg, seeds = RowParams([p], "cpu"), seed_tensor([p.seed], "cpu")
+        context = list(ids)
+        for ev in events:
+            with torch.no_grad():
+                logits = ref(torch.tensor([context])).logits[:, -1].float()
+            seen = torch.zeros_like(logits, dtype=torch.bool)
+            seen[0, context] = True
+            want = invert_cdf(process(logits, cfg, seen), uniform(seeds, torch.tensor([ev.step])))
+            assert ev.token_id == int(want)
+            assert ev.logprob == pytest.approx(logits.log_softmax(-1)[0, ev.token_id].item(), abs=1e-4)
+            context.append(ev.token_id)
+
+
+def test_uniform_is_uniform_and_depends_on_seed_and_step_only():
+    seeds = seed_tensor(list(range(200)), "cpu")
+    u = torch.stack([uniform(seeds, torch.tensor([s])) for s in range(500)])  # (steps, rows)
+    assert float(u.min()) >= 0 and float(u.max()) < 1
+    counts = torch.histc(u.flatten(), bins=10, min=0, max=1)
+    expected = u.numel() / 10
+    assert float(((counts - expected) ** 2 / expected).sum()) < 30  # chi-square, 9 degrees of freedom: p < 0.001 above ~28
+    assert torch.equal(uniform(seeds[7:8], torch.tensor([3])), u[3, 7:8])  # a row alone draws what it draws in a batch
+    assert u[:, 0].unique().numel() == 500 and u[0].unique().numel() == 200
+
+
+def test_static_cache_masks_padding_and_unwritten_columns():
+    cache = StaticCache(1, 1, 2, batch=2, capacity=capacity_for(3, 2), dtype=torch.float32, device="cpu")
+    assert cache.capacity == 64
+    cache.fill_prompt(torch.tensor([[0, 1, 1], [1, 1, 1]]))
+    mask, _ = cache.open_step(None, 3)
+    assert mask.shape == (2, 1, 3, 64)
+    assert mask[0, 0, :, :4].tolist() == [[True, False, False, False], [False, True, False, False], [False, True, True, False]]
+    assert mask[1, 0, :, :4].tolist() == [[True, False, False, False], [True, True, False, False], [True, True, True, False]]
+    cache.advance(3)
+    cache.mark_next()
+    mask, _ = cache.open_step(None, 1)
+    assert mask[0, 0, 0, :5].tolist() == [False, True, True, True, False] and not mask[:, :, :, 5:].any()
+
+
+def test_which_path_runs_where(lean_backend, tiny_backends, monkeypatch):
+    model = lean_backend.model
+    monkeypatch.delenv("BASECLI_DECODE", raising=False)
+    assert not use_static(model)  # auto on the CPU: the plain loop (bench/README.md, "static cache on the CPU")
+    assert use_static(model, "static") and not use_static(model, "plain")
+    monkeypatch.setenv("BASECLI_DECODE", "static")
+    assert pick_generate(model) is generate_static
+    assert not use_static(tiny_backends["llama-transformers"].model)  # transformers' models: plain whatever is asked
+    monkeypatch.setattr(model, "native", object())
+    assert not use_static(model)  # the native q4/q8 step stays as it is
+    monkeypatch.setenv("BASECLI_DECODE", "fast")
+    with pytest.raises(UsageError, match="BASECLI_DECODE"):
+        use_static(lean_backend.model)
+    assert graph_mode("cpu", "cudagraph") == "off" and graph_mode("cpu") == "off"
+    with pytest.raises(UsageError, match="BASECLI_GRAPH"):
+        graph_mode("cpu", "always")
+
+
+def test_complete_cli_forced_static_prints_what_plain_prints(tiny_dirs):
+    from tests.conftest import run_cli
+
+    args = ("complete", "The quick", "-m", str(tiny_dirs["llama"]), "-n", "12", "-t", "0", "--ignore-eos", "--dtype", "float32")
+    plain = run_cli(*args, env={"BASECLI_DECODE": "plain"})
+    static = run_cli(*args, env={"BASECLI_DECODE": "static"})
+    assert plain.returncode == 0 and static.returncode == 0, static.stderr
+    assert static.stdout == plain.stdout and plain.stdout.strip()
