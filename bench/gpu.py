@@ -9,7 +9,7 @@ over the step time, over the card's bandwidth (named in the output). basecli's r
 decode-only fraction, from the difference of a run of 128 and one of 64 tokens. Then the greedy
 tokens of a tiny fp32 Llama (and GPT-2, when the lean engine has it) against `generate`.
 
-    bench/gpu.sh [--dry-run] [--new-tokens 128] [--batches 1,16,64] [--compile-batches 1] [--budget 420]
+    bench/gpu.sh [--dry-run] [--new-tokens 128] [--batches 1,16,64] [--compile-batches 1] [--budget 330]
 
 --dry-run: tiny shapes on the CPU, a few tokens (tests/test_bench_gpu.py runs it so it cannot rot).
 """
@@ -204,7 +204,7 @@ def main() -> int:
     ap.add_argument("--batches", default=None, help="comma-separated batch sizes (1,16,64)")
     ap.add_argument("--compile-batches", default="1", help="batches that also run generate with static cache + compile")
     ap.add_argument("--bandwidth", type=float, default=None, help="the card's bandwidth in GB/s, if not known by name")
-    ap.add_argument("--budget", type=float, default=420, help="seconds; compiled rows after it are skipped")
+    ap.add_argument("--budget", type=float, default=330, help="seconds; compiled rows after it are skipped")
     args = ap.parse_args()
 
     start = time.perf_counter()

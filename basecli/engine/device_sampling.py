@@ -49,6 +49,7 @@ class DeviceDraw:
     def __init__(self, cfg: RowParams, seeds: torch.Tensor, steps: int, *, alternatives: int, entropy: bool):
         batch, device = len(seeds), seeds.device
         self.cfg, self.seeds, self.alternatives, self.entropy = cfg, seeds, alternatives, entropy
+        self.all_greedy = bool(cfg.greedy.all())  # read once, here: no draw to make at any step
         self.tokens = torch.zeros(batch, steps, dtype=torch.long, device=device)
         self.logprobs = torch.zeros(batch, steps, device=device)
         self.alt_ids = torch.zeros(batch, steps, max(alternatives, 1), dtype=torch.long, device=device)
@@ -59,8 +60,10 @@ class DeviceDraw:
         """The (B,) tokens drawn from (B, V) fp32 logits at `step` ((1,) int64 on the device)."""
         norm = logits.logsumexp(-1, keepdim=True)
         processed = process(logits, self.cfg, seen, on_device=True)
-        drawn = invert_cdf(processed, uniform(self.seeds, step))
-        tokens = torch.where(self.cfg.greedy, processed.argmax(-1), drawn)
+        if self.all_greedy:
+            tokens = processed.argmax(-1)
+        else:
+            tokens = torch.where(self.cfg.greedy, processed.argmax(-1), invert_cdf(processed, uniform(self.seeds, step)))
         self.tokens.index_copy_(1, step, tokens[:, None])
         self.logprobs.index_copy_(1, step, logits.gather(1, tokens[:, None]) - norm)
         if self.alternatives:

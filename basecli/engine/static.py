@@ -73,7 +73,7 @@ class StaticCache:
         self.v[layer].index_copy_(2, cols, v.transpose(1, 2))
         group = heads // kv
         q = q.transpose(1, 2).reshape(batch, kv, group * steps, hd)  # head h uses kv head h // group, as enable_gqa does
-        if group > 1:
+        if group > 1 and steps > 1:  # one query per row (decode) broadcasts over the group as it is
             mask = mask[:, :, None].expand(batch, 1, group, steps, self.capacity).reshape(batch, 1, group * steps, self.capacity)
         o = F.scaled_dot_product_attention(q, self.k[layer], self.v[layer], attn_mask=mask, scale=scale)
         return o.view(batch, heads, steps, hd).transpose(1, 2).reshape(batch, steps, heads * hd)
