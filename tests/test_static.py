@@ -162,7 +162,8 @@ def test_which_path_runs_where(lean_backend, tiny_backends, monkeypatch):
     monkeypatch.setenv("BASECLI_DECODE", "fast")
     with pytest.raises(UsageError, match="BASECLI_DECODE"):
         use_static(lean_backend.model)
-    assert graph_mode("cpu", "cudagraph") == "off" and graph_mode("cpu") == "off"
+    assert graph_mode("cpu", "cudagraph") == "off" and graph_mode("cpu") == "off" and graph_mode("cpu", "compile") == "compile"
+    assert graph_mode("cuda") == "cudagraph" and graph_mode("cuda", "off") == "off"
     with pytest.raises(UsageError, match="BASECLI_GRAPH"):
         graph_mode("cpu", "always")
 
@@ -175,3 +176,17 @@ def test_complete_cli_forced_static_prints_what_plain_prints(tiny_dirs):
     static = run_cli(*args, env={"BASECLI_DECODE": "static"})
     assert plain.returncode == 0 and static.returncode == 0, static.stderr
     assert static.stdout == plain.stdout and plain.stdout.strip()
+
+
+def test_compiled_step_is_one_graph_and_gives_the_same_tokens(lean_backend, monkeypatch):
+    """BASECLI_GRAPH=compile: torch.compile traces the whole decode step (sampling processors, cache write,
+    forward) as one graph, with no break (fullgraph=True fails otherwise); the eager backend keeps it fast here."""
+    params = [SamplingParams(max_tokens=8, temperature=0.7, top_k=20, top_p=0.9, min_p=0.01, repetition_penalty=1.2, seed=s,
+                             ignore_eos=True) for s in (1, 2)]
+    enc = [lean_backend.encode(p) for p in PROMPTS[:2]]
+    want = rows(generate_static(lean_backend.model, lean_backend.tokenizer, enc, params, alternatives=2, entropy=True))
+    monkeypatch.setattr(static_loop, "COMPILE_OPTIONS", {"dynamic": False, "fullgraph": True, "backend": "eager"})
+    monkeypatch.setattr(static_loop, "note", lambda message: pytest.fail(message))  # no fallback to the eager step
+    got = rows(generate_static(lean_backend.model, lean_backend.tokenizer, enc, params, alternatives=2, entropy=True, graph="compile"))
+    assert [[(e.token_id, e.logprob, e.alternatives, e.entropy) for e in r] for r in got] == \
+        [[(e.token_id, e.logprob, e.alternatives, e.entropy) for e in r] for r in want]

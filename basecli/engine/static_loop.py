@@ -11,8 +11,8 @@ cut to the live rows (a new shape, a new capture). The same code runs eagerly on
 
 BASECLI_DECODE=static|plain forces a path (auto: static on CUDA, plain elsewhere; the
 native q4/q8 step and transformers' models always run plain). BASECLI_GRAPH=cudagraph|compile|off
-chooses how a CUDA step is replayed: captured as it is (default), compiled by torch.compile
-first (fused kernels, minutes of compiling), or not at all.
+chooses how the step runs: captured as it is (the CUDA default), compiled by torch.compile first
+(fused kernels, a long first call; on the CPU compiled without a capture), or as it is.
 """
 
 from __future__ import annotations
@@ -59,67 +59,68 @@ def pick_generate(model) -> Callable[..., Iterator[Event]]:
 
 
 def graph_mode(device, mode: str | None = None) -> str:
+    """How the decode step runs: "cudagraph" (captured), "compile" (torch.compile, then captured on CUDA) or "off"."""
     mode = mode or os.environ.get("BASECLI_GRAPH") or "auto"
     if mode not in GRAPH_MODES:
         raise UsageError(f"unknown graph mode {mode!r} (BASECLI_GRAPH); choose one of: {', '.join(GRAPH_MODES)}")
-    if torch.device(device).type != "cuda":
-        return "off"
-    return "cudagraph" if mode == "auto" else mode
+    cuda = torch.device(device).type == "cuda"
+    if mode == "auto":
+        return "cudagraph" if cuda else "off"
+    return "off" if mode == "cudagraph" and not cuda else mode
+
+
+COMPILE_OPTIONS = {"dynamic": False}  # our own capture replays it, so not mode="reduce-overhead" (a graph inside a graph)
 
 
 class Replay:
-    """Calls `fn` (no arguments, results left in static buffers): eagerly for the warm-up steps, then
-    as a CUDA graph captured on the next call. A capture or compile that fails says so on stderr
-    once and the run goes on eagerly (or uncompiled): slower, never wrong."""
+    """Calls `fn` (no arguments, results left in static buffers), compiled first in mode "compile"; on CUDA
+    eagerly for the warm-up steps, then as a CUDA graph captured on the next call. A capture or compile
+    that fails says so on stderr once and the run goes on without it: slower, never wrong."""
 
-    def __init__(self, fn: Callable[[], None], mode: str):
-        self.fn, self.mode, self.calls, self.graph = fn, mode, 0, None
+    def __init__(self, fn: Callable[[], None], mode: str, device):
+        self.eager, self.fn, self.calls, self.graph = fn, fn, 0, None
+        self.capture = mode != "off" and torch.device(device).type == "cuda"
         if mode == "compile":
-            try:
-                self.fn = torch.compile(fn, dynamic=False)
-            except Exception as e:  # noqa: BLE001 - any failure of the compiler leaves the eager step
-                note(f"torch.compile is not available ({type(e).__name__}); the decode step is captured uncompiled")
+            self.fn = torch.compile(fn, **COMPILE_OPTIONS)
 
     def __call__(self) -> None:
         self.calls += 1
-        if self.mode == "off":
-            return self.fn()
-        if self.calls <= WARMUP_STEPS:
-            return self._warm()
+        if not self.capture:
+            return self._run()
+        if self.calls <= WARMUP_STEPS:  # on a side stream, as torch.cuda.graphs asks of warm-up
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._run()
+            torch.cuda.current_stream().wait_stream(side)
+            return
         if self.graph is None:
             self._capture()
         if self.graph is None:
-            return self.fn()
+            return self._run()
         self.graph.replay()
 
-    def _warm(self) -> None:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            try:
-                self.fn()
-            except Exception as e:  # noqa: BLE001 - a compiled step that fails to build: the eager one instead
-                if self.fn is self._eager():
-                    raise
-                note(f"the compiled decode step failed ({type(e).__name__}: {e}); running it uncompiled")
-                self.fn = self._eager()
-                self.fn()
-        torch.cuda.current_stream().wait_stream(side)
+    def _run(self) -> None:
+        if self.calls > 1 or self.fn is self.eager:
+            return self.fn()
+        try:  # the first call of a compiled step compiles it
+            self.fn()
+        except Exception as e:  # noqa: BLE001 - a compiler failure of any kind leaves the eager step
+            note(f"torch.compile of the decode step failed ({type(e).__name__}: {str(e)[:200]}); running it uncompiled")
+            self.fn = self.eager
+            self.fn()
 
     def _capture(self) -> None:
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph):
                 self.fn()
-        except Exception as e:  # noqa: BLE001 - capture is an optimisation: any failure leaves the eager step
-            note(f"CUDA graph capture failed ({type(e).__name__}: {e}); decoding without it")
+        except Exception as e:  # noqa: BLE001 - capture is an optimisation: any failure leaves the uncaptured step
+            note(f"CUDA graph capture of the decode step failed ({type(e).__name__}: {str(e)[:200]}); decoding without it")
             torch.cuda.synchronize()
-            self.mode = "off"
+            self.capture = False
             return
         self.graph = graph
-
-    def _eager(self):
-        return getattr(self.fn, "_torchdynamo_orig_callable", self.fn)
 
 
 def note(message: str) -> None:
@@ -191,7 +192,7 @@ def generate_static(
     assert len(prompts) == len(params) and all(len(p) > 0 for p in prompts)
     device = model.device
     mode = graph_mode(device, graph)
-    sync_every = sync_every or (8 if mode != "off" else 1)
+    sync_every = sync_every or (8 if torch.device(device).type == "cuda" else 1)
     ids, mask, positions = left_pad(prompts, device)
     steps = max(p.max_tokens for p in params)
     cache, logits = prefill(model, ids, mask, positions, capacity_for(ids.shape[1], steps), is_shared(prompts))
@@ -202,7 +203,7 @@ def generate_static(
         seen.scatter_(1, ids, mask.bool())
     draw = DeviceDraw(cfg, seed_tensor(row_seeds(params, seeds), device), steps, alternatives=alternatives, entropy=entropy)
     decoder = Decoder(model, cache, logits, positions[:, -1] + 1, draw, seen)
-    replay = Replay(decoder.decode_one_token, mode)
+    replay = Replay(decoder.decode_one_token, mode, device)
     streams = [TextStream(p.stop) for p in params]
     live = list(range(len(prompts)))  # batch position -> original row, for the rows in the decoder's batch
     going = set(live)  # rows not finished yet
@@ -226,4 +227,4 @@ def generate_static(
             keep = [b for b, row in enumerate(live) if row in going]
             decoder.select(torch.tensor(keep, device=device))
             live = [live[b] for b in keep]
-            replay = Replay(decoder.decode_one_token, mode)
+            replay = Replay(decoder.decode_one_token, mode, device)
