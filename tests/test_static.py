@@ -190,3 +190,74 @@ def test_compiled_step_is_one_graph_and_gives_the_same_tokens(lean_backend, monk
     got = rows(generate_static(lean_backend.model, lean_backend.tokenizer, enc, params, alternatives=2, entropy=True, graph="compile"))
     assert [[(e.token_id, e.logprob, e.alternatives, e.entropy) for e in r] for r in got] == \
         [[(e.token_id, e.logprob, e.alternatives, e.entropy) for e in r] for r in want]
+
+
+class FakeCuda:
+    """torch.cuda's graph calls as their documented semantics, on the CPU: work done while capturing is recorded,
+    not run, and a replay runs what was recorded. Counts what happened, so the Replay's control flow can be checked."""
+
+    def __init__(self, fail_capture: bool = False):
+        self.capturing, self.fail_capture, self.captures, self.replays, self.warm_on_side = False, fail_capture, 0, 0, 0
+        self.side = False
+        fake = self
+
+        class Graph:
+            def __init__(self):
+                self.recorded = []
+
+            def replay(self):
+                fake.replays += 1
+                for work in self.recorded:
+                    work()
+
+        class Capture:
+            def __init__(self, graph):
+                self.graph = graph
+
+            def __enter__(self):
+                fake.capturing, fake.graph = True, self.graph
+
+            def __exit__(self, *exc):
+                fake.capturing = False
+                fake.captures += 1
+                if fake.fail_capture:
+                    raise RuntimeError("operation not permitted when stream is capturing")
+
+        class Side:
+            def __enter__(self):
+                fake.side = True
+
+            def __exit__(self, *exc):
+                fake.side = False
+
+        self.CUDAGraph, self.graph = Graph, Capture
+        self.Stream = lambda: type("S", (), {"wait_stream": lambda s, o: None})()
+        self.current_stream = self.Stream
+        self.stream = lambda s: Side()
+        self.synchronize = lambda: None
+
+    def step(self, done: list):
+        """A decode step's work: done now, or recorded if a capture is under way."""
+        work = lambda: done.append(1)  # noqa: E731
+        if self.capturing:
+            self.graph.recorded.append(work)
+        else:
+            self.warm_on_side += self.side
+            work()
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_replay_warms_up_captures_once_and_falls_back_when_capture_fails(monkeypatch, fail):
+    fake, done, notes = FakeCuda(fail_capture=fail), [], []
+    for name in ("CUDAGraph", "graph", "Stream", "current_stream", "stream", "synchronize"):
+        monkeypatch.setattr(torch.cuda, name, getattr(fake, name))
+    monkeypatch.setattr(static_loop, "note", notes.append)
+    replay = static_loop.Replay(lambda: fake.step(done), "cudagraph", "cuda")
+    for _ in range(10):
+        replay()
+    assert len(done) == 10  # every call did exactly one step's work, captured or not
+    assert fake.warm_on_side == static_loop.WARMUP_STEPS and fake.captures == 1
+    if fail:
+        assert fake.replays == 0 and len(notes) == 1 and "capture" in notes[0]
+    else:
+        assert fake.replays == 10 - static_loop.WARMUP_STEPS and notes == []
