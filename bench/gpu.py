@@ -2,7 +2,7 @@
 
 Random weights in the real shapes of GPT-2 124M, GPT-2 XL, Llama-3.2-1B and Llama-3.1-8B
 (bf16), batches 1, 16 and 64, a 32-token prompt (the same for every row, as resample runs it),
-128 new tokens, greedy, end-of-text ignored. Every row reports tokens a second (all rows, end to
+128 new tokens, greedy (basecli also sampled, at the first and last batch), end-of-text ignored. Every row reports tokens a second (all rows, end to
 end, prefill included), the time per step and the fraction of the HBM bandwidth bound: bytes read
 per step (the weights, the embedding rows excepted, plus the keys and values the step needs)
 over the step time, over the card's bandwidth (named in the output). basecli's rows add the
@@ -113,12 +113,15 @@ def synchronize(device) -> None:
         torch.cuda.synchronize()
 
 
-def run_basecli(model, batch: int, new: int, prompt: list[int]) -> None:
+def run_basecli(model, batch: int, new: int, prompt: list[int], sampled: bool = False) -> None:
     from basecli.config import SamplingParams
     from basecli.engine.static_loop import generate_static, supports_static
     from basecli.engine.loop import generate
 
-    params = [SamplingParams(max_tokens=new, temperature=0, ignore_eos=True)] * batch
+    if sampled:  # resample's way: a seed per row, nucleus sampling, all on the device
+        params = [SamplingParams(max_tokens=new, temperature=1.0, top_p=0.9, seed=i, ignore_eos=True) for i in range(batch)]
+    else:
+        params = [SamplingParams(max_tokens=new, temperature=0, ignore_eos=True)] * batch
     loop = generate_static if supports_static(model) else generate
     for _ in loop(model, ByteTokenizer(), [prompt] * batch, params):
         pass
@@ -234,6 +237,8 @@ def main() -> int:
             if batch in compile_batches:
                 engines.append(("HF generate, static cache + compile", lambda n: run_hf(hf, batch, n, prompt, True)))
             engines.append(("basecli", lambda n: run_basecli(basecli_model, batch, n, prompt)))
+            if batch in (batches[0], batches[-1]):
+                engines.append(("basecli, sampled (top-p 0.9)", lambda n: run_basecli(basecli_model, batch, n, prompt, True)))
             for engine, fn in engines:
                 row = f"| {model_name} | {batch} | {engine} |"
                 if "compile" in engine and time.perf_counter() - start > args.budget:
@@ -242,7 +247,7 @@ def main() -> int:
                 try:
                     with torch.inference_mode():
                         full = timed(lambda: fn(new), device, repeats)
-                        half = timed(lambda: fn(new // 2), device, repeats) if engine == "basecli" else None
+                        half = timed(lambda: fn(new // 2), device, repeats) if engine.startswith("basecli") else None
                 except Exception as e:  # noqa: BLE001 - one failing row must not lose the table
                     print(f"{row} failed: {type(e).__name__}: {str(e)[:120]} | | | | |")
                     continue

@@ -14,7 +14,7 @@ def test_gpu_bench_dry_run_prints_every_row_and_the_greedy_check():
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| tiny")]
-    engines = ("HF generate, eager", "HF generate, static cache + compile", "basecli")
+    engines = ("HF generate, eager", "HF generate, static cache + compile", "basecli", "basecli, sampled (top-p 0.9)")
     assert [tuple(c.strip() for c in r.split("|")[1:4]) for r in rows] == [
         (m, "2", e) for m in ("tiny GPT-2", "tiny Llama") for e in engines]
     for r in rows:  # a rate and a step time, not "failed" or "skipped"
