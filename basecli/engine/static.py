@@ -40,6 +40,7 @@ class StaticCache:
         self.col = torch.zeros(1, dtype=torch.long, device=device)
         self.columns = torch.arange(capacity, device=device)
         self.length = 0  # the lean forwards set it; nothing here reads it (it would be frozen in a graph)
+        self._folded = (None, None)  # (a pass's mask, it repeated for grouped query heads)
 
     @classmethod
     def for_model(cls, model, batch: int, capacity: int) -> "StaticCache":
@@ -74,7 +75,10 @@ class StaticCache:
         group = heads // kv
         q = q.transpose(1, 2).reshape(batch, kv, group * steps, hd)  # head h uses kv head h // group, as enable_gqa does
         if group > 1 and steps > 1:  # one query per row (decode) broadcasts over the group as it is
-            mask = mask[:, :, None].expand(batch, 1, group, steps, self.capacity).reshape(batch, 1, group * steps, self.capacity)
+            if self._folded[0] is not mask:  # folded once per pass, not once per layer
+                self._folded = (mask, mask[:, :, None].expand(batch, 1, group, steps, self.capacity)
+                                .reshape(batch, 1, group * steps, self.capacity))
+            mask = self._folded[1]
         o = F.scaled_dot_product_attention(q, self.k[layer], self.v[layer], attn_mask=mask, scale=scale)
         return o.view(batch, heads, steps, hd).transpose(1, 2).reshape(batch, steps, heads * hd)
 

@@ -207,13 +207,15 @@ def generate_static(
     streams = [TextStream(p.stop) for p in params]
     live = list(range(len(prompts)))  # batch position -> original row, for the rows in the decoder's batch
     going = set(live)  # rows not finished yet
-    done = 0
+    left = lambda queued: max(params[r].max_tokens for r in going) - queued  # noqa: E731 - steps still to queue
+    done = queued = 0  # steps read back, steps queued
+    queued += launch(replay, min(sync_every, left(queued)))
     while going:
-        chunk = min(sync_every, max(params[r].max_tokens for r in going) - done)
-        for _ in range(chunk):
-            replay()
-        tokens, logprobs, alts, ents = draw.read(done, done + chunk)
-        for s in range(chunk):  # step by step, every row at a step before the next step, as engine/loop.py yields them
+        upto = queued
+        tokens, logprobs, alts, ents = draw.read(done, upto)  # waits for the queued steps
+        # queue the next steps before turning these into text, so the device works while the host does
+        queued += launch(replay, min(sync_every, left(queued)))
+        for s in range(upto - done):  # every row at a step before the next step, as engine/loop.py yields them
             for b, row in enumerate(live):
                 if row not in going:
                     continue
@@ -222,9 +224,17 @@ def generate_static(
                 yield ev
                 if ev.finish_reason is not None:
                     going.discard(row)
-        done += chunk
+        done = upto
         if going and len(going) * 2 <= len(live):  # half the batch or less is live: cut it to the live rows
+            # steps queued meanwhile ran on the whole batch; the cut copies their outputs after them (stream order)
             keep = [b for b, row in enumerate(live) if row in going]
             decoder.select(torch.tensor(keep, device=device))
             live = [live[b] for b in keep]
             replay = Replay(decoder.decode_one_token, mode, device)
+
+
+def launch(replay: "Replay", steps: int) -> int:
+    """Queue `steps` decode steps (none if steps <= 0); how many were queued."""
+    for _ in range(max(steps, 0)):
+        replay()
+    return max(steps, 0)
