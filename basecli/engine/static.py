@@ -83,7 +83,9 @@ class StaticCache:
         return o.view(batch, heads, steps, hd).transpose(1, 2).reshape(batch, steps, heads * hd)
 
     def advance(self, steps: int) -> None:
+        """After a pass: the next one writes `steps` columns further on."""
         self.col += steps
+        self._folded = (None, None)
 
     def fill_prompt(self, mask: torch.Tensor) -> None:
         """Before the prefill: the prompt's real columns (mask (B, width), 1 = token, 0 = left padding)."""
