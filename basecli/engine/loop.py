@@ -189,7 +189,7 @@ def generate(
     generators = [make_generator(s, device) for s in row_seeds(params, seeds)]
     seen = None
     if rows_cfg.use_penalty:
-        seen = torch.zeros(len(prompts), _vocab(model), dtype=torch.bool, device=device)
+        seen = torch.zeros(len(prompts), vocab_size(model), dtype=torch.bool, device=device)
         seen.scatter_(1, ids, mask.bool())
     streams = [TextStream(p.stop) for p in params]
     live = list(range(len(prompts)))  # batch position -> original row
@@ -229,5 +229,6 @@ def sampled_entropy(logits: torch.Tensor, greedy: torch.Tensor) -> torch.Tensor:
     return torch.where(greedy, torch.zeros_like(h), h)
 
 
-def _vocab(model) -> int:
+def vocab_size(model) -> int:
+    """Rows of the output head: the size of the logits."""
     return model.get_output_embeddings().weight.shape[0]

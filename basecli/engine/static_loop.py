@@ -25,7 +25,7 @@ import torch
 
 from basecli.config import SamplingParams
 from basecli.engine.device_sampling import DeviceDraw, seed_tensor
-from basecli.engine.loop import TextStream, left_pad, is_shared, row_event, row_seeds, _vocab
+from basecli.engine.loop import TextStream, generate, is_shared, left_pad, row_event, row_seeds, vocab_size
 from basecli.engine.processors import RowParams
 from basecli.engine.static import StaticCache, capacity_for
 from basecli.errors import UsageError
@@ -53,8 +53,6 @@ def use_static(model, mode: str | None = None) -> bool:
 
 def pick_generate(model) -> Callable[..., Iterator[Event]]:
     """The decode loop for this model: `generate_static` where `use_static` says so, else engine/loop.py's `generate`."""
-    from basecli.engine.loop import generate
-
     return generate_static if use_static(model) else generate
 
 
@@ -199,7 +197,7 @@ def generate_static(
     seen = None
     cfg = RowParams(params, device)
     if cfg.use_penalty:
-        seen = torch.zeros(len(prompts), _vocab(model), dtype=torch.bool, device=device)
+        seen = torch.zeros(len(prompts), vocab_size(model), dtype=torch.bool, device=device)
         seen.scatter_(1, ids, mask.bool())
     draw = DeviceDraw(cfg, seed_tensor(row_seeds(params, seeds), device), steps, alternatives=alternatives, entropy=entropy)
     decoder = Decoder(model, cache, logits, positions[:, -1] + 1, draw, seen)
