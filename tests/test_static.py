@@ -274,3 +274,42 @@ def test_static_equals_plain_on_the_embedded_model(real_model):
     assert [[e.token_id for e in r] for r in static] == [[e.token_id for e in r] for r in plain]
     for rp, rs in zip(plain, static):
         assert [e.logprob for e in rs] == pytest.approx([e.logprob for e in rp], abs=1e-4)
+
+
+def test_buffers_and_captured_step_are_reused_across_runs_without_changing_a_token(lean_backend):
+    """A run with the same shapes and processors reuses the last run's buffers (and, on CUDA, its captured graph):
+    other settings and seeds are written into them. Rows leaving (a cut batch) and a second run started while the
+    first is under way must not disturb the kept buffers."""
+    b, m = lean_backend, lean_backend.model
+    enc = [b.encode(p) for p in (PROMPTS[0], PROMPTS[2], PROMPTS[0], PROMPTS[1])]
+    p1 = [SamplingParams(max_tokens=n, temperature=0.8, top_k=30, seed=s, ignore_eos=True) for s, n in [(1, 9), (2, 3), (3, 3), (4, 9)]]
+    p2 = [p.with_(temperature=1.3, top_k=k, seed=p.seed + 10) for p, k in zip(p1, (30, 12, 30, 5))]  # top-k's bound stays 30
+
+    def run(params, fresh=False):
+        if fresh:
+            m.static_held = None
+        return [[(e.token_id, e.logprob) for e in r] for r in rows(generate_static(m, b.tokenizer, enc, params, sync_every=2))]
+
+    want1, want2 = run(p1, fresh=True), run(p2, fresh=True)
+    assert want1 != want2
+    assert run(p1) == want1
+    held = m.static_held
+    where = buffers(held[1])
+    assert run(p2) == want2 and m.static_held is held  # reused
+    assert buffers(held[1]) == where  # written in place: a captured graph reads them where they were
+    first = generate_static(m, b.tokenizer, enc, p1, sync_every=2)
+    started = [next(first) for _ in range(3)]
+    assert run(p2) == want2  # while `first` holds the kept buffers, this run gets its own
+    assert [[(e.token_id, e.logprob) for e in r] for r in rows(started + list(first))] == want1
+    assert run(p1) == want1 and m.static_held is held
+
+
+def buffers(decoder) -> dict:
+    """Where every tensor a decode step reads or writes lies in memory."""
+    found = {}
+    for owner, name in [(decoder, "decoder"), (decoder.cache, "cache"), (decoder.draw, "draw"), (decoder.draw.cfg, "cfg")]:
+        for attr, value in vars(owner).items():
+            if isinstance(value, torch.Tensor):
+                found[f"{name}.{attr}"] = value.data_ptr()
+    assert {"decoder.logits", "cache.k", "cache.keys", "cache.col", "draw.seeds", "cfg.temperature"} <= set(found)
+    return found

@@ -10,6 +10,7 @@ same tokens on this path every time, but other tokens than the plain path's gene
 
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import torch
@@ -74,11 +75,21 @@ class DeviceDraw:
             self.entropies.index_copy_(1, step, sampled_entropy(processed, self.cfg.greedy)[:, None])
         return tokens
 
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep only `rows` (finished rows leave the batch)."""
-        self.cfg, self.seeds = self.cfg.select(rows), self.seeds.index_select(0, rows)
+    def load(self, cfg: RowParams, seeds: torch.Tensor) -> None:
+        """Another run's settings and seeds, written into this one's tensors (a captured step reads them where they are).
+        The host-side choices (which processors run, top-k's bound) must be the same: the caller's key says so."""
+        for name, value in vars(cfg).items():
+            if isinstance(value, torch.Tensor):
+                getattr(self.cfg, name).copy_(value)
+        self.seeds.copy_(seeds)
+
+    def select(self, rows: torch.Tensor) -> "DeviceDraw":
+        """A draw for only `rows` (finished rows leave the batch), in new tensors."""
+        out = copy.copy(self)
+        out.cfg, out.seeds = self.cfg.select(rows), self.seeds.index_select(0, rows)
         for name in ("tokens", "logprobs", "alt_ids", "alt_logprobs", "entropies"):
-            setattr(self, name, getattr(self, name).index_select(0, rows))
+            setattr(out, name, getattr(self, name).index_select(0, rows))
+        return out
 
     def read(self, first: int, last: int) -> tuple[list, list, list | None, list | None]:
         """Steps first..last-1 of every row on the host: tokens, logprobs, alternatives, entropies (one copy each)."""

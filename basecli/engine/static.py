@@ -11,6 +11,8 @@ columns, which is why the capacity is the run's own need (prompt + max tokens), 
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
@@ -102,7 +104,14 @@ class StaticCache:
         self.keys.copy_(one.keys.expand_as(self.keys))
         self.col.copy_(one.col)
 
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep only `rows` (finished rows leave the batch: the decode step then has a new, smaller shape)."""
-        self.k, self.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
-        self.keys = self.keys.index_select(0, rows)
+    def reset(self) -> None:
+        """Empty, for the next run over the same buffers (what the columns hold is masked until written again)."""
+        self.keys.zero_()
+        self.col.zero_()
+
+    def select(self, rows: torch.Tensor) -> "StaticCache":
+        """A cache of only `rows` (finished rows leave the batch): new buffers, so the decode step has a new shape."""
+        out = copy.copy(self)
+        out.k, out.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
+        out.keys, out.col, out._folded = self.keys.index_select(0, rows), self.col.clone(), (None, None)
+        return out

@@ -7,7 +7,9 @@ into the cache and computes the next logits. On CUDA it is captured once per bat
 replayed; the host reads the drawn tokens back every `sync_every` steps, turns them into text
 and checks stop strings, EOS and max tokens there (engine/loop.py's row_event). Rows that
 finish keep computing, masked out, until at most half the batch is left; then the batch is
-cut to the live rows (a new shape, a new capture). The same code runs eagerly on the CPU.
+cut to the live rows (a new shape, a new capture). The buffers and the captured step of the
+last run are kept on the model and reused, written in place, by the next run of the same
+shapes (a chat turn, a benchmark's repeats). The same code runs eagerly on the CPU.
 
 BASECLI_DECODE=static|plain forces a path (auto: static on CUDA, plain elsewhere; the
 native q4/q8 step and transformers' models always run plain). BASECLI_GRAPH=cudagraph|compile|off
@@ -17,6 +19,7 @@ chooses how the step runs: captured as it is (the CUDA default), compiled by tor
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from typing import Callable, Iterator, Sequence
@@ -128,9 +131,24 @@ def note(message: str) -> None:
 class Decoder:
     """The static state of one fixed-shape batch and its one-token step."""
 
-    def __init__(self, model, cache: StaticCache, logits, positions, draw: DeviceDraw, seen):
-        self.model, self.cache, self.logits, self.positions, self.draw, self.seen = model, cache, logits, positions, draw, seen
-        self.step = torch.zeros(1, dtype=torch.long, device=logits.device)  # the step counter, on the device
+    def __init__(self, model, cache: StaticCache, draw: DeviceDraw, seen):
+        self.model, self.cache, self.draw, self.seen = model, cache, draw, seen
+        self.logits = None  # (B, vocab) fp32, the first from the prefill
+        self.positions = torch.zeros(cache.batch, dtype=torch.long, device=model.device)  # of each row's next token
+        self.step = torch.zeros(1, dtype=torch.long, device=model.device)  # the step counter, on the device
+        self.busy = False  # a run is using these buffers (another one at the same time gets its own)
+
+    def load(self, ids, mask, positions, cfg: RowParams, seeds: torch.Tensor, shared: bool) -> None:
+        """Prefill a run's prompts into the buffers, in place: a step captured over them replays as it is."""
+        self.cache.reset()
+        logits = prefill(self.model, self.cache, ids, mask, positions, shared)
+        self.logits = logits.contiguous() if self.logits is None else self.logits.copy_(logits)
+        self.positions.copy_(positions[:, -1] + 1)
+        self.step.zero_()
+        self.draw.load(cfg, seeds)
+        if self.seen is not None:
+            self.seen.zero_()
+            self.seen.scatter_(1, ids, mask.bool())
 
     def decode_one_token(self) -> None:
         """Draw this step's tokens from the last logits, write them into the cache, compute the next logits."""
@@ -145,30 +163,56 @@ class Decoder:
         self.positions += 1
         self.step += 1
 
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep only `rows`: every buffer is cut (new tensors, so a new graph is captured for the new shape)."""
-        self.cache.select(rows)
-        self.draw.select(rows)
-        self.logits, self.positions = self.logits.index_select(0, rows), self.positions.index_select(0, rows)
-        self.seen = self.seen.index_select(0, rows) if self.seen is not None else None
+    def select(self, rows: torch.Tensor) -> "Decoder":
+        """A decoder of only `rows`, in new buffers (a new shape: a new capture); this one is left as it was."""
+        out = copy.copy(self)
+        out.cache, out.draw = self.cache.select(rows), self.draw.select(rows)
+        out.logits, out.positions = self.logits.index_select(0, rows), self.positions.index_select(0, rows)
+        out.seen = self.seen.index_select(0, rows) if self.seen is not None else None
+        out.step = self.step.clone()
+        return out
 
 
-def prefill(model, ids, mask, positions, capacity: int, shared: bool) -> tuple[StaticCache, torch.Tensor]:
-    """A cache for every row holding its prompt, and the (B, vocab) fp32 logits of each row's next token.
+def prefill(model, cache: StaticCache, ids, mask, positions, shared: bool) -> torch.Tensor:
+    """Run the prompts into `cache` (emptied); the (B, vocab) fp32 logits of each row's next token.
 
-    shared (resample): the first row's prompt is run once and its keys copied to every row."""
-    batch = ids.shape[0]
+    shared (resample): the first row's prompt is run once, in a cache of its own, and its keys copied to every row."""
+    batch, width = ids.shape
     rows = slice(0, 1) if shared else slice(None)
-    cache = model.new_static_cache(1 if shared else batch, capacity)
-    cache.fill_prompt(mask[rows])
-    logits = model(input_ids=ids[rows], attention_mask=cache.keys, position_ids=positions[rows], past_key_values=cache,
+    into = model.new_static_cache(1, cache.capacity) if shared else cache
+    into.fill_prompt(mask[rows])
+    logits = model(input_ids=ids[rows], attention_mask=into.keys, position_ids=positions[rows], past_key_values=into,
                    logits_to_keep=1).logits[:, -1, :].float()
-    cache.advance(ids.shape[1])
+    into.advance(width)
     if shared:
-        one, cache = cache, model.new_static_cache(batch, capacity)
-        cache.share(one)
-        logits = logits.expand(batch, -1)
-    return cache, logits.contiguous()
+        cache.share(into)
+    return logits.expand(batch, -1)
+
+
+def decoder_for(model, ids, mask, positions, params, seeds: torch.Tensor, *, shared: bool, alternatives: int, entropy: bool,
+                mode: str) -> tuple[Decoder, "Replay"]:
+    """A decoder loaded with this run, and its step: the last run's buffers and captured graph when the run has
+    the same shapes and the same host-side choices (a chat turn, a benchmark's repeats), else new ones."""
+    device, batch = model.device, len(params)
+    steps = max(p.max_tokens for p in params)
+    cfg = RowParams(params, device)
+    key = (batch, capacity_for(ids.shape[1], steps), steps, alternatives, entropy, mode, cfg.kmax, bool(cfg.greedy.all()),
+           cfg.use_penalty, cfg.use_temperature, cfg.use_top_k, cfg.use_top_p, cfg.use_min_p)
+    # kept on the model (a cycle the collector frees with it), not in a table that would keep the model alive
+    held = getattr(model, "static_held", None)
+    if held is not None and held[0] == key and not held[1].busy:
+        decoder, replay = held[1], held[2]
+    else:
+        if held is not None and not held[1].busy:
+            model.static_held = held = None  # its buffers go before new ones are made
+        seen = torch.zeros(batch, vocab_size(model), dtype=torch.bool, device=device) if cfg.use_penalty else None
+        draw = DeviceDraw(cfg, seeds.clone(), steps, alternatives=alternatives, entropy=entropy)
+        decoder = Decoder(model, model.new_static_cache(batch, key[1]), draw, seen)
+        replay = Replay(decoder.decode_one_token, mode, device)
+        if held is None:
+            model.static_held = (key, decoder, replay)
+    decoder.load(ids, mask, positions, cfg, seeds, shared)
+    return decoder, replay
 
 
 @torch.inference_mode()
@@ -192,25 +236,28 @@ def generate_static(
     mode = graph_mode(device, graph)
     sync_every = sync_every or (8 if torch.device(device).type == "cuda" else 1)
     ids, mask, positions = left_pad(prompts, device)
-    steps = max(p.max_tokens for p in params)
-    cache, logits = prefill(model, ids, mask, positions, capacity_for(ids.shape[1], steps), is_shared(prompts))
-    seen = None
-    cfg = RowParams(params, device)
-    if cfg.use_penalty:
-        seen = torch.zeros(len(prompts), vocab_size(model), dtype=torch.bool, device=device)
-        seen.scatter_(1, ids, mask.bool())
-    draw = DeviceDraw(cfg, seed_tensor(row_seeds(params, seeds), device), steps, alternatives=alternatives, entropy=entropy)
-    decoder = Decoder(model, cache, logits, positions[:, -1] + 1, draw, seen)
-    replay = Replay(decoder.decode_one_token, mode, device)
+    decoder, replay = decoder_for(model, ids, mask, positions, params, seed_tensor(row_seeds(params, seeds), device),
+                                  shared=is_shared(prompts), alternatives=alternatives, entropy=entropy, mode=mode)
+    decoder.busy = True
+    try:
+        yield from decode_rows(decoder, replay, tokenizer, params, sync_every, mode)
+    finally:
+        decoder.busy = False
+
+
+def decode_rows(decoder: Decoder, replay: "Replay", tokenizer, params: Sequence[SamplingParams], sync_every: int,
+                mode: str) -> Iterator[Event]:
+    """Run the decode steps, `sync_every` at a time, and turn what they drew into each row's Events."""
+    device = decoder.model.device
     streams = [TextStream(p.stop) for p in params]
-    live = list(range(len(prompts)))  # batch position -> original row, for the rows in the decoder's batch
+    live = list(range(len(params)))  # batch position -> original row, for the rows in the decoder's batch
     going = set(live)  # rows not finished yet
     left = lambda queued: max(params[r].max_tokens for r in going) - queued  # noqa: E731 - steps still to queue
     done = queued = 0  # steps read back, steps queued
     queued += launch(replay, min(sync_every, left(queued)))
     while going:
         upto = queued
-        tokens, logprobs, alts, ents = draw.read(done, upto)  # waits for the queued steps
+        tokens, logprobs, alts, ents = decoder.draw.read(done, upto)  # waits for the queued steps
         # queue the next steps before turning these into text, so the device works while the host does
         queued += launch(replay, min(sync_every, left(queued)))
         for s in range(upto - done):  # every row at a step before the next step, as engine/loop.py yields them
@@ -226,7 +273,7 @@ def generate_static(
         if going and len(going) * 2 <= len(live):  # half the batch or less is live: cut it to the live rows
             # steps queued meanwhile ran on the whole batch; the cut copies their outputs after them (stream order)
             keep = [b for b, row in enumerate(live) if row in going]
-            decoder.select(torch.tensor(keep, device=device))
+            decoder = decoder.select(torch.tensor(keep, device=device))
             live = [live[b] for b in keep]
             replay = Replay(decoder.decode_one_token, mode, device)
 
