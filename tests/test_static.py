@@ -3,6 +3,8 @@ and its on-device draw against its definition. It runs here eagerly: the same co
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -23,7 +25,11 @@ LOGPROB_TOLERANCE = 1e-5
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module", params=["llama"])
+# GPT-2 joins once the lean engine runs it (engine/gpt2.py)
+LEAN_KINDS = ["llama"] + (["gpt2"] if importlib.util.find_spec("basecli.engine.gpt2") else [])
+
+
+@pytest.fixture(scope="module", params=LEAN_KINDS)
 def lean_backend(request, tiny_dirs):
     b = LocalBackend(str(tiny_dirs[request.param]), device="cpu", dtype="float32", engine="lean")
     assert b.engine == "lean" and static_loop.supports_static(b.model)
@@ -97,7 +103,7 @@ def test_stop_strings_and_eos_are_found_on_the_host_between_reads(lean_backend):
         b.tokenizer.eos_ids = saved
     assert_same(plain, static)
     assert static[0][-1].finish_reason == "stop" and static[1][-1].finish_reason == "eos"
-    assert len(static[1]) == 5
+    assert len(static[1]) == [e.token_id for e in free].index(eos) + 1
 
 
 def test_sampled_tokens_are_the_inverse_cdf_at_the_hashed_uniform(lean_backend, reference):

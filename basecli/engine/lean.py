@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 
 from basecli.engine.quant import linear
-from basecli.engine.static import StaticCache
 
 
 # Layer fields and the checkpoint tensors they hold (q, k, v and gate, up are fused on load).
@@ -201,10 +200,6 @@ class LeanLlama(torch.nn.Module):
     def new_cache(self) -> KVCache:
         return KVCache(self.n_layers, self.n_kv, self.head_dim, self.embed.dtype, self._device)
 
-    def new_static_cache(self, batch: int, capacity: int) -> StaticCache:
-        """engine/static.py's preallocated cache, for engine/static_loop.py's fixed-shape decode step."""
-        return StaticCache.for_model(self, batch, capacity)
-
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 past_key_values: KVCache | None = None, use_cache: bool = True, logits_to_keep: int = 0, **_) -> LeanOutput:
         cache, attention_mask, position_ids = step_inputs(self, input_ids, attention_mask, position_ids, past_key_values)
@@ -222,7 +217,7 @@ class LeanLlama(torch.nn.Module):
             # rope on q and k at once: x cos + rotate_half(x) sin, where rotate_half(x) = roll(x) with the first half negated
             qk = torch.addcmul(qk * cos, qk.roll(hd // 2, -1), sin)
             o = attend(cache, i, qk[:, :, :heads], qk[:, :, heads:], qkv[:, :, heads + kv :], mask, start)
-            x = x + linear(o, layer.o)
+            x = x + linear(o.view(batch, steps, heads * hd), layer.o)
             h = F.rms_norm(x, (self.dim,), layer.norm2, self.eps)
             gate, up = linear(h, layer.gate_up).chunk(2, dim=-1)
             x = x + linear(F.silu(gate, inplace=True) * up, layer.down)
@@ -266,11 +261,11 @@ def open_step(cache: KVCache, attention_mask: torch.Tensor, steps: int) -> tuple
 
 
 def attend(cache: KVCache, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-           start: int, scale: float | None = None) -> torch.Tensor:
+           start: int) -> torch.Tensor:
     """Causal attention of this pass's queries (B, T, heads, hd) over the cache and this pass's keys and values
     (B, T, kv, hd), which are written into the cache at columns start.. first; (B, T, heads * hd)."""
     if hasattr(cache, "attend"):
-        return cache.attend(layer, q, k, v, mask, scale)
+        return cache.attend(layer, q, k, v, mask)
     batch, steps, heads, hd = q.shape
     end = start + steps
     col, held = start - cache.shared, end - cache.shared  # this pass's columns in the per-row buffers
@@ -279,7 +274,7 @@ def attend(cache: KVCache, layer: int, q: torch.Tensor, k: torch.Tensor, v: torc
     if cache.shared:
         return shared_prefix_attention(q[:, 0], cache, layer, held).view(batch, 1, heads * hd)
     o = F.scaled_dot_product_attention(q.transpose(1, 2), cache.k[layer, :, :, :end], cache.v[layer, :, :, :end], attn_mask=mask,
-                                       is_causal=mask is None and steps > 1, enable_gqa=k.shape[2] != heads, scale=scale)
+                                       is_causal=mask is None and steps > 1, enable_gqa=k.shape[2] != heads)
     return o.transpose(1, 2).reshape(batch, steps, heads * hd)  # (B, heads, T, hd) -> (B, T, heads * hd)
 
 
@@ -300,7 +295,7 @@ def shared_prefix_attention(q: torch.Tensor, cache: KVCache, layer: int, held: i
     o2, lse2 = flash(q, cache.k[layer, :, :, :held], cache.v[layer, :, :, :held])
     lse = torch.logaddexp(lse1, lse2)
     o = o1 * (lse1 - lse).exp_()[..., None] + o2 * (lse2 - lse).exp_()[..., None]
-    return o.reshape(batch, heads * hd).to(q.dtype)  # the fp32 log-sum-exps promote o; bf16 weights need it back
+    return o.reshape(batch, heads * hd).to(q.dtype)  # the log-sum-exps are fp32, and with them the merge
 
 
 def attention_bias(keys: torch.Tensor, steps: int) -> torch.Tensor | None:

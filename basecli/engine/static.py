@@ -1,7 +1,7 @@
 """A KV cache preallocated for the whole run, so that a decode step has the same shapes every time.
 
-The lean forwards (engine/lean.py's Llama and Qwen2, engine/gpt2.py) take it in place of the
-growing KVCache: their `open_step` and `attend` hand over to it. Where the next column is
+The lean forwards (engine/lean.py's Llama and Qwen2, engine/gpt2.py's GPT-2) take it in place of
+the growing KVCache: engine/lean.py's `open_step` and `attend`, which they all call, hand over to it. Where the next column is
 and which columns hold real keys live in device tensors (`col`, `keys`), never in Python
 numbers, so a decode step reads nothing back to the host and can be replayed as a CUDA graph
 (engine/static_loop.py). Attention covers the whole capacity every step, with the columns
@@ -63,8 +63,7 @@ class StaticCache:
         mask = mask | (self.columns[None, None, :] == here[None, :, None])
         return mask[:, None], 0
 
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-               scale: float | None = None) -> torch.Tensor:
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Write this pass's keys and values (B, T, kv, hd) at col.., attend with queries (B, T, heads, hd); (B, T, heads * hd).
 
         Grouped-query heads are folded into the query length ((B, kv, group * T, hd)) rather than
@@ -81,7 +80,7 @@ class StaticCache:
                 self._folded = (mask, mask[:, :, None].expand(batch, 1, group, steps, self.capacity)
                                 .reshape(batch, 1, group * steps, self.capacity))
             mask = self._folded[1]
-        o = F.scaled_dot_product_attention(q, self.k[layer], self.v[layer], attn_mask=mask, scale=scale)
+        o = F.scaled_dot_product_attention(q, self.k[layer], self.v[layer], attn_mask=mask)
         return o.view(batch, heads, steps, hd).transpose(1, 2).reshape(batch, steps, heads * hd)
 
     def advance(self, steps: int) -> None:

@@ -40,8 +40,9 @@ WARMUP_STEPS = 2  # eager steps before a capture: lazy initialisation (cuBLAS ha
 
 
 def supports_static(model) -> bool:
-    """A lean forward (Llama, Qwen2, GPT-2) without engine/native.py's one-call step."""
-    return hasattr(model, "new_static_cache") and getattr(model, "native", None) is None
+    """A lean forward (Llama, Qwen2, GPT-2: they attend through engine/lean.py's `attend`, which hands over to the
+    static cache) without engine/native.py's one-call step. transformers' models have no `layers` of their own."""
+    return all(hasattr(model, a) for a in ("layers", "n_kv", "head_dim", "embed")) and getattr(model, "native", None) is None
 
 
 def use_static(model, mode: str | None = None) -> bool:
@@ -179,7 +180,7 @@ def prefill(model, cache: StaticCache, ids, mask, positions, shared: bool) -> to
     shared (resample): the first row's prompt is run once, in a cache of its own, and its keys copied to every row."""
     batch, width = ids.shape
     rows = slice(0, 1) if shared else slice(None)
-    into = model.new_static_cache(1, cache.capacity) if shared else cache
+    into = StaticCache.for_model(model, 1, cache.capacity) if shared else cache
     into.fill_prompt(mask[rows])
     logits = model(input_ids=ids[rows], attention_mask=into.keys, position_ids=positions[rows], past_key_values=into,
                    logits_to_keep=1).logits[:, -1, :].float()
@@ -207,7 +208,7 @@ def decoder_for(model, ids, mask, positions, params, seeds: torch.Tensor, *, sha
             model.static_held = held = None  # its buffers go before new ones are made
         seen = torch.zeros(batch, vocab_size(model), dtype=torch.bool, device=device) if cfg.use_penalty else None
         draw = DeviceDraw(cfg, seeds.clone(), steps, alternatives=alternatives, entropy=entropy)
-        decoder = Decoder(model, model.new_static_cache(batch, key[1]), draw, seen)
+        decoder = Decoder(model, StaticCache.for_model(model, batch, key[1]), draw, seen)
         replay = Replay(decoder.decode_one_token, mode, device)
         if held is None:
             model.static_held = (key, decoder, replay)
