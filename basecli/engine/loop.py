@@ -73,6 +73,18 @@ def new_cache(model):
     return DynamicCache()
 
 
+def cache_keyword(model) -> str:
+    """The name the model's forward takes its KV cache by: `cache` in transformers from 5.x (which warns
+    that `past_key_values` goes away in 5.40), `past_key_values` before that and in engine/lean.py."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def select_cache(cache, rows: torch.Tensor) -> None:
     """Drop finished rows from a transformers KV cache in place."""
     if hasattr(cache, "batch_select_indices"):
@@ -103,14 +115,15 @@ def is_shared(prompts: Sequence[Sequence[int]]) -> bool:
     return len(prompts) > 1 and all(list(p) == list(prompts[0]) for p in prompts[1:])
 
 
-def prefill(model, cache, ids, mask, positions, shared: bool) -> torch.Tensor:
-    """Run the prompts through the model into `cache`; the (B, vocab) fp32 logits of each row's next token.
+def prefill(model, cache, kw: str, ids, mask, positions, shared: bool) -> torch.Tensor:
+    """Run the prompts through the model into `cache` (passed by the keyword `kw`, cache_keyword's answer);
+    the (B, vocab) fp32 logits of each row's next token.
 
     shared (resample): the first row's prompt is run once and its cache copied to every row."""
     batch = ids.shape[0]
     rows = slice(0, 1) if shared else slice(None)
-    out = model(input_ids=ids[rows], attention_mask=mask[rows], position_ids=positions[rows], past_key_values=cache,
-                use_cache=True, logits_to_keep=1)
+    out = model(input_ids=ids[rows], attention_mask=mask[rows], position_ids=positions[rows], use_cache=True, logits_to_keep=1,
+                **{kw: cache})
     logits = out.logits[:, -1, :].float()
     if shared:
         cache.batch_repeat_interleave(batch)
@@ -118,9 +131,9 @@ def prefill(model, cache, ids, mask, positions, shared: bool) -> torch.Tensor:
     return logits
 
 
-def decode_one_token(model, cache, tokens, mask, positions) -> torch.Tensor:
+def decode_one_token(model, cache, kw: str, tokens, mask, positions) -> torch.Tensor:
     """Feed one token per row (B,) at `positions` (B, 1); the (B, vocab) fp32 logits of the next one."""
-    out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+    out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions, use_cache=True, **{kw: cache})
     return out.logits[:, -1, :].float()
 
 
@@ -176,11 +189,13 @@ def generate(
     alternatives: int = 0,
     entropy: bool = False,
     seeds: Sequence[int] | None = None,
+    prefix_cache=None,
 ) -> Iterator[Event]:
     """Sample continuations of every prompt (token ids) with its own settings, one Event at a time.
 
     `seeds[i]` (else params[i].seed, else fresh randomness) seeds row i's own generator,
-    so a row's sample does not depend on the other rows in the batch.
+    so a row's sample does not depend on the other rows in the batch. With a `prefix_cache`
+    (engine/prefix_cache.py), rows of one prompt start from what it kept of an earlier prompt.
     """
     assert len(prompts) == len(params) and all(len(p) > 0 for p in prompts)
     device = model.device
@@ -194,7 +209,12 @@ def generate(
     streams = [TextStream(p.stop) for p in params]
     live = list(range(len(prompts)))  # batch position -> original row
     cache = new_cache(model)
-    logits = prefill(model, cache, ids, mask, positions, is_shared(prompts))
+    kw = cache_keyword(model)  # looked up once per call, not per step
+    shared = is_shared(prompts)
+    if prefix_cache is not None and (shared or len(prompts) == 1):
+        cache, logits = prefix_cache.prefill(model, prompts[0], len(prompts))
+    else:
+        logits = prefill(model, cache, kw, ids, mask, positions, shared)
     next_pos = positions[:, -1:] + 1
     for step in range(max(p.max_tokens for p in params)):
         tokens, d = draw(logits, rows_cfg, seen, generators, alternatives=alternatives, entropy=entropy)
@@ -218,7 +238,7 @@ def generate(
         if seen is not None:
             seen.scatter_(1, tokens[:, None], True)
         mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
-        logits = decode_one_token(model, cache, tokens, mask, next_pos)
+        logits = decode_one_token(model, cache, kw, tokens, mask, next_pos)
         next_pos = next_pos + 1
 
 

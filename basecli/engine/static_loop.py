@@ -226,12 +226,18 @@ def generate_static(
     alternatives: int = 0,
     entropy: bool = False,
     seeds: Sequence[int] | None = None,
+    prefix_cache=None,
     sync_every: int | None = None,
     graph: str | None = None,
 ) -> Iterator[Event]:
     """engine/loop.py's `generate` (same arguments, same Events) over a preallocated cache and a fixed-shape step.
 
-    sync_every: decode steps between two reads of the drawn tokens (default 8 on CUDA, 1 elsewhere)."""
+    sync_every: decode steps between two reads of the drawn tokens (default 8 on CUDA, 1 elsewhere).
+    A `prefix_cache` (engine/prefix_cache.py: loom) keeps growing caches, so such a run is the plain loop's."""
+    if prefix_cache is not None:
+        yield from generate(model, tokenizer, prompts, params, alternatives=alternatives, entropy=entropy, seeds=seeds,
+                            prefix_cache=prefix_cache)
+        return
     assert len(prompts) == len(params) and all(len(p) > 0 for p in prompts)
     device = model.device
     mode = graph_mode(device, graph)
