@@ -319,3 +319,17 @@ def buffers(decoder) -> dict:
                 found[f"{name}.{attr}"] = value.data_ptr()
     assert {"decoder.logits", "cache.k", "cache.keys", "cache.col", "draw.seeds", "cfg.temperature"} <= set(found)
     return found
+
+
+def test_a_run_with_a_prefix_cache_is_the_plain_loops(lean_backend):
+    """loom's prefix cache keeps growing caches: forced static, such a run goes to the plain loop, hits included."""
+    from basecli.engine.prefix_cache import PrefixCache
+
+    b = lean_backend
+    params = [SamplingParams(max_tokens=6, temperature=1.0, seed=s, ignore_eos=True) for s in (1, 2)]
+    enc = [b.encode(PROMPTS[0])] * 2
+    keep = PrefixCache()
+    first = [e.token_id for e in generate(b.model, b.tokenizer, enc, params, prefix_cache=PrefixCache())]
+    for _ in range(2):  # a miss, then a hit
+        got = [e.token_id for e in generate_static(b.model, b.tokenizer, enc, params, prefix_cache=keep)]
+        assert got == first
