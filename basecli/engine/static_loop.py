@@ -217,19 +217,9 @@ def decoder_for(model, ids, mask, positions, params, seeds: torch.Tensor, *, sha
 
 
 @torch.inference_mode()
-def generate_static(
-    model,
-    tokenizer,
-    prompts: Sequence[Sequence[int]],
-    params: Sequence[SamplingParams],
-    *,
-    alternatives: int = 0,
-    entropy: bool = False,
-    seeds: Sequence[int] | None = None,
-    prefix_cache=None,
-    sync_every: int | None = None,
-    graph: str | None = None,
-) -> Iterator[Event]:
+def generate_static(model, tokenizer, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams], *, alternatives: int = 0,
+                    entropy: bool = False, seeds: Sequence[int] | None = None, prefix_cache=None, sync_every: int | None = None,
+                    graph: str | None = None) -> Iterator[Event]:
     """engine/loop.py's `generate` (same arguments, same Events) over a preallocated cache and a fixed-shape step.
 
     sync_every: decode steps between two reads of the drawn tokens (default 8 on CUDA, 1 elsewhere).
