@@ -9,7 +9,7 @@ and checks stop strings, EOS and max tokens there (engine/loop.py's row_event). 
 finish keep computing, masked out, until at most half the batch is left; then the batch is
 cut to the live rows (a new shape, a new capture). The buffers and the captured step of the
 last run are kept on the model and reused, written in place, by the next run of the same
-shapes (a chat turn, a benchmark's repeats). The same code runs eagerly on the CPU.
+shapes (a benchmark's repeats, samples of one prompt again). The same code runs eagerly on the CPU.
 
 BASECLI_DECODE=static|plain forces a path (auto: static on CUDA, plain elsewhere; the
 native q4/q8 step and transformers' models always run plain). BASECLI_GRAPH=cudagraph|compile|off
@@ -193,7 +193,7 @@ def prefill(model, cache: StaticCache, ids, mask, positions, shared: bool) -> to
 def decoder_for(model, ids, mask, positions, params, seeds: torch.Tensor, *, shared: bool, alternatives: int, entropy: bool,
                 mode: str) -> tuple[Decoder, "Replay"]:
     """A decoder loaded with this run, and its step: the last run's buffers and captured graph when the run has
-    the same shapes and the same host-side choices (a chat turn, a benchmark's repeats), else new ones."""
+    the same shapes and the same host-side choices (a benchmark's repeats), else new ones."""
     device, batch = model.device, len(params)
     steps = max(p.max_tokens for p in params)
     cfg = RowParams(params, device)
