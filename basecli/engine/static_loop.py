@@ -40,8 +40,8 @@ WARMUP_STEPS = 2  # eager steps before a capture: lazy initialisation (cuBLAS ha
 
 
 def supports_static(model) -> bool:
-    """A lean forward (Llama, Qwen2, GPT-2: they attend through engine/lean.py's `attend`, which hands over to the
-    static cache) without engine/native.py's one-call step. transformers' models have no `layers` of their own."""
+    """A lean forward (Llama, Qwen2, GPT-2: engine/lean.py's LeanModel and `attend` hand over to the static cache)
+    without engine/native.py's one-call step. transformers' models have no `layers` of their own."""
     return all(hasattr(model, a) for a in ("layers", "n_kv", "head_dim", "embed")) and getattr(model, "native", None) is None
 
 
