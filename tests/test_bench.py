@@ -125,6 +125,19 @@ def test_timed_generation_counts_tokens_after_the_first_step(tiny_backends):
     assert count == 2 * 5 and first > 0 and rest > 0
 
 
+def test_timed_generation_on_the_static_path_counts_the_same(tiny_backends, monkeypatch):
+    """Where tokens come back a few steps at a time (the static path, the CUDA default), the first step is timed apart."""
+    from basecli.engine import static_loop
+
+    b, runs = tiny_backends["llama"], []
+    real = static_loop.generate_static
+    monkeypatch.setattr(static_loop, "generate_static", lambda *a, **kw: runs.append(a[3][0].max_tokens) or real(*a, **kw))
+    monkeypatch.setenv("BASECLI_DECODE", "static")
+    first, rest, count = benchmark.timed_generation(b.model, b.tokenizer, [[5, 6, 7]] * 2, 6, device="cpu")
+    assert count == 2 * 5 and first > 0 and rest > 0
+    assert runs == [1, 6]
+
+
 def test_weights_mb_counts_tied_weights_once():
     m = torch.nn.Sequential(torch.nn.Embedding(256, 1024), torch.nn.Linear(1024, 256, bias=False))
     m[1].weight = m[0].weight  # tied, as in SmolLM2 and GPT-2

@@ -209,8 +209,9 @@ class LocalBackend(Backend):
 
     def stream(self, prompts: Sequence[str], params: Sequence[SamplingParams], *, alternatives: int = 0,
                entropy: bool = False, seeds: Sequence[int] | None = None, truncate: bool = False) -> Iterator:
-        from basecli.engine.loop import generate
+        from basecli.engine.static_loop import pick_generate
 
+        generate = pick_generate(self.model)
         encoded = [self.encode(p, truncate=truncate) for p in prompts]
         # a row never runs past the context window: it ends with finish_reason "length" there
         params = [p.with_(max_tokens=max(1, min(p.max_tokens, self.context_length - len(ids)))) for p, ids in zip(params, encoded)]

@@ -1,4 +1,4 @@
-"""A lean Llama forward pass for decoding, with a preallocated KV cache. Opt-in: BASECLI_ENGINE=lean.
+"""A lean Llama forward pass for decoding, the default engine for Llama models (BASECLI_ENGINE=transformers turns it off).
 
 On a small model every decode step is a few hundred tiny kernels, so the cost per kernel,
 not the arithmetic, decides the speed. This module computes the same function as
@@ -161,10 +161,13 @@ class LeanModel(torch.nn.Module):
             position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, start:]
         if steps == 1 and self.native is not None:  # engine/native.py: the whole step in one call
             return LeanOutput(self.native.step(input_ids, attention_mask, position_ids, cache)[:, None])
-        mask = attention_bias(attention_mask.bool(), steps)
-        if cache.shared and (steps > 1 or mask is not None):
-            cache.unshare()
-        cache.reserve(batch, steps)
+        if hasattr(cache, "open_step"):  # engine/static.py's preallocated cache: fixed shapes, nothing read back to the host
+            mask, start = cache.open_step(attention_mask, steps)
+        else:
+            mask = attention_bias(attention_mask.bool(), steps)
+            if cache.shared and (steps > 1 or mask is not None):
+                cache.unshare()
+            cache.reserve(batch, steps)
         x = self.blocks(input_ids, position_ids, cache, mask, start)  # (B, T, dim)
         cache.length = start + steps
         if logits_to_keep:
@@ -302,6 +305,8 @@ def attend(cache: KVCache, layer: int, q: torch.Tensor, k: torch.Tensor, v: torc
            start: int) -> torch.Tensor:
     """Causal attention of this pass's queries (B, T, heads, hd) over the cache and this pass's keys and values
     (B, T, kv, hd), which are written into the cache at columns start.. first; (B, T, heads * hd)."""
+    if hasattr(cache, "attend"):
+        return cache.attend(layer, q, k, v, mask)
     batch, steps, heads, hd = q.shape
     end = start + steps
     col, held = start - cache.shared, end - cache.shared  # this pass's columns in the per-row buffers
