@@ -85,25 +85,118 @@ static void k_dequantize(int type, const void *w, float *out, int64_t rows, int6
     for (int64_t i = 0; i < n; i++) k_dequantize_block(type, (const char *)w + i * size, out + i * QK_K);
 }
 
+/* ---- the matmul, against activations rounded per 256 values (llama.cpp's Q8_K) ----
+ * An activation super-block holds 256 int8 values on one float scale xd = max|x| / 127, and the sums of its
+ * sixteen runs of 16 values (Q6_K's offset and the minimums of Q4_K/Q5_K need them). A weight super-block times
+ * an activation super-block is then exact integer sums and one float step each, in this order for every row:
+ *   acc = acc + (xd * d) * (float)Σ_j sc[j] Σ_l q y             (Q6_K: Σ_h scale[h] Σ_l (q - 32) y, per 16)
+ *   acc = acc - (xd * dmin) * (float)Σ_j m[j] Σ_l y              (Q4_K/Q5_K)
+ * with no fused multiply-add. Every path (portable C, AVX2, the 8-row tiles with VNNI) computes the integers its
+ * own way and then does exactly these float operations, so every build gives the same bits, and a row's result
+ * does not depend on the rows beside it in its batch. */
+typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_K;
+
+/* Eight activation rows' super-block i interleaved for the tiles: qs[j][k][r][4] holds values 32j + 4k .. + 3
+ * of row r, so one 32-byte load is four values of each of the eight rows; b16[h][r] the row's sum over values
+ * 16h .. 16h + 15, b32[j][r] over sub-block j. */
+typedef struct { float d[8]; int32_t b16[16][8], b32[8][8]; int8_t qs[8][8][8][4]; } block_q8_Kx8;
+
+static inline void k_float_step(float *acc, float xd, float d, float dmin, int32_t isum, int32_t imin, int mins) {
+    float t = xd * d;
+    *acc = *acc + t * (float)isum;
+    if (mins) {
+        t = xd * dmin;
+        *acc = *acc - t * (float)imin;
+    }
+}
+
+#ifdef BASECLI_AVX2
+static inline int hsum_i32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 1)));
+}
+#endif
+
+static void k_quantize_act_row(const float *x, block_q8_K *y, int64_t n) {
+    for (int64_t b = 0; b < n / QK_K; b++, x += QK_K, y++) {
+#ifdef BASECLI_AVX2
+        const __m256 sign = _mm256_set1_ps(-0.0f);
+        __m256 amax = _mm256_setzero_ps();
+        for (int j = 0; j < QK_K; j += 8) amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + j)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float d = _mm_cvtss_f32(m4) / 127.0f, id = d ? 1.0f / d : 0.0f;
+        const __m256 vid = _mm256_set1_ps(id);  /* cvtps rounds to nearest even, as lrintf does */
+        for (int j = 0; j < QK_K; j += 32) {
+            __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + j), vid));
+            __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + j + 8), vid));
+            __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + j + 16), vid));
+            __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + j + 24), vid));
+            y->bsums[j / 16] = (int16_t)hsum_i32(_mm256_add_epi32(i0, i1));
+            y->bsums[j / 16 + 1] = (int16_t)hsum_i32(_mm256_add_epi32(i2, i3));
+            __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));  /* per 128-bit lane */
+            _mm256_storeu_si256((__m256i *)(y->qs + j), _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+        }
+#else
+        float amax = 0;
+        for (int j = 0; j < QK_K; j++) { float a = fabsf(x[j]); amax = a > amax ? a : amax; }
+        float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
+        for (int j = 0; j < QK_K; j++) y->qs[j] = (int8_t)lrintf(x[j] * id);
+        for (int i = 0; i < QK_K / 16; i++) {
+            int s = 0;
+            for (int j = 0; j < 16; j++) s += y->qs[16 * i + j];
+            y->bsums[i] = (int16_t)s;
+        }
+#endif
+        y->d = d;
+    }
+}
+
+/* Q4_K/Q5_K: the eight 6-bit scales (sm[0..7]) and minimums (sm[8..15]) of a super-block, k_scale_min for all
+ * j at once. The 12 bytes as three words: scales and minimums 0-3 are the low 6 bits of words 0 and 1; 4-7 take
+ * word 2's low and high nibbles and the top 2 bits of words 0 and 1. */
+static inline void k_scales_mins(const uint8_t *s, uint8_t *sm) {
+    uint32_t u[3], v[4];
+    memcpy(u, s, 12);
+    v[0] = u[0] & 0x3f3f3f3f;
+    v[1] = (u[2] & 0x0f0f0f0f) | ((u[0] >> 6) & 0x03030303) << 4;
+    v[2] = u[1] & 0x3f3f3f3f;
+    v[3] = ((u[2] >> 4) & 0x0f0f0f0f) | ((u[1] >> 6) & 0x03030303) << 4;
+    memcpy(sm, v, 16);  /* little-endian, as the file is */
+}
+
 #ifndef BASECLI_AVX2
-/* Per sub-block j of super-block b: the factor of its integer dot product and of its activation block's sum
- * (Q4_K/Q5_K: d*sc[j] and -dmin*m[j]; Q6_K: d, with its two int scales in sc16[2j], sc16[2j+1]). */
-static void k_factors(int type, const void *b, float *mul, float *min, int16_t *sc16) {
-    if (type == Q6_K) {
-        const block_q6_K *x = b;
-        float d = half_to_float(x->d);
-        for (int j = 0; j < 8; j++) mul[j] = d, min[j] = 0;
-        for (int i = 0; i < 16; i++) sc16[i] = x->scales[i];
-        return;
+/* out = weight row w . activation row a (nb super-blocks), in plain C. */
+static float k_row_portable(int type, const void *w, const block_q8_K *a, int64_t nb) {
+    const int64_t size = k_block_bytes(type);
+    float acc = 0;
+    uint8_t q[32], sm[16];
+    for (int64_t i = 0; i < nb; i++) {
+        const void *b = (const char *)w + i * size;
+        const block_q8_K *y = a + i;
+        int32_t isum = 0, imin = 0;
+        if (type != Q6_K) k_scales_mins(((const block_q4_K *)b)->scales, sm);
+        for (int j = 0; j < 8; j++) {
+            k_values(type, b, j, q);
+            const int8_t *v = y->qs + 32 * j;
+            if (type == Q6_K) {
+                const int8_t *sc = ((const block_q6_K *)b)->scales;
+                int s0 = 0, s1 = 0;
+                for (int l = 0; l < 16; l++) s0 += ((int)q[l] - 32) * v[l], s1 += ((int)q[l + 16] - 32) * v[l + 16];
+                isum += s0 * sc[2 * j] + s1 * sc[2 * j + 1];
+            } else {
+                int s = 0;
+                for (int l = 0; l < 32; l++) s += q[l] * v[l];
+                isum += s * sm[j];
+                imin += sm[8 + j] * (y->bsums[2 * j] + y->bsums[2 * j + 1]);
+            }
+        }
+        if (type == Q6_K) k_float_step(&acc, y->d, half_to_float(((const block_q6_K *)b)->d), 0, isum, 0, 0);
+        else k_float_step(&acc, y->d, half_to_float(((const block_q4_K *)b)->d), half_to_float(((const block_q4_K *)b)->dmin), isum, imin, 1);
     }
-    const block_q4_K *x = b;
-    float d = half_to_float(x->d), dmin = half_to_float(x->dmin);
-    for (int j = 0; j < 8; j++) {
-        int sc, m;
-        k_scale_min(x->scales, j, &sc, &m);
-        mul[j] = d * (float)sc;
-        min[j] = dmin * (float)m;
-    }
+    return acc;
 }
 #endif
 
@@ -130,137 +223,243 @@ static inline __m256i k_values8(int type, const void *b, int j) {
     }
     return q;
 }
-#endif
 
-#ifdef BASECLI_AVX2
-/* Q4_K/Q5_K: the eight 6-bit scales and minimums of a super-block as floats times d and dmin. The 12 bytes as
- * three words: scales 0-3 and minimums 0-3 are the low 6 bits of words 0 and 1; scales and minimums 4-7 take
- * word 2's low and high nibbles, and the top 2 bits of words 0 and 1. */
-static inline void k_scales8(const block_q4_K *x, __m256 *mul, __m256 *min) {
-    uint32_t u[3], sc[2], m[2];
-    memcpy(u, x->scales, 12);
-    sc[0] = u[0] & 0x3f3f3f3f;
-    m[0] = u[1] & 0x3f3f3f3f;
-    sc[1] = (u[2] & 0x0f0f0f0f) | ((u[0] >> 6) & 0x03030303) << 4;
-    m[1] = ((u[2] >> 4) & 0x0f0f0f0f) | ((u[1] >> 6) & 0x03030303) << 4;
-    __m256 s8 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, (int)sc[1], (int)sc[0])));
-    __m256 m8 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, (int)m[1], (int)m[0])));
-    *mul = _mm256_mul_ps(_mm256_set1_ps(half_to_float(x->d)), s8);
-    *min = _mm256_mul_ps(_mm256_set1_ps(half_to_float(x->dmin)), m8);
-}
-
-/* out[r * ostride] = weight row w . activation row r for R <= 4 rows; ad, asq: each row's activation scales and
- * rounded sums, nb a row (stride nb). Written once per block type (TYPE a constant) so the unpacking has no
- * branches. Each sub-block is unpacked once for the R rows; a row's sums run in the same order whatever R is,
- * so its result does not depend on the rows beside it in its batch. The minimums go into the same accumulator
- * (its lanes are added up at the end anyway). */
-static inline __attribute__((always_inline)) void k_rows_avx2(const int TYPE, const int R, const void *w, const block_act *a,
-                                                               const float *ad, const float *asq, int64_t nb, float *out, int64_t ostride) {
-    const int64_t size = k_block_bytes(TYPE), supers = nb / 8;
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int64_t i = 0; i < supers; i++) {
+/* out[r * ostride] = weight row w . activation row r for R <= 4 rows of nb super-blocks (stride nb). Written once
+ * per block type (TYPE a constant) so the unpacking has no branches; each sub-block is unpacked once for the R
+ * rows. The integer sums: maddubs (unsigned weights x signed activations, pairs within int16 for |q| < 64), then
+ * madd by the sub-block's scale; Q6_K's q - 32 as |q - 32| with its sign moved onto the activations. */
+static inline __attribute__((always_inline)) void k_rows_avx2(const int TYPE, const int R, const void *w, const block_q8_K *a,
+                                                               int64_t nb, float *out, int64_t ostride) {
+    const int64_t size = k_block_bytes(TYPE);
+    float acc[4] = {0, 0, 0, 0};
+    for (int64_t i = 0; i < nb; i++) {
         const void *b = (const char *)w + i * size;
-        __m256 mul, min, s[4];
+        __m256i sumi[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
         __m256i sc32[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+        uint8_t sm[16] = {0};
         if (TYPE == Q6_K) {  /* the sixteen int8 scales, each in both int16 halves of an int32 (one permute picks a pair) */
-            mul = _mm256_set1_ps(half_to_float(((const block_q6_K *)b)->d)), min = _mm256_setzero_ps();
             __m128i raw = _mm_loadu_si128((const __m128i *)((const block_q6_K *)b)->scales);
             for (int h = 0; h < 2; h++) {
                 __m256i v = _mm256_cvtepi8_epi32(h ? _mm_srli_si128(raw, 8) : raw);
                 sc32[h] = _mm256_or_si256(_mm256_and_si256(v, _mm256_set1_epi32(0xffff)), _mm256_slli_epi32(v, 16));
             }
-        }
-        else k_scales8(b, &mul, &min);
-        for (int r = 0; r < R; r++) {
-            s[r] = _mm256_mul_ps(mul, _mm256_loadu_ps(ad + r * nb + i * 8));  /* per sub-block: weight scale x activation scale */
-            if (TYPE != Q6_K) acc[r] = _mm256_fnmadd_ps(min, _mm256_loadu_ps(asq + r * nb + i * 8), acc[r]);
-        }
+        } else
+            k_scales_mins(((const block_q4_K *)b)->scales, sm);
         #pragma GCC unroll 8
         for (int j = 0; j < 8; j++) {
-            __m256i q = k_values8(TYPE, b, j), scales = ones, sign = q;
-            if (TYPE == Q6_K) {  /* q - 32 as |q - 32| with its sign moved onto the activations (maddubs takes unsigned x signed) */
-                const int k = 2 * j % 8;  /* scales 2j (low half of the 32 values) and 2j + 1 (high half) */
-                scales = _mm256_permutevar8x32_epi32(sc32[j / 4], _mm256_setr_epi32(k, k, k, k, k + 1, k + 1, k + 1, k + 1));
+            __m256i q = k_values8(TYPE, b, j), scales, sign = q;
+            if (TYPE == Q6_K) {
+                const int s = 2 * j % 8;  /* scales 2j (first 16 values) and 2j + 1 */
+                scales = _mm256_permutevar8x32_epi32(sc32[j / 4], _mm256_setr_epi32(s, s, s, s, s + 1, s + 1, s + 1, s + 1));
                 sign = _mm256_sub_epi8(q, _mm256_set1_epi8(32));
                 q = _mm256_sign_epi8(sign, sign);
-            }
-            const __m256i lane = _mm256_set1_epi32(j);
-            for (int64_t r = 0; r < R; r++) {
-                __m256i v = _mm256_loadu_si256((const __m256i *)a[r * nb + i * 8 + j].qs);
+            } else
+                scales = _mm256_set1_epi16(sm[j]);
+            for (int r = 0; r < R; r++) {
+                __m256i v = _mm256_loadu_si256((const __m256i *)(a[r * nb + i].qs + 32 * j));
                 if (TYPE == Q6_K) v = _mm256_sign_epi8(v, sign);
-                __m256i p = _mm256_maddubs_epi16(q, v);  /* pairs of products, within int16 for |q| < 64 */
-                p = _mm256_madd_epi16(p, scales);  /* Q6_K: each half of 16 by its own scale */
-                acc[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(s[r], lane), _mm256_cvtepi32_ps(p), acc[r]);
+                sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(_mm256_maddubs_epi16(q, v), scales));
+            }
+        }
+        const __m128i mins = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(sm + 8)));
+        for (int r = 0; r < R; r++) {
+            const block_q8_K *y = a + r * nb + i;
+            if (TYPE == Q6_K) {
+                k_float_step(&acc[r], y->d, half_to_float(((const block_q6_K *)b)->d), 0, hsum_i32(sumi[r]), 0, 0);
+                continue;
+            }
+            /* Σ_j m[j] (bsums[2j] + bsums[2j + 1]) */
+            __m128i pairs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)y->bsums), _mm_loadu_si128((const __m128i *)(y->bsums + 8)));
+            __m128i s = _mm_madd_epi16(pairs, mins);
+            s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+            int32_t imin = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 1)));
+            k_float_step(&acc[r], y->d, half_to_float(((const block_q4_K *)b)->d), half_to_float(((const block_q4_K *)b)->dmin),
+                         hsum_i32(sumi[r]), imin, 1);
+        }
+    }
+    for (int r = 0; r < R; r++) out[r * ostride] = acc[r];
+}
+
+/* 32 unsigned bytes times 32 signed, summed in fours into eight int32 lanes, added to acc: one VNNI instruction
+ * where the CPU has it, else maddubs (pairs within int16 for weights < 64) and madd by ones. */
+static inline __m256i k_dot4(__m256i acc, __m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(acc, u, s);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(acc, u, s);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+
+/* out[(8 t + r) * ostride + n] = weight row n (of NC <= 4 rows from w, row_bytes apart) . row r of tile t, for NT <= 2
+ * interleaved tiles of 8 activation rows (nb super-blocks each, tiles nb apart): lane r of every vector is row r.
+ * Each weight super-block is unpacked once to bytes; each 4 of its values are broadcast once and met with the
+ * same 4 values of every row (k_dot4), one load of those serving the NC weight rows; a sub-block's scale is
+ * applied once to 8 rows. NC x NT independent sums keep the VNNI units busy. */
+static inline __attribute__((always_inline)) void k_tile8_avx2(const int TYPE, const int NC, const int NT, const char *w, int64_t row_bytes,
+                                                                const block_q8_Kx8 *a, int64_t nb, float *out, int64_t ostride) {
+    const int64_t size = k_block_bytes(TYPE);
+    __m256 acc[2][4];
+    _Alignas(32) uint8_t q[4][QK_K];
+    for (int t = 0; t < NT; t++)
+        for (int n = 0; n < NC; n++) acc[t][n] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        uint8_t sm[4][16];
+        float d[4], dmin[4] = {0, 0, 0, 0};
+        __m256i isum[2][4], imin[2][4];
+        for (int n = 0; n < NC; n++) {
+            const void *b = w + n * row_bytes + i * size;
+            for (int j = 0; j < 8; j++) _mm256_store_si256((__m256i *)(q[n] + 32 * j), k_values8(TYPE, b, j));
+            if (TYPE == Q6_K) d[n] = half_to_float(((const block_q6_K *)b)->d);
+            else {
+                k_scales_mins(((const block_q4_K *)b)->scales, sm[n]);
+                d[n] = half_to_float(((const block_q4_K *)b)->d), dmin[n] = half_to_float(((const block_q4_K *)b)->dmin);
+            }
+            for (int t = 0; t < NT; t++) isum[t][n] = imin[t][n] = _mm256_setzero_si256();
+        }
+        for (int j = 0; j < 8; j++) {
+            __m256i dot[2][4];
+            for (int h = 0; h < 2; h++) {  /* halves of 16 values (Q6_K's scales are per 16); Q4_K/Q5_K scale both at once */
+                for (int t = 0; t < NT; t++)
+                    for (int n = 0; n < NC && (h == 0 || TYPE == Q6_K); n++) dot[t][n] = _mm256_setzero_si256();
+                for (int k = 4 * h; k < 4 * h + 4; k++) {
+                    __m256i v[2];
+                    for (int t = 0; t < NT; t++) v[t] = _mm256_load_si256((const __m256i *)a[i + t * nb].qs[j][k]);
+                    for (int n = 0; n < NC; n++) {
+                        const __m256i u = _mm256_set1_epi32(((const int32_t *)(q[n] + 32 * j))[k]);
+                        for (int t = 0; t < NT; t++) dot[t][n] = k_dot4(dot[t][n], u, v[t]);
+                    }
+                }
+                for (int t = 0; t < NT; t++) {
+                    const block_q8_Kx8 *y = a + i + t * nb;
+                    if (TYPE == Q6_K) {
+                        const __m256i off = _mm256_slli_epi32(_mm256_load_si256((const __m256i *)y->b16[2 * j + h]), 5);  /* q - 32 */
+                        for (int n = 0; n < NC; n++) {
+                            const int sc = ((const block_q6_K *)(w + n * row_bytes + i * size))->scales[2 * j + h];
+                            isum[t][n] = _mm256_add_epi32(isum[t][n], _mm256_mullo_epi32(_mm256_sub_epi32(dot[t][n], off), _mm256_set1_epi32(sc)));
+                        }
+                    } else if (h) {
+                        const __m256i s = _mm256_load_si256((const __m256i *)y->b32[j]);
+                        for (int n = 0; n < NC; n++) {
+                            isum[t][n] = _mm256_add_epi32(isum[t][n], _mm256_mullo_epi32(dot[t][n], _mm256_set1_epi32(sm[n][j])));
+                            imin[t][n] = _mm256_add_epi32(imin[t][n], _mm256_mullo_epi32(s, _mm256_set1_epi32(sm[n][8 + j])));
+                        }
+                    }
+                }
+            }
+        }
+        for (int t = 0; t < NT; t++) {
+            const __m256 xd = _mm256_load_ps(a[i + t * nb].d);  /* k_float_step, lane by lane */
+            for (int n = 0; n < NC; n++) {
+                acc[t][n] = _mm256_add_ps(acc[t][n], _mm256_mul_ps(_mm256_mul_ps(xd, _mm256_set1_ps(d[n])), _mm256_cvtepi32_ps(isum[t][n])));
+                if (TYPE != Q6_K)
+                    acc[t][n] = _mm256_sub_ps(acc[t][n], _mm256_mul_ps(_mm256_mul_ps(xd, _mm256_set1_ps(dmin[n])), _mm256_cvtepi32_ps(imin[t][n])));
             }
         }
     }
-    for (int64_t r = 0; r < R; r++) out[r * ostride] = hsum(acc[r]);
+    for (int t = 0; t < NT; t++)
+        for (int n = 0; n < NC; n++) {
+            _Alignas(32) float o[8];
+            _mm256_store_ps(o, acc[t][n]);
+            for (int r = 0; r < 8; r++) out[(8 * t + r) * ostride + n] = o[r];
+        }
+}
+
+/* k_tile8_avx2 with TYPE, NC and NT as constants: 4 weight rows, else one at a time; tiles two at a time, else one */
+static void k_tile8(int type, int nc, int nt, const char *w, int64_t row_bytes, const block_q8_Kx8 *a, int64_t nb, float *out,
+                    int64_t ostride) {
+#define K_TILE(T, NT) \
+    if (nc == 4) k_tile8_avx2(T, 4, NT, w, row_bytes, a, nb, out, ostride); \
+    else for (int n = 0; n < nc; n++) k_tile8_avx2(T, 1, NT, w + n * row_bytes, row_bytes, a, nb, out + n, ostride);
+#define K_TILES(T) if (nt == 2) { K_TILE(T, 2) } else { K_TILE(T, 1) }
+    if (type == Q4_K) { K_TILES(Q4_K) }
+    else if (type == Q5_K) { K_TILES(Q5_K) }
+    else { K_TILES(Q6_K) }
+#undef K_TILES
+#undef K_TILE
+}
+
+/* Rows r0 .. r0 + 7 of a (nb super-blocks each) interleaved into t (nb tiles). */
+static void k_interleave8(const block_q8_K *a, int64_t nb, block_q8_Kx8 *t) {
+    for (int64_t i = 0; i < nb; i++)
+        for (int r = 0; r < 8; r++) {
+            const block_q8_K *y = a + r * nb + i;
+            t[i].d[r] = y->d;
+            for (int h = 0; h < 16; h++) t[i].b16[h][r] = y->bsums[h];
+            for (int j = 0; j < 8; j++) {
+                t[i].b32[j][r] = y->bsums[2 * j] + y->bsums[2 * j + 1];
+                for (int k = 0; k < 8; k++) memcpy(t[i].qs[j][k][r], y->qs + 32 * j + 4 * k, 4);
+            }
+        }
 }
 #endif
 
-/* out[r * ostride] = weight row w . activation row r, for R <= 4 rows of nb activation blocks each (stride nb). */
-static void k_rows(int type, const void *w, const block_act *a, const float *ad, const float *asq, int64_t nb, int64_t R,
-                   float *out, int64_t ostride) {
+/* out[r * ostride] = weight row w . activation row r, for R <= 4 rows of nb super-blocks each (stride nb). */
+static void k_rows(int type, const void *w, const block_q8_K *a, int64_t nb, int64_t R, float *out, int64_t ostride) {
 #ifdef BASECLI_AVX2
-    /* R a constant: 4 rows (the accumulators and scales stay in registers), else one at a time (the same sums) */
+    /* R a constant: 4 rows (the accumulators stay in registers), else one at a time (the same sums) */
     if (R == 4) {
-        if (type == Q4_K) k_rows_avx2(Q4_K, 4, w, a, ad, asq, nb, out, ostride);
-        else if (type == Q5_K) k_rows_avx2(Q5_K, 4, w, a, ad, asq, nb, out, ostride);
-        else k_rows_avx2(Q6_K, 4, w, a, ad, asq, nb, out, ostride);
+        if (type == Q4_K) k_rows_avx2(Q4_K, 4, w, a, nb, out, ostride);
+        else if (type == Q5_K) k_rows_avx2(Q5_K, 4, w, a, nb, out, ostride);
+        else k_rows_avx2(Q6_K, 4, w, a, nb, out, ostride);
         return;
     }
     for (int64_t r = 0; r < R; r++) {
-        const block_act *ar = a + r * nb;
-        if (type == Q4_K) k_rows_avx2(Q4_K, 1, w, ar, ad + r * nb, asq + r * nb, nb, out + r * ostride, ostride);
-        else if (type == Q5_K) k_rows_avx2(Q5_K, 1, w, ar, ad + r * nb, asq + r * nb, nb, out + r * ostride, ostride);
-        else k_rows_avx2(Q6_K, 1, w, ar, ad + r * nb, asq + r * nb, nb, out + r * ostride, ostride);
+        if (type == Q4_K) k_rows_avx2(Q4_K, 1, w, a + r * nb, nb, out + r * ostride, ostride);
+        else if (type == Q5_K) k_rows_avx2(Q5_K, 1, w, a + r * nb, nb, out + r * ostride, ostride);
+        else k_rows_avx2(Q6_K, 1, w, a + r * nb, nb, out + r * ostride, ostride);
     }
 #else
-    (void)ad; (void)asq;
-    const int64_t size = k_block_bytes(type), supers = nb / 8;
-    float mul[8], min[8], acc[4] = {0, 0, 0, 0}, mins[4] = {0, 0, 0, 0};
-    int16_t sc16[16];
-    uint8_t q[32];
-    for (int64_t i = 0; i < supers; i++) {
-        const void *b = (const char *)w + i * size;
-        k_factors(type, b, mul, min, sc16);
-        for (int j = 0; j < 8; j++) {
-            k_values(type, b, j, q);
-            for (int64_t r = 0; r < R; r++) {
-                const block_act *y = a + r * nb + i * 8 + j;
-                int s0 = 0, s1 = 0;
-                for (int l = 0; l < 16; l++) s0 += q[l] * y->qs[l], s1 += q[l + 16] * y->qs[l + 16];
-                if (type == Q6_K) {
-                    for (int l = 0; l < 16; l++) s0 -= 32 * y->qs[l], s1 -= 32 * y->qs[l + 16];
-                    s0 = s0 * sc16[2 * j] + s1 * sc16[2 * j + 1];
-                } else
-                    s0 += s1;
-                acc[r] += mul[j] * y->d * (float)s0;
-                mins[r] += min[j] * y->s;
-            }
-        }
-    }
-    for (int64_t r = 0; r < R; r++) out[r * ostride] = acc[r] - mins[r];
+    for (int64_t r = 0; r < R; r++) out[r * ostride] = k_row_portable(type, w, a + r * nb, nb);
 #endif
 }
 
-/* out[r * ldo + c] = W[c] . x[r] for a K-quant W (N rows of K weights). Activation rows go in chunks that stay
- * in cache while every weight row passes over them; weight rows are split over threads, 4 activation rows at a time.
- * The activations' scales and rounded sums are first laid out contiguously, eight (one super-block's) per load. */
+/* out[r * ldo + c] = W[c] . x[r] for fp32 x (M, K) and a K-quant W (N rows of K weights): x rounded to Q8_K
+ * blocks, then activation rows in chunks that stay in cache while every weight row passes over them, weight rows
+ * split over threads. With AVX2, each 8 rows of a chunk are interleaved into tiles; rows left over go 4 or 1
+ * at a time. Returns 0, or -1 (out all NaN) if out of memory. */
 #define K_CHUNK 64
-static void k_matmul(int type, const void *W, const block_act *x, int64_t M, int64_t K, float *out, int64_t N, int64_t ldo) {
-    const int64_t nb = K / QK, row_bytes = K / QK_K * k_block_bytes(type);
-    float *ad = malloc(sizeof(float) * 2 * M * nb), *asq = ad + M * nb;
-    if (!ad) { for (int64_t r = 0; r < M; r++) for (int64_t c = 0; c < N; c++) out[r * ldo + c] = NAN; return; }
-    for (int64_t i = 0; i < M * nb; i++) ad[i] = x[i].d, asq[i] = x[i].s;
+static int k_linear(int type, const void *W, const float *x, int64_t M, int64_t K, float *out, int64_t N, int64_t ldo) {
+    const int64_t nb = K / QK_K, row_bytes = nb * k_block_bytes(type);
+    int64_t tiled = 0;  /* rows in 8-row tiles */
+    block_q8_K *q = malloc(sizeof(block_q8_K) * M * nb);
+    block_q8_Kx8 *t = NULL;
+#ifdef BASECLI_AVX2
+    tiled = M / 8 * 8;
+    if (tiled && !(t = aligned_alloc(32, sizeof(block_q8_Kx8) * (tiled / 8) * nb))) tiled = 0;  /* no memory: rows 4 at a time */
+#else
+    (void)tiled;
+#endif
+    if (!q) {
+        for (int64_t r = 0; r < M; r++) for (int64_t c = 0; c < N; c++) out[r * ldo + c] = NAN;
+        free(t);
+        return -1;
+    }
+    #pragma omp parallel for schedule(static) if (M >= 64)
+    for (int64_t r = 0; r < M; r++) k_quantize_act_row(x + r * K, q + r * nb, K);
+#ifdef BASECLI_AVX2
+    #pragma omp parallel for schedule(static) if (tiled >= 64)
+    for (int64_t g = 0; g < tiled / 8; g++) k_interleave8(q + g * 8 * nb, nb, t + g * nb);
+#endif
     for (int64_t r0 = 0; r0 < M; r0 += K_CHUNK) {
         int64_t m = M - r0 < K_CHUNK ? M - r0 : K_CHUNK;
         #pragma omp parallel for schedule(static)
-        for (int64_t c = 0; c < N; c++)
-            for (int64_t r = 0; r < m; r += 4)
-                k_rows(type, (const char *)W + c * row_bytes, x + (r0 + r) * nb, ad + (r0 + r) * nb, asq + (r0 + r) * nb, nb,
-                       m - r < 4 ? m - r : 4, out + (r0 + r) * ldo + c, ldo);
+        for (int64_t c0 = 0; c0 < N; c0 += 4) {  /* weight rows 4 at a time */
+            const int64_t nc = N - c0 < 4 ? N - c0 : 4;
+            int64_t r = 0;
+#ifdef BASECLI_AVX2
+            for (int nt; (nt = (int)((tiled - r0 - r < m - r ? tiled - r0 - r : m - r) / 8)) > 0; r += 8 * (nt > 2 ? 2 : nt)) {
+                nt = nt > 2 ? 2 : nt;
+                k_tile8(type, (int)nc, nt, (const char *)W + c0 * row_bytes, row_bytes, t + (r0 + r) / 8 * nb, nb, out + (r0 + r) * ldo + c0, ldo);
+            }
+#endif
+            for (int64_t c = c0; c < c0 + nc; c++)
+                for (int64_t rr = r; rr < m; rr += 4)
+                    k_rows(type, (const char *)W + c * row_bytes, q + (r0 + rr) * nb, nb, m - rr < 4 ? m - rr : 4, out + (r0 + rr) * ldo + c, ldo);
+        }
     }
-    free(ad);
+    free(q);
+    free(t);
+    return 0;
 }

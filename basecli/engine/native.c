@@ -345,7 +345,6 @@ static void tile_q8_0(const void *w0v, const void *w1v, const block_act *a, cons
 /* out[r * ldo + c] = sum_k W[c, k] x[r, k] for r < M, c < N, with x already quantised (M rows of K/32 blocks).
  * Split over output columns: each thread reads its own share of the weights once for all M rows. */
 static void matmul_q(int type, const void *W, const block_act *x, int64_t M, int64_t K, float *out, int64_t N, int64_t ldo) {
-    if (is_k(type)) { k_matmul(type, W, x, M, K, out, N, ldo); return; }
     int64_t nb = K / QK, tiled_m = 0, pairs = 0;
     float *ds = NULL;
 #ifdef BASECLI_AVX2
@@ -386,6 +385,7 @@ static void quantize_act(const float *x, block_act *y, int64_t M, int64_t K) {
 
 /* F.linear(x, W) for fp32 x (M, K) and a quantised W (N, K). Returns 0, or -1 if out of memory. */
 int basecli_linear(int type, const void *W, const float *x, int64_t M, int64_t K, float *out, int64_t N) {
+    if (is_k(type)) return k_linear(type, W, x, M, K, out, N, N);  /* K-quants round x their own way */
     block_act *q = malloc(sizeof(block_act) * M * (K / QK));
     if (!q) return -1;
     quantize_act(x, q, M, K);
@@ -592,11 +592,15 @@ typedef struct {
 
 #define LAYER_PTR(m, field, l) ((m)->field ? (m)->field[l] : NULL)
 
-/* out (M, total rows) = x times each stacked part, side by side. */
-static void matmul_m(const Matrix *w, const block_act *x, int64_t M, int64_t K, float *out) {
+/* out (M, total rows) = x times each stacked part, side by side; x as blocks, and as floats xf for K-quant parts. */
+static void matmul_m(const Matrix *w, const block_act *x, const float *xf, int64_t M, int64_t K, float *out) {
     int64_t total = 0, at = 0;
     for (int p = 0; p < w->parts; p++) total += w->rows[p];
-    for (int p = 0; p < w->parts; p++) { matmul_q(w->type[p], w->w[p], x, M, K, out + at, w->rows[p], total); at += w->rows[p]; }
+    for (int p = 0; p < w->parts; p++) {
+        if (is_k(w->type[p])) k_linear(w->type[p], w->w[p], xf, M, K, out + at, w->rows[p], total);
+        else matmul_q(w->type[p], w->w[p], x, M, K, out + at, w->rows[p], total);
+        at += w->rows[p];
+    }
 }
 
 typedef struct {               /* the KV cache of engine/lean.py's KVCache, as pointers and strides (in floats) */
@@ -715,7 +719,7 @@ int basecli_decode_step(const Model *m, int64_t B, const int64_t *tokens, const 
     for (int64_t l = 0; l < m->layers; l++) {
         add_norm_quantize(x, l ? tmp : NULL, m->norm1[l], LAYER_PTR(m, norm1_bias, l), h, q8, B, dim, m->eps);  /* the last layer's MLP output joins here */
         TICK(OTHER);
-        matmul_m(&m->qkv[l], q8, B, dim, qkv);
+        matmul_m(&m->qkv[l], q8, h, B, dim, qkv);
         add_bias(qkv, LAYER_PTR(m, qkv_bias, l), B, qkv_n);
         TICK(MATMUL);
 
@@ -761,12 +765,12 @@ int basecli_decode_step(const Model *m, int64_t B, const int64_t *tokens, const 
         TICK(ATTENTION);
         quantize_act(h, q8, B, H * hd);
         TICK(OTHER);
-        matmul_m(&m->o[l], q8, B, H * hd, tmp);
+        matmul_m(&m->o[l], q8, h, B, H * hd, tmp);
         add_bias(tmp, LAYER_PTR(m, o_bias, l), B, dim);
         TICK(MATMUL);
         add_norm_quantize(x, tmp, m->norm2[l], LAYER_PTR(m, norm2_bias, l), h, q8, B, dim, m->eps);
         TICK(OTHER);
-        matmul_m(&m->gate_up[l], q8, B, dim, gu);  /* (B, 2 hid), or (B, hid) for GPT-2's up alone */
+        matmul_m(&m->gate_up[l], q8, h, B, dim, gu);  /* (B, 2 hid), or (B, hid) for GPT-2's up alone */
         TICK(MATMUL);
         #pragma omp parallel for schedule(static) if (B >= 8)
         for (int64_t b = 0; b < B; b++) {
@@ -779,13 +783,13 @@ int basecli_decode_step(const Model *m, int64_t B, const int64_t *tokens, const 
             quantize_act_row(a, q8 + b * (hid / QK), hid);
         }
         TICK(OTHER);
-        matmul_m(&m->down[l], q8, B, hid, tmp);
+        matmul_m(&m->down[l], q8, m->gelu ? gu : act, B, hid, tmp);
         add_bias(tmp, LAYER_PTR(m, down_bias, l), B, dim);
         TICK(MATMUL);
     }
     add_norm_quantize(x, m->layers ? tmp : NULL, m->norm, m->norm_bias, h, q8, B, dim, m->eps);
     TICK(OTHER);
-    matmul_m(m->head, q8, B, dim, logits);
+    matmul_m(m->head, q8, h, B, dim, logits);
     TICK(MATMUL);
 done:
     free(x); free(h); free(qkv); free(gu); free(act); free(tmp); free(scores); free(rope); free(q8); free(totals);
