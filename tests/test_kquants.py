@@ -59,11 +59,16 @@ def gguf_reference(raw: np.ndarray, ggml_type: int) -> np.ndarray:
 
 
 def rounded(x: np.ndarray) -> np.ndarray:
-    """x as the K-quant kernels see it (llama.cpp's Q8_K): each 256-block as int8 on scale max|x| / 127, in float64."""
-    b = x.astype(np.float32).reshape(x.shape[0], -1, 256)
-    d = np.abs(b).max(-1, keepdims=True) / np.float32(127)
-    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
-    return (np.rint(b * inv).astype(np.float64) * d.astype(np.float64)).reshape(x.shape)
+    """x as the K-quant kernels see it, in float64: per 256 values a scale d = max|x| / (127 * 15), per 32 a
+    sub-scale s = ceil(15 max|x_32| / max|x|) in 1..15, each value an int8 times d * s (engine/kquants.c)."""
+    b = x.astype(np.float32).reshape(x.shape[0], -1, 8, 32)
+    sub = np.abs(b).max(-1, keepdims=True)
+    amax = sub.max(-2, keepdims=True)
+    d = amax / np.float32(127 * 15)
+    ratio = np.divide(sub, amax, out=np.zeros_like(sub), where=amax != 0)
+    s = np.where(amax > 0, np.clip(np.ceil(np.float32(15) * ratio), 1, 15), 1).astype(np.float32)
+    inv = np.divide(np.float32(1), d * s, out=np.zeros_like(sub), where=d != 0)
+    return (np.rint(b * inv).astype(np.float64) * (d * s).astype(np.float64)).reshape(x.shape)
 
 
 @pytest.fixture(scope="module")
@@ -133,10 +138,10 @@ def test_llama_cpp_blocks_dequantise_as_ggufs(files, ftype):
 # ---- 2. the matmul against its definition ---------------------------------------------------------------
 
 @pytest.mark.parametrize("name", KTYPES)
-@pytest.mark.parametrize("batch", [1, 3, 4, 9, 70])  # tiles of 4 rows, rows left over, chunks of 64
+@pytest.mark.parametrize("batch", [1, 3, 4, 9, 24, 70])  # tiles of 8 rows (in pairs, or one), of 4, rows left over, chunks of 64
 def test_matmul_is_the_defined_int8_product(name, batch, portable):
     ggml_type, kind, _ = KTYPES[name]
-    rows, cols = 24, 512
+    rows, cols = 26, 512  # weight rows 4 at a time, and 2 left over
     blocks = torch.from_numpy(random_blocks(ggml_type, rows * cols // 256, seed=batch).reshape(-1).copy())
     rng = np.random.default_rng(batch)
     x = rng.standard_normal((batch, cols)).astype(np.float32)

@@ -85,21 +85,26 @@ static void k_dequantize(int type, const void *w, float *out, int64_t rows, int6
     for (int64_t i = 0; i < n; i++) k_dequantize_block(type, (const char *)w + i * size, out + i * QK_K);
 }
 
-/* ---- the matmul, against activations rounded per 256 values (llama.cpp's Q8_K) ----
- * An activation super-block holds 256 int8 values on one float scale xd = max|x| / 127, and the sums of its
- * sixteen runs of 16 values (Q6_K's offset and the minimums of Q4_K/Q5_K need them). A weight super-block times
- * an activation super-block is then exact integer sums and one float step each, in this order for every row:
- *   acc = acc + (xd * d) * (float)Σ_j sc[j] Σ_l q y             (Q6_K: Σ_h scale[h] Σ_l (q - 32) y, per 16)
- *   acc = acc - (xd * dmin) * (float)Σ_j m[j] Σ_l y              (Q4_K/Q5_K)
+/* ---- the matmul, against activations rounded to 8 bits per 256 values ----
+ * An activation super-block (llama.cpp's Q8_K, plus a 4-bit scale per 32): 256 int8 values, value l of sub-block
+ * j being xd * sa[j] * qs[l], with xd = max|x| / (127 * 15) and sa[j] = ceil(15 max|x_j| / max|x|) in 1..15 (each
+ * run of 32 rounded on a scale near its own, as finely as a float scale per 32 would within 1/15 of the largest:
+ * one scale per 256 alone doubled the KL from the fp32 model), and the sums of its sixteen runs of 16 int8 values
+ * (Q6_K's offset and the minimums of Q4_K/Q5_K need them). A weight super-block times an activation super-block
+ * is then exact integer sums (sa multiplies the weights' integer scales; every sum stays within int32) and one
+ * float step each, in this order for every row:
+ *   acc = acc + (xd * d) * (float)Σ_j sc[j] sa[j] Σ_l q y          (Q6_K: Σ_h scale[h] sa[h/2] Σ_l (q - 32) y, per 16)
+ *   acc = acc - (xd * dmin) * (float)Σ_j m[j] sa[j] Σ_l y           (Q4_K/Q5_K)
  * with no fused multiply-add. Every path (portable C, AVX2, the 8-row tiles with VNNI) computes the integers its
  * own way and then does exactly these float operations, so every build gives the same bits, and a row's result
  * does not depend on the rows beside it in its batch. */
-typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_K;
+#define K_SUB 15  /* the largest sub-scale */
+typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; uint8_t sa[8]; } block_q8_K;
 
 /* Eight activation rows' super-block i interleaved for the tiles: qs[j][k][r][4] holds values 32j + 4k .. + 3
- * of row r, so one 32-byte load is four values of each of the eight rows; b16[h][r] the row's sum over values
- * 16h .. 16h + 15, b32[j][r] over sub-block j. */
-typedef struct { float d[8]; int32_t b16[16][8], b32[8][8]; int8_t qs[8][8][8][4]; } block_q8_Kx8;
+ * of row r, so one 32-byte load is four values of each of the eight rows; sa[j][r] the row's sub-scale, b16[h][r]
+ * its sum over values 16h .. 16h + 15, b32[j][r] sa[j] times its sum over sub-block j. */
+typedef struct { float d[8]; int32_t sa[8][8], b16[16][8], b32[8][8]; int8_t qs[8][8][8][4]; } block_q8_Kx8;
 
 static inline void k_float_step(float *acc, float xd, float d, float dmin, int32_t isum, int32_t imin, int mins) {
     float t = xd * d;
@@ -118,18 +123,34 @@ static inline int hsum_i32(__m256i v) {
 }
 #endif
 
+/* The sub-scales of a super-block from its largest |x| (amax) and each sub-block's (sub): the same float steps in
+ * every build. Returns xd; id[j] = 1 / (xd sa[j]), the factor that rounds sub-block j. */
+static float k_sub_scales(float amax, const float *sub, uint8_t *sa, float *id) {
+    float d = amax / (127.0f * K_SUB);
+    for (int j = 0; j < 8; j++) {
+        int s = amax > 0 ? (int)ceilf((float)K_SUB * (sub[j] / amax)) : 1;
+        sa[j] = (uint8_t)(s < 1 ? 1 : s > K_SUB ? K_SUB : s);
+        id[j] = d > 0 ? 1.0f / (d * (float)sa[j]) : 0.0f;
+    }
+    return d;
+}
+
 static void k_quantize_act_row(const float *x, block_q8_K *y, int64_t n) {
     for (int64_t b = 0; b < n / QK_K; b++, x += QK_K, y++) {
+        float sub[8], id[8], amax = 0;
 #ifdef BASECLI_AVX2
         const __m256 sign = _mm256_set1_ps(-0.0f);
-        __m256 amax = _mm256_setzero_ps();
-        for (int j = 0; j < QK_K; j += 8) amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + j)));
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-        float d = _mm_cvtss_f32(m4) / 127.0f, id = d ? 1.0f / d : 0.0f;
-        const __m256 vid = _mm256_set1_ps(id);  /* cvtps rounds to nearest even, as lrintf does */
+        for (int j = 0; j < 8; j++) {
+            __m256 m = _mm256_andnot_ps(sign, _mm256_loadu_ps(x + 32 * j));
+            for (int l = 8; l < 32; l += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + 32 * j + l)));
+            __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            sub[j] = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+            amax = sub[j] > amax ? sub[j] : amax;
+        }
+        y->d = k_sub_scales(amax, sub, y->sa, id);
         for (int j = 0; j < QK_K; j += 32) {
+            const __m256 vid = _mm256_set1_ps(id[j / 32]);  /* cvtps rounds to nearest even, as lrintf does */
             __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + j), vid));
             __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + j + 8), vid));
             __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + j + 16), vid));
@@ -140,17 +161,19 @@ static void k_quantize_act_row(const float *x, block_q8_K *y, int64_t n) {
             _mm256_storeu_si256((__m256i *)(y->qs + j), _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
         }
 #else
-        float amax = 0;
-        for (int j = 0; j < QK_K; j++) { float a = fabsf(x[j]); amax = a > amax ? a : amax; }
-        float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
-        for (int j = 0; j < QK_K; j++) y->qs[j] = (int8_t)lrintf(x[j] * id);
+        for (int j = 0; j < 8; j++) {
+            sub[j] = 0;
+            for (int l = 0; l < 32; l++) { float a = fabsf(x[32 * j + l]); sub[j] = a > sub[j] ? a : sub[j]; }
+            amax = sub[j] > amax ? sub[j] : amax;
+        }
+        y->d = k_sub_scales(amax, sub, y->sa, id);
+        for (int j = 0; j < QK_K; j++) y->qs[j] = (int8_t)lrintf(x[j] * id[j / 32]);
         for (int i = 0; i < QK_K / 16; i++) {
             int s = 0;
             for (int j = 0; j < 16; j++) s += y->qs[16 * i + j];
             y->bsums[i] = (int16_t)s;
         }
 #endif
-        y->d = d;
     }
 }
 
@@ -185,12 +208,12 @@ static float k_row_portable(int type, const void *w, const block_q8_K *a, int64_
                 const int8_t *sc = ((const block_q6_K *)b)->scales;
                 int s0 = 0, s1 = 0;
                 for (int l = 0; l < 16; l++) s0 += ((int)q[l] - 32) * v[l], s1 += ((int)q[l + 16] - 32) * v[l + 16];
-                isum += s0 * sc[2 * j] + s1 * sc[2 * j + 1];
+                isum += (s0 * sc[2 * j] + s1 * sc[2 * j + 1]) * y->sa[j];
             } else {
                 int s = 0;
                 for (int l = 0; l < 32; l++) s += q[l] * v[l];
-                isum += s * sm[j];
-                imin += sm[8 + j] * (y->bsums[2 * j] + y->bsums[2 * j + 1]);
+                isum += s * sm[j] * y->sa[j];
+                imin += sm[8 + j] * y->sa[j] * (y->bsums[2 * j] + y->bsums[2 * j + 1]);
             }
         }
         if (type == Q6_K) k_float_step(&acc, y->d, half_to_float(((const block_q6_K *)b)->d), 0, isum, 0, 0);
@@ -255,10 +278,12 @@ static inline __attribute__((always_inline)) void k_rows_avx2(const int TYPE, co
                 q = _mm256_sign_epi8(sign, sign);
             } else
                 scales = _mm256_set1_epi16(sm[j]);
-            for (int r = 0; r < R; r++) {
-                __m256i v = _mm256_loadu_si256((const __m256i *)(a[r * nb + i].qs + 32 * j));
+            for (int r = 0; r < R; r++) {  /* the weights' scales times the row's sub-scale: within int16 */
+                const block_q8_K *y = a + r * nb + i;
+                __m256i v = _mm256_loadu_si256((const __m256i *)(y->qs + 32 * j));
                 if (TYPE == Q6_K) v = _mm256_sign_epi8(v, sign);
-                sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(_mm256_maddubs_epi16(q, v), scales));
+                __m256i rs = _mm256_mullo_epi16(scales, _mm256_set1_epi16(y->sa[j]));
+                sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(_mm256_maddubs_epi16(q, v), rs));
             }
         }
         const __m128i mins = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(sm + 8)));
@@ -268,9 +293,9 @@ static inline __attribute__((always_inline)) void k_rows_avx2(const int TYPE, co
                 k_float_step(&acc[r], y->d, half_to_float(((const block_q6_K *)b)->d), 0, hsum_i32(sumi[r]), 0, 0);
                 continue;
             }
-            /* Σ_j m[j] (bsums[2j] + bsums[2j + 1]) */
+            /* Σ_j m[j] sa[j] (bsums[2j] + bsums[2j + 1]) */
             __m128i pairs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)y->bsums), _mm_loadu_si128((const __m128i *)(y->bsums + 8)));
-            __m128i s = _mm_madd_epi16(pairs, mins);
+            __m128i s = _mm_madd_epi16(pairs, _mm_mullo_epi16(mins, _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)y->sa))));
             s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
             int32_t imin = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 1)));
             k_float_step(&acc[r], y->d, half_to_float(((const block_q4_K *)b)->d), half_to_float(((const block_q4_K *)b)->dmin),
@@ -337,12 +362,14 @@ static inline __attribute__((always_inline)) void k_tile8_avx2(const int TYPE, c
                         const __m256i off = _mm256_slli_epi32(_mm256_load_si256((const __m256i *)y->b16[2 * j + h]), 5);  /* q - 32 */
                         for (int n = 0; n < NC; n++) {
                             const int sc = ((const block_q6_K *)(w + n * row_bytes + i * size))->scales[2 * j + h];
-                            isum[t][n] = _mm256_add_epi32(isum[t][n], _mm256_mullo_epi32(_mm256_sub_epi32(dot[t][n], off), _mm256_set1_epi32(sc)));
+                            const __m256i scv = _mm256_mullo_epi32(_mm256_set1_epi32(sc), _mm256_load_si256((const __m256i *)y->sa[j]));
+                            isum[t][n] = _mm256_add_epi32(isum[t][n], _mm256_mullo_epi32(_mm256_sub_epi32(dot[t][n], off), scv));
                         }
                     } else if (h) {
-                        const __m256i s = _mm256_load_si256((const __m256i *)y->b32[j]);
+                        const __m256i s = _mm256_load_si256((const __m256i *)y->b32[j]), sa = _mm256_load_si256((const __m256i *)y->sa[j]);
                         for (int n = 0; n < NC; n++) {
-                            isum[t][n] = _mm256_add_epi32(isum[t][n], _mm256_mullo_epi32(dot[t][n], _mm256_set1_epi32(sm[n][j])));
+                            const __m256i scv = _mm256_mullo_epi32(_mm256_set1_epi32(sm[n][j]), sa);
+                            isum[t][n] = _mm256_add_epi32(isum[t][n], _mm256_mullo_epi32(dot[t][n], scv));
                             imin[t][n] = _mm256_add_epi32(imin[t][n], _mm256_mullo_epi32(s, _mm256_set1_epi32(sm[n][8 + j])));
                         }
                     }
@@ -388,7 +415,8 @@ static void k_interleave8(const block_q8_K *a, int64_t nb, block_q8_Kx8 *t) {
             t[i].d[r] = y->d;
             for (int h = 0; h < 16; h++) t[i].b16[h][r] = y->bsums[h];
             for (int j = 0; j < 8; j++) {
-                t[i].b32[j][r] = y->bsums[2 * j] + y->bsums[2 * j + 1];
+                t[i].sa[j][r] = y->sa[j];
+                t[i].b32[j][r] = y->sa[j] * (y->bsums[2 * j] + y->bsums[2 * j + 1]);
                 for (int k = 0; k < 8; k++) memcpy(t[i].qs[j][k][r], y->qs + 32 * j + 4 * k, 4);
             }
         }
