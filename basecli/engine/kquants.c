@@ -317,6 +317,57 @@ static inline __m256i k_dot4(__m256i acc, __m256i u, __m256i s) {
 #endif
 }
 
+/* weight row w . activation row a (nb super-blocks), one row alone (a decode step). Each sub-block's 32 products
+ * go into eight int32 lanes (k_dot4) of their own; two levels of hadd turn eight such vectors into the sixteen sums
+ * of 16 values, and one multiply by the sixteen integer scales (weights' scale x the row's sub-scale) per
+ * super-block replaces one per sub-block. Lane order after the hadds: [j0 h0, j1 h0, j2 h0, j3 h0, j0 h1, ...]
+ * for sub-blocks 0-3 (h the half of 16), the same for 4-7; the scales and sums of 16 are permuted to match. */
+static inline __attribute__((always_inline)) float k_row1_avx2(const int TYPE, const void *w, const block_q8_K *a, int64_t nb) {
+    const int64_t size = k_block_bytes(TYPE);
+    const __m256i halves = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7), lo4 = _mm256_setr_epi32(0, 1, 2, 3, 0, 1, 2, 3);
+    const __m256i hi4 = _mm256_setr_epi32(4, 5, 6, 7, 4, 5, 6, 7);
+    float acc = 0;
+    for (int64_t i = 0; i < nb; i++) {
+        const void *b = (const char *)w + i * size;
+        const block_q8_K *y = a + i;
+        __m256i dot[8];
+        #pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) dot[j] = k_dot4(_mm256_setzero_si256(), k_values8(TYPE, b, j), _mm256_loadu_si256((const __m256i *)(y->qs + 32 * j)));
+        __m256i s16[2];
+        for (int g = 0; g < 2; g++)
+            s16[g] = _mm256_hadd_epi32(_mm256_hadd_epi32(dot[4 * g], dot[4 * g + 1]), _mm256_hadd_epi32(dot[4 * g + 2], dot[4 * g + 3]));
+        const __m256i sa = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)y->sa));
+        __m256i sc[2];
+        int32_t imin = 0;
+        if (TYPE == Q6_K) {
+            const __m128i raw = _mm_loadu_si128((const __m128i *)((const block_q6_K *)b)->scales);
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)y->bsums);
+            for (int g = 0; g < 2; g++) {
+                __m256i nat = _mm256_cvtepi8_epi32(g ? _mm_srli_si128(raw, 8) : raw);  /* scales 8g .. 8g + 7 */
+                sc[g] = _mm256_mullo_epi32(_mm256_permutevar8x32_epi32(nat, halves), _mm256_permutevar8x32_epi32(sa, g ? hi4 : lo4));
+                __m256i off = _mm256_cvtepi16_epi32(g ? _mm256_extracti128_si256(bs, 1) : _mm256_castsi256_si128(bs));
+                s16[g] = _mm256_sub_epi32(s16[g], _mm256_slli_epi32(_mm256_permutevar8x32_epi32(off, halves), 5));  /* q - 32 */
+            }
+        } else {
+            uint8_t sm[16];
+            k_scales_mins(((const block_q4_K *)b)->scales, sm);
+            const __m256i p = _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)sm)), sa);
+            sc[0] = _mm256_permutevar8x32_epi32(p, lo4), sc[1] = _mm256_permutevar8x32_epi32(p, hi4);
+            /* Σ_j m[j] sa[j] (bsums[2j] + bsums[2j + 1]) */
+            const __m128i pairs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)y->bsums), _mm_loadu_si128((const __m128i *)(y->bsums + 8)));
+            const __m128i mins = _mm_mullo_epi16(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(sm + 8))),
+                                                 _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)y->sa)));
+            __m128i s = _mm_madd_epi16(pairs, mins);
+            s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+            imin = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 1)));
+        }
+        const int32_t isum = hsum_i32(_mm256_add_epi32(_mm256_mullo_epi32(s16[0], sc[0]), _mm256_mullo_epi32(s16[1], sc[1])));
+        if (TYPE == Q6_K) k_float_step(&acc, y->d, half_to_float(((const block_q6_K *)b)->d), 0, isum, 0, 0);
+        else k_float_step(&acc, y->d, half_to_float(((const block_q4_K *)b)->d), half_to_float(((const block_q4_K *)b)->dmin), isum, imin, 1);
+    }
+    return acc;
+}
+
 /* out[(8 t + r) * ostride + n] = weight row n (of NC <= 4 rows from w, row_bytes apart) . row r of tile t, for NT <= 2
  * interleaved tiles of 8 activation rows (nb super-blocks each, tiles nb apart): lane r of every vector is row r.
  * Each weight super-block is unpacked once to bytes; each 4 of its values are broadcast once and met with the
@@ -433,11 +484,9 @@ static void k_rows(int type, const void *w, const block_q8_K *a, int64_t nb, int
         else k_rows_avx2(Q6_K, 4, w, a, nb, out, ostride);
         return;
     }
-    for (int64_t r = 0; r < R; r++) {
-        if (type == Q4_K) k_rows_avx2(Q4_K, 1, w, a + r * nb, nb, out + r * ostride, ostride);
-        else if (type == Q5_K) k_rows_avx2(Q5_K, 1, w, a + r * nb, nb, out + r * ostride, ostride);
-        else k_rows_avx2(Q6_K, 1, w, a + r * nb, nb, out + r * ostride, ostride);
-    }
+    for (int64_t r = 0; r < R; r++)
+        out[r * ostride] = type == Q4_K ? k_row1_avx2(Q4_K, w, a + r * nb, nb)
+                         : type == Q5_K ? k_row1_avx2(Q5_K, w, a + r * nb, nb) : k_row1_avx2(Q6_K, w, a + r * nb, nb);
 #else
     for (int64_t r = 0; r < R; r++) out[r * ostride] = k_row_portable(type, w, a + r * nb, nb);
 #endif
