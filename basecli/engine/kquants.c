@@ -496,7 +496,7 @@ static void k_rows(int type, const void *w, const block_q8_K *a, int64_t nb, int
  * blocks, then activation rows in chunks that stay in cache while every weight row passes over them, weight rows
  * split over threads. With AVX2, each 8 rows of a chunk are interleaved into tiles; rows left over go 4 or 1
  * at a time. Returns 0, or -1 (out all NaN) if out of memory. */
-#define K_CHUNK 64
+#define K_CHUNK 32
 static int k_linear(int type, const void *W, const float *x, int64_t M, int64_t K, float *out, int64_t N, int64_t ldo) {
     const int64_t nb = K / QK_K, row_bytes = nb * k_block_bytes(type);
     int64_t tiled = 0;  /* rows in 8-row tiles */
