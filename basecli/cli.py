@@ -59,7 +59,9 @@ def build_app(only: str | None = None) -> typer.Typer:
         name="basecli",
         help="A playground for base language models: tokenize, complete, resample, sweep, few-shot, chat, score.",
         no_args_is_help=True,
-        add_completion=False,
+        # --install-completion / --show-completion: typer.main has imported the machinery already,
+        # so the two options cost a fraction of a millisecond
+        add_completion=True,
         # Plain click help: rich help formatting imports rich.markdown and pygments (~0.15 s),
         # most of what `basecli --help` would cost.
         rich_markup_mode=None,
@@ -105,6 +107,19 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
+def _completing() -> list[str] | None:
+    """The words after `basecli` when a shell asks for completions (typer's protocol), else None."""
+    if not os.environ.get("_BASECLI_COMPLETE"):
+        return None
+    import shlex
+
+    words = os.environ.get("COMP_WORDS") or os.environ.get("_TYPER_COMPLETE_ARGS", "")
+    try:
+        return shlex.split(words)[1:]
+    except ValueError:  # an open quote in the word being typed
+        return words.split()[1:]
+
+
 def _command_in(argv: list[str]) -> str | None:
     """The command argv names, if it names one: the root has only flags without values (--help, --version)."""
     for arg in argv:
@@ -127,8 +142,11 @@ def main() -> None:
 
     usage_errors, aborts = [ClickException], [Abort]
     try:
-        app = build_app(only=_command_in(sys.argv[1:]) or "")
-        code = app(standalone_mode=False)
+        # a shell asking for completions names the command in its own variables, not in argv
+        typed = _completing()
+        app = build_app(only=_command_in(sys.argv[1:] if typed is None else typed) or "")
+        # "basecli" however it was started (python -m basecli too): usage lines and completion scripts name it
+        code = app(standalone_mode=False, prog_name="basecli")
     except BasecliError as e:
         _say(f"basecli: error: {e}")
         code = e.exit_code

@@ -1,0 +1,100 @@
+"""README.md and docs/: every shown output is what its command prints (docs/outputs.py), and the guide stays a guide."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("doc_outputs", ROOT / "docs" / "outputs.py")
+outputs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(outputs)
+
+SHOWN = [item for path in outputs.documents() for item in outputs.parse(path)]
+
+
+def _id(item) -> str:
+    return f"{item.where()} {item.command[:40]}"
+
+
+@pytest.mark.parametrize("item", [s for s in SHOWN if s.fast], ids=_id)
+def test_fast_outputs_are_what_the_commands_print(item):
+    assert outputs.check([item]) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("item", [s for s in SHOWN if not s.fast], ids=_id)
+def test_model_outputs_are_what_the_commands_print(item):
+    assert outputs.check([item]) == []
+
+
+def test_an_output_edited_by_hand_is_caught(tmp_path):
+    doc = tmp_path / "page.md"
+    doc.write_text("Intro.\n\n```console\n$ printf 'a\\nb\\n'\na\nb\n$ echo done\ndone\n```\n")
+    assert outputs.check(outputs.parse(doc)) == []
+    doc.write_text(doc.read_text().replace("\nb\n", "\nB\n"))
+    problems = outputs.check(outputs.parse(doc))
+    assert len(problems) == 1 and "page.md:5" in problems[0] and "-B" in problems[0] and "+b" in problems[0]
+    assert outputs.main(["--check", str(doc)]) == 1
+
+
+def test_a_real_doc_block_edited_by_hand_is_caught(tmp_path):
+    item = next(s for s in SHOWN if s.fast and s.path.name == "README.md" and s.output)
+    text = item.path.read_text().split("\n")
+    text[item.start] = text[item.start] + " (edited)"
+    doc = tmp_path / "README.md"
+    doc.write_text("\n".join(text))
+    assert any(item.command in p for p in outputs.check([s for s in outputs.parse(doc) if s.command == item.command]))
+
+
+def test_regenerating_writes_what_the_commands_print(tmp_path):
+    doc = tmp_path / "page.md"
+    doc.write_text("```console\n$ echo one; echo two >&2\nstale\n$ false || echo \\\n  joined\n```\n"
+                   "<!-- output: printf '| a |\\n' -->\nold\n<!-- /output -->\nend\n")
+    assert outputs.main([str(doc)]) == 0
+    assert doc.read_text() == ("```console\n$ echo one; echo two >&2\none\ntwo\n$ false || echo \\\n  joined\njoined\n```\n"
+                               "<!-- output: printf '| a |\\n' -->\n\n*Made by* `printf '| a |\\n'`:\n\n| a |\n\n"
+                               "<!-- /output -->\nend\n")
+    assert outputs.main(["--check", str(doc)]) == 0
+
+
+def test_commands_that_load_a_model_are_not_fast():
+    def fast(command):
+        return outputs.Shown(Path("x"), command, "", 0, 0, False).fast
+
+    assert fast("basecli tokenize -e cl100k_base 'hi'") and fast("basecli complete --help")
+    assert fast("basecli tokenize -e gpt2 --ids hi | basecli tokenize -e gpt2 --decode -")
+    assert not fast("basecli complete hi") and not fast("echo hi | basecli score -")
+    assert not fast("python docs/demos/recitation_scan.py")
+
+
+def test_a_prompt_line_appears_only_in_checked_console_blocks():
+    for path in outputs.documents():
+        fence = None
+        for number, line in enumerate(path.read_text().split("\n"), 1):
+            if line.strip().startswith("```"):
+                fence = None if fence else line.strip()
+            elif fence and fence != "```console" and line.startswith("$ "):
+                pytest.fail(f"{path.name}:{number}: a shown command with its output in a {fence} block is never checked")
+
+
+def test_readme_is_a_guide_and_its_links_resolve():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) < 300
+    for path in outputs.documents():
+        for target in re.findall(r"\]\(([^)#\s]+)", path.read_text()):
+            if not target.startswith("http"):
+                assert (path.parent / target).exists(), f"{path.name} links {target}, which does not exist"
+
+
+def test_ci_runs_readmes_commands_exactly():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    install = next(line for line in readme.splitlines() if line.startswith("python -m pip install"))
+    tests = next(line for line in readme.splitlines() if line.startswith("python -m pytest"))
+    assert install.endswith('basecli complete "Here\'s my top-10 list of the top landmarks to see in Paris:" -n 40')
+    assert install in ci
+    assert tests in ci
