@@ -1,7 +1,7 @@
 """Which well-known texts does a model recite? `basecli recite` over every file in docs/demos/recitation/.
 
-    python docs/demos/recitation_scan.py                     # the embedded model, greedy, 12-token prefixes
-    python docs/demos/recitation_scan.py -m smollm2-360m --prefix-tokens 24
+    python docs/demos/recitation_scan.py                     # the embedded model, greedy, 24-token prefixes
+    python docs/demos/recitation_scan.py -m smollm2-360m --prefix-tokens 12
 
 Each text is given as its first --prefix-tokens tokens (the same for every text: a first sentence
 can be the whole text). Prints a Markdown table, most reproduced first: for each text the share of the reference that comes
@@ -34,7 +34,7 @@ def recite(path: Path, extra: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-m", "--model", help="any basecli model (default: the embedded one)")
-    parser.add_argument("--prefix-tokens", type=int, default=12, help="give the model the first N tokens (default 12)")
+    parser.add_argument("--prefix-tokens", type=int, default=24, help="give the model the first N tokens (default 24)")
     args = parser.parse_args()
     extra = (["-m", args.model] if args.model else []) + ["--prefix-tokens", str(args.prefix_tokens)]
     rows = sorted((recite(path, extra) for path in sorted(TEXTS.glob("*.txt"))),
