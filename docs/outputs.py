@@ -65,7 +65,12 @@ class Shown:
                    for part in re.split(r"\||&&|;", self.command)) and "python " not in self.command
 
     def where(self) -> str:
-        return f"{self.path.relative_to(ROOT) if self.path.is_relative_to(ROOT) else self.path}:{self.start}"
+        """file:line of the command (of the region's marker)."""
+        return f"{_shown_path(self.path)}:{self.start}"
+
+
+def _shown_path(path: Path) -> Path:
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
 def documents() -> list[Path]:
@@ -95,7 +100,7 @@ def _console_block(path: Path, lines: list[str], i: int, found: list[Shown]) -> 
             raise ValueError(f"{path.name}:{i + 1}: a console block holds `$ command` lines and their output")
         command, i = lines[i][2:], i + 1
         while command.endswith("\\"):
-            command, i = command[:-1] + "\n" + lines[i], i + 1
+            command, i = command + "\n" + lines[i], i + 1  # bash joins the lines itself
         start = i
         while i < end and not lines[i].startswith("$ "):
             i += 1
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             problems += check(shown)
         elif regenerate(path, shown):
-            print(f"rewrote {path.relative_to(ROOT)}", file=sys.stderr)
+            print(f"rewrote {_shown_path(path)}", file=sys.stderr)
     for problem in problems:
         print(problem, end="\n\n")
     if problems:
