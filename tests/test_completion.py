@@ -64,3 +64,25 @@ def test_install_completion_writes_the_script_where_bash_reads_it(tmp_path):
     installed = list(tmp_path.rglob("basecli*"))
     assert installed and "_basecli_completion" in installed[0].read_text()
     assert str(installed[0].relative_to(tmp_path)) in (tmp_path / ".bashrc").read_text()
+
+
+def test_completing_builds_only_the_command_being_completed():
+    """A shell asks on every Tab press: like any run, only the named command's module is imported."""
+    probe = ("import sys\nsys.argv = ['basecli']\nfrom basecli.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in sys.modules if m.startswith('basecli.commands.')), file=sys.stderr)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "_BASECLI_COMPLETE": "complete_bash",
+           "COMP_WORDS": "basecli tokenize --enc", "COMP_CWORD": "2"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
+    assert out.stdout.split() == ["--encoding"]
+    assert out.stderr.strip().splitlines()[-1] == "['basecli.commands.tokenize']"
+
+
+@pytest.mark.skipif(shutil.which("fish") is None or shutil.which("basecli") is None, reason="needs fish and basecli on PATH")
+def test_fish_completes_commands_and_their_options(tmp_path):
+    script = tmp_path / "basecli.fish"
+    script.write_text(basecli("--show-completion", "fish").stdout)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
+    out = subprocess.run(["fish", "--no-config", "-c", f"source {script}; complete -C 'basecli tok'; complete -C 'basecli complete --max'"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    offered = [line.split("\t")[0] for line in out.stdout.splitlines()]
+    assert offered == ["tokenize", "--max-tokens"], out.stderr
