@@ -113,6 +113,8 @@ def run(command: str) -> str:
     env = {**os.environ, **DOC_ENV}
     result = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    if "Traceback (most recent call last)" in result.stdout:  # basecli never shows one: a bug, not an example
+        raise RuntimeError(f"`{command}` crashed:\n{result.stdout[-3000:]}")
     text = result.stdout.replace(str(Path.home()), "~").replace(str(ROOT) + "/", "")
     return "\n".join(line.rstrip() for line in text.rstrip().split("\n"))
 

@@ -113,3 +113,11 @@ def test_ci_runs_readmes_commands_exactly():
     assert install.endswith('basecli complete "Here\'s my top-10 list of the top landmarks to see in Paris:" -n 40')
     assert install in ci
     assert tests in ci
+
+
+def test_a_crash_is_never_written_as_an_example(tmp_path):
+    doc = tmp_path / "page.md"
+    doc.write_text("```console\n$ python -c 'raise ValueError(1)'\n```\n")
+    with pytest.raises(RuntimeError, match="crashed"):
+        outputs.main([str(doc)])
+    assert "Traceback" not in doc.read_text()
