@@ -44,7 +44,7 @@ Seed = Annotated[Optional[int], typer.Option("--seed", "-s", help="Make sampling
 Stop = Annotated[Optional[List[str]], typer.Option("--stop", help="Stop when this text appears (repeatable); it is not printed. Escapes like \\n work.", rich_help_panel="Sampling")]
 IgnoreEos = Annotated[bool, typer.Option("--ignore-eos", help="Keep going past the end-of-text token.", rich_help_panel="Sampling")]
 Truncate = Annotated[bool, typer.Option("--truncate", help="Cut a prompt longer than the context window from the left instead of failing.")]
-Json = Annotated[bool, typer.Option("--json", help="Print one JSON record (see README) instead of text.")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON record (see docs/json.md) instead of text.")]
 
 
 def unescape(s: str) -> str:

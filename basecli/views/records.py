@@ -1,4 +1,4 @@
-"""The JSON record every command prints with --json: one shape, documented in README."""
+"""The JSON record every command prints with --json: one shape, documented in docs/json.md."""
 
 from __future__ import annotations
 
