@@ -96,13 +96,23 @@ def test_a_prompt_line_appears_only_in_checked_console_blocks():
                 pytest.fail(f"{path.name}:{number}: a shown command with its output in a {fence} block is never checked")
 
 
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors for the headings of a Markdown file."""
+    headings = re.findall(r"^#+ (.+)$", path.read_text(), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
 def test_readme_is_a_guide_and_its_links_resolve():
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) < 300
     for path in outputs.documents():
-        for target in re.findall(r"\]\(([^)#\s]+)", path.read_text()):
-            if not target.startswith("http"):
-                assert (path.parent / target).exists(), f"{path.name} links {target}, which does not exist"
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]+))?\)", path.read_text()):
+            if target.startswith("http"):
+                continue
+            linked = (path.parent / target) if target else path
+            assert linked.exists(), f"{path.name} links {target}, which does not exist"
+            if anchor:
+                assert anchor in _anchors(linked), f"{path.name} links {target}#{anchor}, which has no such heading"
 
 
 def test_ci_runs_readmes_commands_exactly():
