@@ -138,3 +138,13 @@ def local_tokenizer(spec: str):
         raise UsageError(f"cannot get the tokenizer of {source.location} ({type(e).__name__}); "
                          f"name a local directory or a tiktoken encoding instead") from None
     return models.tokenizer_for(Path(folder), spec)
+
+
+def token_bytes(tok: str) -> bytes:
+    """A token as the server wrote it; vLLM writes undecodable ones as 'bytes:\\xe4\\xbd'."""
+    if tok.startswith("bytes:"):
+        try:
+            return tok[6:].encode("latin-1").decode("unicode_escape").encode("latin-1")
+        except (UnicodeError, ValueError):
+            pass
+    return tok.encode("utf-8")

@@ -1,9 +1,17 @@
-"""The JSON record every command prints with --json: one shape, documented in docs/json.md."""
+"""The JSON output: the completion record that complete, resample, sweep and fewshot print (one shape, documented
+in docs/json.md; score, recite, info and bench build their own), and the one writer every --json goes through."""
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from typing import Iterable
+
+
+def write_json(*records) -> None:
+    """Each record as one line of JSON on stdout, text as UTF-8 rather than \\u escapes."""
+    sys.stdout.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 class Timer:
