@@ -14,7 +14,7 @@ Two forms are run:
   for Markdown the command writes itself (the demo scans' tables), under a line naming the command.
 
 Durations and speeds (`1.2 s`, `35 ms`, `13 tok/s`) are not compared. Commands run under bash in the repository root with DOC_ENV (no colours, 100 columns, this
-checkout's basecli, a fixed thread count); the home directory in an output is written `~`.
+checkout's basecli, one thread, the q4 kernels); the home directory in an output is written `~`.
 Blocks marked ```bash or ```text are never run: a `$ ` prompt belongs only in console blocks.
 """
 
@@ -34,6 +34,9 @@ DOC_ENV = {
     "NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "100", "LINES": "50",
     # one thread: a matrix product split across threads can round differently with their number
     "BASECLI_THREADS": "1", "OMP_NUM_THREADS": "1",
+    # the embedded model's own Q4_1/Q8_0 blocks on basecli's kernels: the same tokens on AVX2 and AVX-512
+    # CPUs (checked with BASECLI_NATIVE_BUILD=avx2), where bf16/fp32 torch paths vary with the CPU
+    "BASECLI_QUANTIZE": "q4",
     "PYTHONHASHSEED": "0", "PYTHONPATH": str(ROOT),
 }
 # commands that load no model weights: run on every test run, the others under `slow`
