@@ -13,8 +13,9 @@ Two forms are run:
 - a region `<!-- output: COMMAND -->` ... `<!-- /output -->`: its text is the command's stdout,
   for Markdown the command writes itself (the demo scans' tables), under a line naming the command.
 
-Durations and speeds (`1.2 s`, `35 ms`, `13 tok/s`) are not compared. Commands run under bash in the repository root with DOC_ENV (no colours, 100 columns, this
-checkout's basecli, one thread, the q4 kernels); the home directory in an output is written `~`.
+Durations and speeds (`1.2 s`, `35 ms`, `13 tok/s`) are not compared. Commands run under bash in
+the repository root with DOC_ENV (no colours, 100 columns, this checkout's basecli, one thread,
+the q4 kernels); the home directory in an output is written `~`.
 Blocks marked ```bash or ```text are never run: a `$ ` prompt belongs only in console blocks.
 """
 
