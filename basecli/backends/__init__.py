@@ -42,7 +42,7 @@ def open_backend(model: str | None = None, *, base_url: str | None = None, devic
     from basecli.config import default_model
 
     profile = None if base_url else profiles.get(model or default_model())
-    if quantize and (base_url or profile is not None):
+    if quantize not in (None, "none") and (base_url or profile is not None):
         from basecli.errors import UsageError
 
         raise UsageError("--quantize applies to local models; the server chooses its own weights")

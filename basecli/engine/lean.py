@@ -270,9 +270,11 @@ def shared_prefix_attention(q: torch.Tensor, cache: KVCache, layer: int, held: i
     o1, lse1 = flash(rows, cache.prefix_k[layer], cache.prefix_v[layer])
     o1, lse1 = o1.view(kv, batch, -1, hd).transpose(0, 1), lse1.view(kv, batch, -1).transpose(0, 1)
     o2, lse2 = flash(q, cache.k[layer, :, :, :held], cache.v[layer, :, :, :held])
-    lse = torch.logaddexp(lse1, lse2)
-    o = o1 * (lse1 - lse).exp_()[..., None] + o2 * (lse2 - lse).exp_()[..., None]
-    return o.reshape(batch, heads * hd)
+    lse = torch.logaddexp(lse1, lse2)  # fp32 whatever the model's dtype: the flash kernel returns its lse so
+    # the merge is done in fp32 and the result handed back in the dtype of the weights it meets next
+    # (bf16 outputs times fp32 weights made an fp32 tensor, which crashed the bf16 o_proj matmul)
+    o = o1.float() * (lse1 - lse).exp_()[..., None] + o2.float() * (lse2 - lse).exp_()[..., None]
+    return o.to(q.dtype).reshape(batch, heads * hd)
 
 
 def attention_bias(keys: torch.Tensor, steps: int) -> torch.Tensor | None:

@@ -70,6 +70,18 @@ def new_cache(model):
     return DynamicCache()
 
 
+def cache_keyword(model) -> str:
+    """The name the model's forward takes its KV cache by: `cache` in transformers from 5.x (which warns
+    that `past_key_values` goes away in 5.40), `past_key_values` before that and in engine/lean.py."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def select_cache(cache, rows: torch.Tensor) -> None:
     """Drop finished rows from a transformers KV cache in place."""
     if hasattr(cache, "batch_select_indices"):
@@ -117,14 +129,14 @@ def generate(
     streams = [TextStream(p.stop) for p in params]
     live = list(range(batch))  # batch position -> original row
     cache = new_cache(model)
+    with_cache = {cache_keyword(model): cache, "use_cache": True}  # looked up once per call, not per step
     shared = batch > 1 and all(list(p) == list(prompts[0]) for p in prompts[1:])
     if shared:  # resample: one prefill, its cache copied to every row
-        out = model(input_ids=ids[:1], attention_mask=mask[:1], position_ids=positions[:1], past_key_values=cache,
-                    use_cache=True, logits_to_keep=1)
+        out = model(input_ids=ids[:1], attention_mask=mask[:1], position_ids=positions[:1], logits_to_keep=1, **with_cache)
         cache.batch_repeat_interleave(batch)
         logits = out.logits[:, -1, :].float().expand(batch, -1).contiguous()
     else:
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, **with_cache)
         logits = out.logits[:, -1, :].float()
     next_pos = positions[:, -1:] + 1
     for step in range(max(p.max_tokens for p in params)):
@@ -173,7 +185,7 @@ def generate(
         if seen is not None:
             seen.scatter_(1, tokens[:, None], True)
         mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
-        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True)
+        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos, **with_cache)
         logits = out.logits[:, -1, :].float()
         next_pos = next_pos + 1
 
