@@ -114,8 +114,11 @@ def _command_in(argv: list[str]) -> str | None:
 
 
 def main() -> None:
-    """Entry point: one clear line on stderr for anything the user can fix, never a traceback."""
-    from basecli.errors import BasecliError, PipeClosed
+    """Entry point: one clear line on stderr for anything the user can fix, never a traceback.
+
+    Exit codes are listed in basecli/errors.py and docs/errors.md.
+    """
+    from basecli import errors
 
     # typer >= 0.17 vendors click as typer._click, whose usage errors are not click's classes;
     # older typer uses click itself (not imported otherwise: it costs 40 ms of start-up)
@@ -125,27 +128,58 @@ def main() -> None:
     except ImportError:
         from click.exceptions import Abort, ClickException
 
-    usage_errors, aborts = [ClickException], [Abort]
+    errors.take_dropped()  # a fresh run (tests run several in one process)
     try:
         app = build_app(only=_command_in(sys.argv[1:]) or "")
         code = app(standalone_mode=False)
-    except BasecliError as e:
+    except errors.BasecliError as e:
         _say(f"basecli: error: {e}")
         code = e.exit_code
-    except tuple(usage_errors) as e:
-        e.show()
+    except ClickException as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `basecli`: the help is the answer
+            e.show()
+        else:
+            _say(f"basecli: error: {_click_line(e)}")
         code = e.exit_code
-    except (KeyboardInterrupt, *aborts):
-        code = 130
-    except (BrokenPipeError, PipeClosed):
+    except (KeyboardInterrupt, Abort):
+        code = errors.INTERRUPTED
+    except (BrokenPipeError, errors.PipeClosed):
         code = 0
-    if code == 130:  # typer turns Ctrl-C into Exit(130); what was printed stays printed
+    except MemoryError:
+        _say("basecli: error: out of memory; try a smaller input, --max-tokens, -N or --batch-size")
+        code = errors.INTERNAL
+    except Exception as e:  # a bug: one line saying so, the traceback only when asked for
+        if os.environ.get("BASECLI_DEBUG") not in (None, "", "0"):
+            raise
+        _say(errors.redact(f"basecli: internal error: {_where(e)}. This is a bug in basecli; please report it to "
+                           f"{errors.REPORT_TO} (BASECLI_DEBUG=1 shows the traceback)"))
+        code = errors.INTERNAL
+    if code == errors.INTERRUPTED:  # typer turns Ctrl-C into Exit(130); what was printed stays printed
         _say("\nbasecli: interrupted")
+    if errors.take_dropped() and code in (0, None):
+        code = errors.DROPPED
     if code == 0 or code is None:
         _close_stdout()
         sys.exit(0)
     _close_stdout()
     sys.exit(code if isinstance(code, int) else 1)
+
+
+def _click_line(e) -> str:
+    """click's usage error as one line, with where to find help (click prints a usage block instead)."""
+    ctx = getattr(e, "ctx", None)
+    hint = f" (see `{ctx.command_path} -h`)" if ctx is not None else ""
+    return " ".join(e.format_message().split()).rstrip(".") + hint
+
+
+def _where(e: BaseException) -> str:
+    """`Type: message in file.py:line` of the innermost frame inside basecli."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if "basecli" in f.filename] or traceback.extract_tb(e.__traceback__)
+    at = f" in {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
+    text = " ".join(str(e).split())[:200]
+    return f"{type(e).__name__}{': ' + text if text else ''}{at}"
 
 
 def _say(line: str) -> None:

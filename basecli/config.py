@@ -67,6 +67,33 @@ def quantize_mode(mode: str | None, where: str = "--quantize") -> str | None:
     return mode
 
 
+# BASECLI_* numbers: (type, lowest, highest, default, what). Read with env_number(), which says
+# in one line what is wrong with a value outside its range (docs/errors.md lists them).
+ENV_NUMBERS = {
+    "BASECLI_RETRIES": (int, 0, 20, 4, "retries of a failed request"),
+    "BASECLI_TIMEOUT": (float, 0.1, 86400.0, 300.0, "seconds to wait for a server's next bytes"),
+    "BASECLI_CONNECT_TIMEOUT": (float, 0.1, 3600.0, 10.0, "seconds to wait for a connection"),
+    "BASECLI_DOWNLOAD_TIMEOUT": (float, 0.1, 86400.0, None, "seconds to wait for a download"),
+    "BASECLI_THREADS": (int, 1, 4096, None, "CPU threads"),
+}
+
+
+def env_number(name: str):
+    """BASECLI_<name> as a number inside its range; its default when unset or empty."""
+    kind, lo, hi, default, what = ENV_NUMBERS[name]
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or value != value or not lo <= value <= hi:
+        kind_name = "a whole number" if kind is int else "a number"
+        raise UsageError(f"{name} ({what}) must be {kind_name} from {lo:g} to {hi:g}, got {raw!r}")
+    return value
+
+
 def home() -> Path:
     """BASECLI_HOME, else $XDG_CACHE_HOME/basecli, else ~/.cache/basecli."""
     if os.environ.get("BASECLI_HOME"):

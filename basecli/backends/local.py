@@ -8,7 +8,7 @@ import time
 from typing import Iterator, Sequence
 
 from basecli.weights import models
-from basecli.config import NATIVE_MODES, SamplingParams, quantize_mode
+from basecli.config import NATIVE_MODES, SamplingParams, env_number, quantize_mode
 from basecli.errors import UsageError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -57,10 +57,7 @@ def pick_threads() -> int | None:
     thread on an idle 2-core machine (half the speed of `--quantize q4`).
     """
     if os.environ.get("BASECLI_THREADS"):
-        try:
-            return max(1, int(os.environ["BASECLI_THREADS"]))
-        except ValueError:
-            raise UsageError(f"BASECLI_THREADS must be a whole number, got {os.environ['BASECLI_THREADS']!r}") from None
+        return env_number("BASECLI_THREADS")
     if os.environ.get("OMP_NUM_THREADS"):
         return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
