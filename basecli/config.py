@@ -17,6 +17,42 @@ NATIVE_MODES = ("q4", "q8")  # basecli's own kernels (engine/native.py); fp16 an
 QUANTIZE_MODES = ("fp16", "int8", *NATIVE_MODES)
 
 
+# The range of every numeric setting: (lowest, highest, lowest excluded, highest excluded). The
+# command-line options (basecli/options.py) and template front matter are checked against these.
+# Seeds stop at 2**63 - 1 so that resample's S+i still fits the 64-bit generator.
+RANGES = {
+    "max_tokens": (1, 1_000_000, False, False),
+    "temperature": (0.0, 100.0, False, False),
+    "top_k": (0, 1_000_000, False, False),  # beyond the vocabulary it keeps every token
+    "top_p": (0.0, 1.0, True, False),
+    "min_p": (0.0, 1.0, False, True),
+    "repetition_penalty": (0.0, 100.0, True, False),
+    "seed": (0, 2**63 - 1, False, False),
+}
+FLAGS = {"max_tokens": "--max-tokens", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p",
+         "min_p": "--min-p", "repetition_penalty": "--repetition-penalty", "seed": "--seed"}
+
+
+def describe_range(name: str) -> str:
+    lo, hi, open_lo, open_hi = RANGES[name]
+    if isinstance(lo, int) and not open_lo and not open_hi:
+        return f"a whole number from {lo} to {hi}"
+    return f"in {'(' if open_lo else '['}{lo:g}, {hi:g}{')' if open_hi else ']'}"
+
+
+def out_of_range(name: str, value) -> str | None:
+    """What is wrong with `value` for setting `name`, or None when it is inside its range."""
+    lo, hi, open_lo, open_hi = RANGES[name]
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    if ok and isinstance(lo, int) and not isinstance(value, int):
+        ok = False
+    if ok:
+        ok = (lo < value if open_lo else lo <= value) and (value < hi if open_hi else value <= hi)
+    if ok:
+        return None
+    return f"{FLAGS[name]} must be {describe_range(name)}, got {value!r}"
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How one row is sampled. Neutral values switch a control off."""
@@ -32,18 +68,15 @@ class SamplingParams:
     ignore_eos: bool = False  # keep going past end-of-text
 
     def __post_init__(self):
-        checks = [
-            (self.max_tokens >= 1, f"--max-tokens must be at least 1, got {self.max_tokens}"),
-            (self.temperature >= 0, f"--temperature must be >= 0, got {self.temperature}"),
-            (self.top_k >= 0, f"--top-k must be >= 0 (0 turns it off), got {self.top_k}"),
-            (0 < self.top_p <= 1, f"--top-p must be in (0, 1], got {self.top_p}"),
-            (0 <= self.min_p < 1, f"--min-p must be in [0, 1), got {self.min_p}"),
-            (self.repetition_penalty > 0, f"--repetition-penalty must be > 0, got {self.repetition_penalty}"),
-            (all(self.stop), "--stop strings must not be empty"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(message)
+        for name in ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed"):
+            value = getattr(self, name)
+            if name == "seed" and value is None:
+                continue
+            problem = out_of_range(name, value)
+            if problem:
+                raise UsageError(problem)
+        if not all(self.stop):
+            raise UsageError("--stop strings must not be empty")
         if isinstance(self.stop, list):
             object.__setattr__(self, "stop", tuple(self.stop))
 
@@ -75,6 +108,7 @@ ENV_NUMBERS = {
     "BASECLI_CONNECT_TIMEOUT": (float, 0.1, 3600.0, 10.0, "seconds to wait for a connection"),
     "BASECLI_DOWNLOAD_TIMEOUT": (float, 0.1, 86400.0, None, "seconds to wait for a download"),
     "BASECLI_THREADS": (int, 1, 4096, None, "CPU threads"),
+    "BASECLI_MAX_INPUT_MB": (float, 0.001, 4096.0, 32.0, "MiB of text read from a file, stdin or a template"),
 }
 
 
