@@ -145,15 +145,8 @@ def main() -> None:
         code = errors.INTERRUPTED
     except (BrokenPipeError, errors.PipeClosed):
         code = 0
-    except MemoryError:
-        _say("basecli: error: out of memory; try a smaller input, --max-tokens, -N or --batch-size")
-        code = errors.INTERNAL
-    except Exception as e:  # a bug: one line saying so, the traceback only when asked for
-        if os.environ.get("BASECLI_DEBUG") not in (None, "", "0"):
-            raise
-        _say(errors.redact(f"basecli: internal error: {_where(e)}. This is a bug in basecli; please report it to "
-                           f"{errors.REPORT_TO} (BASECLI_DEBUG=1 shows the traceback)"))
-        code = errors.INTERNAL
+    except Exception as e:  # not an error basecli raised itself
+        code = _unexpected(e)
     if code == errors.INTERRUPTED:  # typer turns Ctrl-C into Exit(130); what was printed stays printed
         _say("\nbasecli: interrupted")
     if errors.take_dropped() and code in (0, None):
@@ -163,6 +156,37 @@ def main() -> None:
         sys.exit(0)
     _close_stdout()
     sys.exit(code if isinstance(code, int) else 1)
+
+
+def _unexpected(e: Exception) -> int:
+    """A refused file or memory is said in one line; anything else is a bug, said as one, with
+    the traceback only under BASECLI_DEBUG=1."""
+    from basecli import errors
+
+    if os.environ.get("BASECLI_DEBUG") not in (None, "", "0"):
+        raise e
+    if isinstance(e, OSError) and getattr(e, "filename", None) is not None:
+        _say(errors.redact(f"basecli: error: {_os_error_line(e)}"))
+        return errors.USAGE
+    if isinstance(e, MemoryError):
+        _say("basecli: error: out of memory; try a smaller input, --max-tokens, -N or --batch-size")
+        return errors.INTERNAL
+    _say(errors.redact(f"basecli: internal error: {_where(e)}. This is a bug in basecli; please report it to "
+                       f"{errors.REPORT_TO} (BASECLI_DEBUG=1 shows the traceback)"))
+    return errors.INTERNAL
+
+
+def _os_error_line(e: OSError) -> str:
+    from pathlib import Path
+
+    from basecli.config import home
+
+    path = Path(e.filename)
+    line = f"cannot use {path}: {e.strerror or e}"
+    root = home()
+    if path == root or root in path.parents:
+        line += f"; BASECLI_HOME ({root}) must be a writable directory: point BASECLI_HOME at one"
+    return line
 
 
 def _click_line(e) -> str:
