@@ -115,6 +115,7 @@ class LocalBackend:
             self.quantize = quantize_mode(os.environ.get("BASECLI_QUANTIZE") or None, "BASECLI_QUANTIZE")
         self.source = models.resolve(model)
         self.folder = models.model_dir(self.source, allow_pickle=allow_pickle)
+        models.check_folder(self.folder)
         self.name = self.source.name
         self.tokenizer = models.tokenizer_for(self.folder, self.name)
         return_free_memory()  # before the weights arrive, or the peak is already set
@@ -168,10 +169,26 @@ class LocalBackend:
                entropy: bool = False, seeds: Sequence[int] | None = None, truncate: bool = False) -> Iterator:
         from basecli.engine.loop import generate
 
-        encoded = [self.encode(p, truncate=truncate) for p in prompts]
+        # --truncate cuts a long prompt so that --max-tokens still fits after it (at most half the window)
+        encoded = [self.encode(pr, truncate=truncate, reserve=min(p.max_tokens, self.context_length // 2) if truncate else 1)
+                   for pr, p in zip(prompts, params)]
         # a row never runs past the context window: it ends with finish_reason "length" there
-        params = [p.with_(max_tokens=max(1, min(p.max_tokens, self.context_length - len(ids)))) for p, ids in zip(params, encoded)]
-        return generate(self.model, self.tokenizer, encoded, params, alternatives=alternatives, entropy=entropy, seeds=seeds)
+        fitted = [p.with_(max_tokens=max(1, min(p.max_tokens, self.context_length - len(ids)))) for p, ids in zip(params, encoded)]
+        cut = [(p.max_tokens, f.max_tokens) for p, f in zip(params, fitted) if f.max_tokens < p.max_tokens]
+        if cut:
+            print(f"basecli: warning: the prompt leaves room for {cut[0][1]} of the {cut[0][0]} new tokens asked for "
+                  f"({self.name}'s context window is {self.context_length})", file=sys.stderr)
+        return self._checked(generate(self.model, self.tokenizer, encoded, fitted, alternatives=alternatives, entropy=entropy,
+                                      seeds=seeds))
+
+    def _checked(self, events):
+        """The events; damaged weights (NaN logits) named with the directory they came from."""
+        from basecli.engine.loop import NonFinite
+
+        try:
+            yield from events
+        except NonFinite as e:
+            raise UsageError(f"{e} ({self.folder}){models.cache_hint(self.folder) or '; replace the damaged files'}") from None
 
     def score(self, text: str, *, context: str | None = None, alternatives: int = 0, stride: int | None = None,
               window: int | None = None, progress=None) -> list:

@@ -12,9 +12,14 @@ from typing import Iterator, Sequence
 import torch
 
 from basecli.config import SamplingParams
+from basecli.errors import BasecliError
 from basecli.engine.processors import RowParams, process, sample
 from basecli.events import Event
 from basecli.config import fresh_seed
+
+
+class NonFinite(BasecliError):
+    """Logits no sampler can use: the weights are damaged (a cache the caller names)."""
 
 
 class TextStream:
@@ -126,6 +131,8 @@ def generate(
     else:
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1, :].float()
+    if bool((logits.isnan() | logits.isposinf()).any()):
+        raise NonFinite("the model's first step gave NaN or infinite logits: its weights are damaged")
     next_pos = positions[:, -1:] + 1
     for step in range(max(p.max_tokens for p in params)):
         norm = logits.logsumexp(-1, keepdim=True)  # log-probabilities are logits - norm; only the few read are formed
