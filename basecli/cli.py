@@ -128,7 +128,7 @@ def main() -> None:
     except ImportError:
         from click.exceptions import Abort, ClickException
 
-    errors.take_dropped()  # a fresh run (tests run several in one process)
+    errors.take_dropped(), errors.take_interrupted()  # a fresh run (tests run several in one process)
     try:
         app = build_app(only=_command_in(sys.argv[1:]) or "")
         code = app(standalone_mode=False)
@@ -147,6 +147,8 @@ def main() -> None:
         code = 0
     except Exception as e:  # not an error basecli raised itself
         code = _unexpected(e)
+    if errors.take_interrupted() and code in (0, None):  # the records so far were printed
+        code = errors.INTERRUPTED
     if code == errors.INTERRUPTED:  # typer turns Ctrl-C into Exit(130); what was printed stays printed
         _say("\nbasecli: interrupted")
     if errors.take_dropped() and code in (0, None):

@@ -62,3 +62,22 @@ def take_dropped() -> bool:
     was = bool(_dropped)
     _dropped.clear()
     return was
+
+
+_interrupted: list[bool] = []
+
+
+def interrupted() -> None:
+    """Ctrl-C arrived while events were gathered: the command prints what it has (unfinished rows
+    with finish_reason "interrupted") and main() then exits INTERRUPTED."""
+    _interrupted.append(True)
+
+
+def was_interrupted() -> bool:
+    return bool(_interrupted)
+
+
+def take_interrupted() -> bool:
+    was = bool(_interrupted)
+    _interrupted.clear()
+    return was

@@ -173,10 +173,20 @@ def note_chunks(parts: list[range]) -> None:
 
 
 def collect(samples: Sequence[Sample], events, on_event: Callable | None = None) -> list[Sample]:
-    """Append each event to its row's Sample, calling on_event(sample, event) as they come."""
-    for ev in events:
-        s = samples[ev.row]
-        s.events.append(ev)
-        if on_event is not None:
-            on_event(s, ev)
+    """Append each event to its row's Sample, calling on_event(sample, event) as they come.
+
+    Ctrl-C ends the collection, not the command: the rows keep what arrived (see errors.interrupted)."""
+    from basecli.errors import interrupted
+
+    try:
+        for ev in events:
+            s = samples[ev.row]
+            s.events.append(ev)
+            if on_event is not None:
+                on_event(s, ev)
+    except KeyboardInterrupt:
+        interrupted()
+        for s in samples:
+            if s.events and s.events[-1].finish_reason is None:
+                s.events[-1].finish_reason = "interrupted"
     return list(samples)
