@@ -130,6 +130,7 @@ def main() -> None:
 
     errors.take_dropped(), errors.take_interrupted()  # a fresh run (tests run several in one process)
     try:
+        _check_arguments(sys.argv[1:])
         app = build_app(only=_command_in(sys.argv[1:]) or "")
         code = app(standalone_mode=False)
     except errors.BasecliError as e:
@@ -158,6 +159,23 @@ def main() -> None:
         sys.exit(0)
     _close_stdout()
     sys.exit(code if isinstance(code, int) else 1)
+
+
+def _check_arguments(argv: list[str]) -> None:
+    """Every argument must be UTF-8 text (Python keeps bytes it could not decode as lone
+    surrogates, which break later, far from here), except the name of a file that exists."""
+    from basecli.errors import UsageError
+
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as e:
+            path = arg[1:] if arg.startswith("@") else arg.partition("=")[2] or arg
+            if os.path.exists(path.lstrip("@")):
+                continue
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise UsageError(f"the argument {shown!r} is not valid UTF-8 (character {e.start}); "
+                             f"use a UTF-8 locale, or put the text in a UTF-8 file and pass @FILE") from None
 
 
 def _unexpected(e: Exception) -> int:

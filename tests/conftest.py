@@ -154,8 +154,9 @@ class Result:
         self.returncode, self.stdout, self.stderr = code, stdout, stderr
 
 
-def invoke(*args: str, input: str | None = None) -> Result:
-    """Run the CLI in this process (fast: torch is imported once), as `main()` would for a user."""
+def invoke(*args: str, input: str | bytes | None = None) -> Result:
+    """Run the CLI in this process (fast: torch is imported once), as `main()` would for a user.
+    `input` is stdin: text, or bytes as they are (invalid UTF-8, NUL bytes)."""
     import contextlib
     import io
     import sys
@@ -163,7 +164,7 @@ def invoke(*args: str, input: str | None = None) -> Result:
     from basecli.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    stdin = io.TextIOWrapper(io.BytesIO((input or "").encode()))
+    stdin = io.TextIOWrapper(io.BytesIO(input if isinstance(input, bytes) else (input or "").encode()))
     old_argv, old_stdin = sys.argv, sys.stdin
     sys.argv, sys.stdin = ["basecli", *args], stdin
     code = 0

@@ -277,4 +277,12 @@ def load_weights(folder, dtype, device: str, trust_remote_code: bool, allow_pick
         msg = str(e).splitlines()[0]
         hint = " (pass --allow-pickle to load .bin weights)" if not allow_pickle else ""
         raise UsageError(f"cannot load the model in {folder}: {msg[:200]}{hint}") from None
+    except Exception as e:
+        import pickle
+
+        # torch's weights-only loader refuses a pickle that would run code or build other objects
+        if isinstance(e, pickle.UnpicklingError) or "weights only load failed" in str(e).lower():
+            raise UsageError(f"refused the pickle weights in {folder}: they hold more than tensors (code or other objects), "
+                             f"which basecli never runs; get safetensors weights for this model") from None
+        raise
     return model.to(device).eval()

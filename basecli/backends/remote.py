@@ -394,13 +394,14 @@ def split_whole(choice: dict) -> list[dict]:
 
 
 def _token_bytes(tok: str) -> bytes:
-    """A token as the server wrote it; vLLM writes undecodable ones as 'bytes:\\xe4\\xbd'."""
+    """A token as the server wrote it; vLLM writes undecodable ones as 'bytes:\\xe4\\xbd'. A credential
+    a server wrote back into a token is redacted here, before ids and records are made of it."""
     if tok.startswith("bytes:"):
         try:
             return tok[6:].encode("latin-1").decode("unicode_escape").encode("latin-1")
         except (UnicodeError, ValueError):
             pass
-    return tok.encode("utf-8")
+    return redact(tok).encode("utf-8", errors="replace")
 
 
 def _entropy(top: dict, p: SamplingParams) -> float | None:

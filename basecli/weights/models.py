@@ -284,6 +284,9 @@ def _cached_sha256(path: Path) -> str:
     except (OSError, ValueError):
         index = {}
     if key not in index:
+        from basecli.weights.gguf_reader import GGUFFile
+
+        GGUFFile(path)  # a broken file is refused before anything about it is written to the cache
         index[key] = sha256_file(path)
         _atomic_write(index_path, json.dumps(index))
     return index[key]
