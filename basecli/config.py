@@ -26,7 +26,7 @@ RANGES = {
     "top_k": (0, 1_000_000, False, False),  # beyond the vocabulary it keeps every token
     "top_p": (0.0, 1.0, True, False),
     "min_p": (0.0, 1.0, False, True),
-    "repetition_penalty": (0.0, 10000.0, True, False),
+    "repetition_penalty": (0.01, 10000.0, False, False),  # below 0.01, logits / p overflow float32
     "seed": (0, 2**63 - 1, False, False),
 }
 FLAGS = {"max_tokens": "--max-tokens", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p",
