@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Annotated, Optional
@@ -73,6 +74,8 @@ def build_app(only: str | None = None) -> typer.Typer:
             continue
         target = getattr(importlib.import_module(module), attribute)
         if isinstance(target, typer.Typer):
+            for info in target.registered_commands:  # `models list | head` ends quietly too
+                info.callback = _pipe_safe(info.callback)
             app.add_typer(target, name=name)
         else:
             app.command(name)(_pipe_safe(target))
@@ -84,8 +87,12 @@ def _listed_only():
 
 
 def _pipe_safe(fn):
-    """A closed stdout pipe inside a command becomes PipeClosed, which main() ends quietly."""
+    """A closed stdout pipe inside a command becomes PipeClosed, which main() ends quietly
+    (click itself would exit 1 on it)."""
     import functools
+
+    if getattr(fn, "pipe_safe", False):
+        return fn
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
@@ -96,6 +103,7 @@ def _pipe_safe(fn):
         except BrokenPipeError:
             raise PipeClosed() from None
 
+    run.pipe_safe = True
     return run
 
 
@@ -188,6 +196,9 @@ def _unexpected(e: Exception) -> int:
     if isinstance(e, OSError) and getattr(e, "filename", None) is not None:
         _say(errors.redact(f"basecli: error: {_os_error_line(e)}"))
         return errors.USAGE
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG):
+        _say(f"basecli: error: cannot write the output: {e.strerror}")  # a full disk behind `> file`
+        return errors.INTERNAL
     if isinstance(e, MemoryError):
         _say("basecli: error: out of memory; try a smaller input, --max-tokens, -N or --batch-size")
         return errors.INTERNAL

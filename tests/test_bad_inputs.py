@@ -484,3 +484,29 @@ def test_the_corpus_is_large_and_covers_every_command():
     from basecli.cli import COMMANDS
 
     assert {c.args[0] for c in CASES} == set(COMMANDS)
+
+
+@pytest.mark.parametrize("args", [("models", "list"), ("models", "list", "--json"), ("template", "check", "prompts/en_ko.txt"),
+                                  ("tokenize", "-e", "cl100k_base", "--ids", "hello world")])
+def test_a_reader_that_went_away_ends_the_command_quietly(args):
+    """`basecli models list | head -c 5`: the pipe is closed before anything is written; exit 0, nothing on stderr."""
+    import subprocess
+
+    root = Path(__file__).parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    proc = subprocess.Popen([sys.executable, "-m", "basecli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, cwd=root)
+    proc.stdout.close()  # the reader is gone before the first byte
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, err
+    assert err.strip() == "" or "ok" in err, err
+
+
+def test_a_full_disk_behind_stdout_is_one_line(tmp_path):
+    import subprocess
+
+    root = Path(__file__).parents[1]
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "basecli", "models", "list"], stdout=full, stderr=subprocess.PIPE,
+                           text=True, env=dict(os.environ, PYTHONPATH=str(root)), timeout=60)
+    assert r.returncode == 1 and r.stderr.strip() == "basecli: error: cannot write the output: No space left on device"
