@@ -231,7 +231,8 @@ def _where(e: BaseException) -> str:
     """`Type: message in file.py:line` of the innermost frame inside basecli."""
     import traceback
 
-    frames = [f for f in traceback.extract_tb(e.__traceback__) if "basecli" in f.filename] or traceback.extract_tb(e.__traceback__)
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename.startswith(package)] or traceback.extract_tb(e.__traceback__)
     at = f" in {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
     text = " ".join(str(e).split())[:200]
     return f"{type(e).__name__}{': ' + text if text else ''}{at}"
