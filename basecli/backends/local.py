@@ -8,6 +8,7 @@ import time
 from typing import Iterator, Sequence
 
 from basecli.weights import models
+from basecli.weights.integrity import cache_hint, check_folder
 from basecli.config import NATIVE_MODES, SamplingParams, env_number, quantize_mode
 from basecli.errors import UsageError
 
@@ -115,7 +116,7 @@ class LocalBackend:
             self.quantize = quantize_mode(os.environ.get("BASECLI_QUANTIZE") or None, "BASECLI_QUANTIZE")
         self.source = models.resolve(model)
         self.folder = models.model_dir(self.source, allow_pickle=allow_pickle)
-        models.check_folder(self.folder)
+        check_folder(self.folder)
         self.name = self.source.name
         self.tokenizer = models.tokenizer_for(self.folder, self.name)
         return_free_memory()  # before the weights arrive, or the peak is already set
@@ -188,7 +189,7 @@ class LocalBackend:
         try:
             yield from events
         except NonFinite as e:
-            raise UsageError(f"{e} ({self.folder}){models.cache_hint(self.folder) or '; replace the damaged files'}") from None
+            raise UsageError(f"{e} ({self.folder}){cache_hint(self.folder) or '; replace the damaged files'}") from None
 
     def score(self, text: str, *, context: str | None = None, alternatives: int = 0, stride: int | None = None,
               window: int | None = None, progress=None) -> list:

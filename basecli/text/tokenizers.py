@@ -123,7 +123,7 @@ class HFTokenizer:
         try:
             backend = tokenizers.Tokenizer.from_file(str(path))
         except Exception as e:  # the library raises a bare Exception on malformed files
-            from basecli.weights.models import cache_hint
+            from basecli.weights.integrity import cache_hint
 
             raise UsageError(f"cannot read tokenizer {path}: {' '.join(str(e).split())[:160]}{cache_hint(Path(path).parent)}") from None
         return cls(backend, name, **kw)
