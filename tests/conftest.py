@@ -163,7 +163,8 @@ def invoke(*args: str, input: str | bytes | None = None) -> Result:
 
     from basecli.cli import main
 
-    out, err = io.StringIO(), io.StringIO()
+    # stdout with a .buffer, as a real one has (tokenize --decode writes bytes)
+    out, err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True), io.StringIO()
     stdin = io.TextIOWrapper(io.BytesIO(input if isinstance(input, bytes) else (input or "").encode()))
     old_argv, old_stdin = sys.argv, sys.stdin
     sys.argv, sys.stdin = ["basecli", *args], stdin
@@ -175,4 +176,4 @@ def invoke(*args: str, input: str | bytes | None = None) -> Result:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
         sys.argv, sys.stdin = old_argv, old_stdin
-    return Result(code, out.getvalue(), err.getvalue())
+    return Result(code, out.buffer.getvalue().decode("utf-8", errors="replace"), err.getvalue())

@@ -350,7 +350,27 @@ SERVERS = [
            says="prompt", code=1),
 ]
 
-CASES = TEXT + NUMBERS + FILES + ENV + SERVERS
+SILENTLY_WRONG = [  # things that used to be accepted and do something else than asked
+    C("score", "hi there", "--window", "0", *TINY, says="--window"),
+    C("score", "hi there", "--stride", "0", *TINY, says="--stride"),
+    C("score", "hi there", "--window", "-4", *TINY, says="--window"),
+    C("fewshot", "{tpl}", "x", "--var", "bogus=1", *TINY, says="bogus"),
+    C("fewshot", "{tpl}", "x", "--var", "=1", *TINY, says="--var"),
+    C("fewshot", "{tpl}", "x", "--var", "novalue", *TINY, says="--var"),
+    C("fewshot", "{tpl}", "x", "--json", "--jsonl", *TINY, says="--jsonl"),
+    C("complete", "hi", "--json", "--show-probs", *TINY, says="--show-probs"),
+    C("resample", "hi", "--tree", "--jsonl", *TINY, says="--tree"),
+    C("sweep", "hi", "--jsonl", "-y", "--batch-size", "0", *TINY, says="--batch-size"),
+    C("tokenize", "hi", "-e", "", says="encoding"),
+    C("tokenize", "hi", "--compare", "", says="--compare"),
+    C("chat", "--message", "@{missing}", *TINY, says="file not found"),
+    C("chat", "--message", "@/dev/zero", *TINY, says="NUL"),
+    C("chat", *TINY, stdin=b"caf\xe9\n", says="not valid UTF-8", writes=("transcripts",)),
+    C("chat", *TINY, stdin=b"a\x00b\n", says="NUL", writes=("transcripts",)),
+    C("fewshot", "{tpl}", *TINY, stdin=b"caf\xe9\n", says="not valid UTF-8"),
+]
+
+CASES = TEXT + NUMBERS + FILES + ENV + SERVERS + SILENTLY_WRONG
 
 
 def _case_id(c: Case) -> str:

@@ -181,3 +181,49 @@ def test_recite_reads_only_what_fits_of_a_two_megabyte_reference(tiny_dirs, tmp_
     rec = json.loads(r.stdout)
     assert rec["truncated"] is True
     assert 0 < rec["samples"][0]["reference_tokens"] <= 128 and len(rec["reference"]) < 1000
+
+
+# --- what used to be silently wrong -------------------------------------------------------------
+
+
+def test_chat_message_from_a_file_sends_the_file(tiny_dirs, tmp_path):
+    from basecli import config
+
+    msg = tmp_path / "question.txt"
+    msg.write_text("What is the capital of France?")
+    tpl = tmp_path / "chat.txt"
+    tpl.write_text("A chat.\n")
+    r = invoke("chat", str(tpl), "--message", f"@{msg}", "-m", str(tiny_dirs["llama"]), *TINY, "-n", "2")
+    assert r.returncode == 0, r.stderr
+    transcript = next((config.home() / "transcripts").glob("*.jsonl"))
+    users = [json.loads(line)["text"] for line in transcript.read_text().splitlines() if '"user"' in line]
+    assert users == ["What is the capital of France?"]
+
+
+def test_fewshot_reads_piped_inputs_without_a_dash(tiny_dirs, tmp_path):
+    tpl = tmp_path / "t.txt"
+    tpl.write_text("---\nmax_tokens: 2\n---\nQ: {{input}}\nA:")
+    piped = invoke("fewshot", str(tpl), "-m", str(tiny_dirs["llama"]), *TINY, "--jsonl", input="cat\ndog\n")
+    dashed = invoke("fewshot", str(tpl), "-", "-m", str(tiny_dirs["llama"]), *TINY, "--jsonl", input="cat\ndog\n")
+    assert piped.returncode == 0, piped.stderr
+    assert [json.loads(line)["input"] for line in piped.stdout.splitlines()] == ["cat", "dog"]
+    assert [json.loads(line)["answer"] for line in piped.stdout.splitlines()] == \
+           [json.loads(line)["answer"] for line in dashed.stdout.splitlines()]
+
+
+def test_tokenize_decode_ends_with_a_newline():
+    r = invoke("tokenize", "-e", "cl100k_base", "--decode", "15339 1917")
+    assert r.returncode == 0 and r.stdout == "hello world\n"
+
+
+def test_a_server_without_logprobs_gives_null_not_nan_in_json(monkeypatch):
+    from fake_openai import FakeServer, choice, sse
+
+    monkeypatch.setenv("BASECLI_RETRIES", "0")
+    with FakeServer() as fake:
+        fake.on("POST", "/v1/completions", sse(choice("Hello", tokens=[]), choice(" world", tokens=[], finish="length")))
+        r = invoke("complete", "hi", "--json", "--base-url", fake.url)
+    assert r.returncode == 0, r.stderr
+    assert "NaN" not in r.stdout and "Infinity" not in r.stdout
+    rec = json.loads(r.stdout)  # strict JSON: no NaN
+    assert rec["completion"] == "Hello world" and all(t["logprob"] is None for t in rec["tokens"])
