@@ -113,13 +113,21 @@ def reference():
     return load
 
 
+def pytest_collection_modifyitems(items):
+    """A test that takes `real_model` loads the embedded model, so it is `slow` even where its mark was forgotten."""
+    for item in items:
+        if "real_model" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 REAL_HOME = Path(os.environ.get("BASECLI_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "basecli")
 
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch, request):
-    """Each test gets its own BASECLI_HOME, except tests marked `slow`, which use the real cache
-    (where README's set-up converted the embedded model) so the model is not converted again."""
+    """Each test gets its own BASECLI_HOME, except tests that take the `real_model` fixture, which use the
+    real cache (where README's set-up converted the embedded model) so the model is not converted again.
+    Every test that loads the embedded model is marked `slow` (pytest -m "not slow" leaves them out)."""
     if "real_model" in request.fixturenames:
         monkeypatch.setenv("BASECLI_HOME", str(REAL_HOME))
     else:
@@ -150,24 +158,37 @@ def run_cli(*args: str, input: str | None = None, env: dict | None = None, timeo
 
 
 class Result:
+    """What a run of the CLI left: like subprocess.CompletedProcess, and unpacks as (code, stdout, stderr)."""
+
     def __init__(self, code, stdout, stderr):
         self.returncode, self.stdout, self.stderr = code, stdout, stderr
 
+    def __iter__(self):
+        return iter((self.returncode, self.stdout, self.stderr))
 
-def invoke(*args: str, input: str | bytes | None = None) -> Result:
-    """Run the CLI in this process (fast: torch is imported once), as `main()` would for a user.
+
+def invoke(*args, input: str | bytes | None = None, env: dict | None = None, backend=None) -> Result:
+    """Run the CLI in this process (fast: torch is imported once), as `main()` would for a user: the one
+    in-process runner of the tests. stdout has a byte buffer, as a real one does (tokenize --decode writes bytes);
+    `env` is set for the run only; `backend`, if given, stands in for whatever the flags would open.
     `input` is stdin: text, or bytes as they are (invalid UTF-8, NUL bytes)."""
     import contextlib
     import io
     import sys
 
+    import basecli.backends
     from basecli.cli import main
 
-    # stdout with a .buffer, as a real one has (tokenize --decode writes bytes)
-    out, err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True), io.StringIO()
+    def stream():
+        return io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="", write_through=True)
+
+    out, err = stream(), stream()
     stdin = io.TextIOWrapper(io.BytesIO(input if isinstance(input, bytes) else (input or "").encode()))
-    old_argv, old_stdin = sys.argv, sys.stdin
-    sys.argv, sys.stdin = ["basecli", *args], stdin
+    old_argv, old_stdin, old_env, old_open = sys.argv, sys.stdin, dict(os.environ), basecli.backends.open_backend
+    sys.argv, sys.stdin = ["basecli", *map(str, args)], stdin
+    os.environ.update(env or {})
+    if backend is not None:
+        basecli.backends.open_backend = lambda *a, **k: backend
     code = 0
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -175,5 +196,7 @@ def invoke(*args: str, input: str | bytes | None = None) -> Result:
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
-        sys.argv, sys.stdin = old_argv, old_stdin
-    return Result(code, out.buffer.getvalue().decode("utf-8", errors="replace"), err.getvalue())
+        sys.argv, sys.stdin, basecli.backends.open_backend = old_argv, old_stdin, old_open
+        os.environ.clear()
+        os.environ.update(old_env)
+    return Result(code, out.buffer.getvalue().decode("utf-8"), err.buffer.getvalue().decode("utf-8"))

@@ -17,7 +17,7 @@ from basecli.chat.conversation import Chat
 from basecli.errors import UsageError
 from basecli.events import Event
 from basecli.text.templates import parse
-from test_fewshot import invoke
+from conftest import invoke
 
 CHAT = "---\nmax_tokens: 8\n---\nA chat.\nHuman: hi\nAssistant: hello\n"
 
@@ -173,18 +173,18 @@ def test_transcript_survives_kill_9(tmp_path, tiny_dirs):
     assert [u for u, _ in turns] in (["one", "two"], ["one", "two", "three"])  # at most the answer in flight is lost
 
 
-def test_resume_continues_a_named_transcript(monkeypatch, capsys, tmp_path, tiny_backends):
+def test_resume_continues_a_named_transcript(tmp_path, tiny_backends):
     from basecli.chat import transcripts
     t = tmp_path / "c.txt"
     t.write_text(CHAT, encoding="utf-8")
     b = Scripted(tiny_backends["gpt2"].tokenizer, ["A1", "A2", "A3"])
-    invoke(monkeypatch, capsys, "chat", str(t), "--transcript", "mine", "--message", "one", backend=b)
-    invoke(monkeypatch, capsys, "chat", str(t), "--message", "elsewhere", backend=b)  # a newer transcript
-    code, _, err = invoke(monkeypatch, capsys, "chat", "--resume", "--transcript", "mine", "--message", "two", backend=b)
+    invoke("chat", str(t), "--transcript", "mine", "--message", "one", backend=b)
+    invoke("chat", str(t), "--message", "elsewhere", backend=b)  # a newer transcript
+    code, _, err = invoke("chat", "--resume", "--transcript", "mine", "--message", "two", backend=b)
     assert code == 0 and "resuming" in err
     assert b.calls[-1][0] == "A chat.\nHuman: hi\nAssistant: hello\nHuman: one\nAssistant: A1\nHuman: two\nAssistant:"
     assert transcripts.replay(transcripts.folder() / "mine.jsonl")[1] == [("one", "A1"), ("two", "A3")]
-    code, _, err = invoke(monkeypatch, capsys, "chat", "--resume", "--transcript", "nope", "--message", "x", backend=b)
+    code, _, err = invoke("chat", "--resume", "--transcript", "nope", "--message", "x", backend=b)
     assert code == 2 and "no transcript 'nope'" in err
 
 
@@ -200,30 +200,30 @@ def test_replay_applies_undo_reset_and_skips_a_cut_line(tmp_path, capsys):
     assert "cut short" in capsys.readouterr().err
 
 
-def test_cli_message_stdin_lines_resume_and_bad_input(monkeypatch, capsys, tmp_path, tok):
+def test_cli_message_stdin_lines_resume_and_bad_input(tmp_path, tok):
     t = tmp_path / "c.txt"
     t.write_text(CHAT, encoding="utf-8")
     backend = Scripted(tok, [" four\nHuman: x", "A1", "A2", "again"])
-    code, out, _ = invoke(monkeypatch, capsys, "chat", str(t), "--message", "What is 2+2?", backend=backend)
+    code, out, _ = invoke("chat", str(t), "--message", "What is 2+2?", backend=backend)
     assert (code, out) == (0, "four\n")
-    code, out, _ = invoke(monkeypatch, capsys, "chat", str(t), stdin="q1\n\nq2\n", backend=backend)
+    code, out, _ = invoke("chat", str(t), input="q1\n\nq2\n", backend=backend)
     assert (code, out) == (0, "A1\nA2\n")
-    code, out, _ = invoke(monkeypatch, capsys, "chat", "--resume", "--message", "more", backend=backend)
+    code, out, _ = invoke("chat", "--resume", "--message", "more", backend=backend)
     assert code == 0 and backend.calls[-1][0].endswith("Human: q1\nAssistant: A1\nHuman: q2\nAssistant: A2\nHuman: more\nAssistant:")
-    code, out, err = invoke(monkeypatch, capsys, "chat", str(t), "--message", "  ", backend=backend)
+    code, out, err = invoke("chat", str(t), "--message", "  ", backend=backend)
     assert code == 2 and out == "" and "--message is empty" in err and len(err.strip().splitlines()) == 1
-    code, out, err = invoke(monkeypatch, capsys, "chat", str(tmp_path / "missing.txt"), "--message", "hi", backend=backend)
+    code, out, err = invoke("chat", str(tmp_path / "missing.txt"), "--message", "hi", backend=backend)
     assert code == 2 and "file not found" in err
 
 
-def test_chat_flags_override_the_template_which_overrides_defaults(monkeypatch, capsys, tmp_path, tok):
+def test_chat_flags_override_the_template_which_overrides_defaults(tmp_path, tok):
     t = tmp_path / "c.txt"
     t.write_text("---\nmax_tokens: 8\ntop_p: 0.9\nstop: END\n---\nA chat.\n", encoding="utf-8")
     b = Scripted(tok, ["x", "y"])
-    invoke(monkeypatch, capsys, "chat", str(t), "--message", "hi", backend=b)
+    invoke("chat", str(t), "--message", "hi", backend=b)
     p = b.calls[-1][1]
     assert (p.max_tokens, p.top_p, p.temperature) == (8, 0.9, 0.7) and set(p.stop) == {"\nHuman:", "END"}
-    invoke(monkeypatch, capsys, "chat", str(t), "--message", "hi", "-n", "4", "-t", "0.2", "--top-k", "5", "--top-p", "0.5",
+    invoke("chat", str(t), "--message", "hi", "-n", "4", "-t", "0.2", "--top-k", "5", "--top-p", "0.5",
            "--min-p", "0.1", "--repetition-penalty", "1.2", "-s", "9", "--stop", "###", backend=b)
     p = b.calls[-1][1]
     assert (p.max_tokens, p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty) == (4, 0.2, 5, 0.5, 0.1, 1.2)

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from tests.conftest import invoke, run_cli
+from conftest import invoke, run_cli
 
 
 def test_pipe_prints_only_the_continuation(tiny_dirs, tiny_backends, reference):
@@ -25,7 +25,7 @@ def test_pipe_prints_only_the_continuation(tiny_dirs, tiny_backends, reference):
 
 
 def test_json_record_shape(tiny_dirs):
-    r = run_cli("complete", "Hello", "-m", str(tiny_dirs["llama"]), "-n", "5", "--seed", "3", "--json", "--alternatives", "2",
+    r = invoke("complete", "Hello", "-m", str(tiny_dirs["llama"]), "-n", "5", "--seed", "3", "--json", "--alternatives", "2",
                 "--ignore-eos")
     assert r.returncode == 0, r.stderr
     rec = json.loads(r.stdout)
@@ -41,8 +41,8 @@ def test_json_record_shape(tiny_dirs):
 
 def test_seed_makes_runs_repeatable_and_json_records_the_seed(tiny_dirs):
     args = ("complete", "Hello", "-m", str(tiny_dirs["gpt2"]), "-n", "6", "--json", "--ignore-eos")
-    first = json.loads(run_cli(*args).stdout)
-    again = json.loads(run_cli(*args, "--seed", str(first["params"]["seed"])).stdout)
+    first = json.loads(invoke(*args).stdout)
+    again = json.loads(invoke(*args, "--seed", str(first["params"]["seed"])).stdout)
     assert again["completion"] == first["completion"]
 
 
@@ -50,7 +50,7 @@ def test_stdin_and_file_prompts(tiny_dirs, tmp_path):
     f = tmp_path / "p.txt"
     f.write_text("The quick brown fox")
     base = ("-m", str(tiny_dirs["gpt2"]), "-n", "4", "-t", "0", "--ignore-eos")
-    a = run_cli("complete", "The quick brown fox", *base).stdout
+    a = invoke("complete", "The quick brown fox", *base).stdout
     assert invoke("complete", "-", *base, input="The quick brown fox").stdout == a
     assert invoke("complete", f"@{f}", *base).stdout == a
 

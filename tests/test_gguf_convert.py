@@ -18,7 +18,7 @@ import pytest
 from basecli.weights import gguf_convert
 from basecli.weights import models
 from basecli.text.tokenizers import HFTokenizer
-from tests.conftest import CORPUS, build_tokenizer
+from conftest import CORPUS, build_tokenizer
 
 TEXTS = [
     "Hello world", "The quick brown fox jumps over the lazy dog.", "  two  spaces\n\n\ttab\t\t end   ",
@@ -273,6 +273,7 @@ def transformers_conversion(real_model, tmp_path) -> Path:
     return reference
 
 
+@pytest.mark.slow
 def test_embedded_model_converts_to_the_transformers_converted_cache(real_model, tmp_path):
     """The real SmolLM2 GGUF: weights equal to transformers' conversion, and token ids equal on many strings."""
     from safetensors import safe_open
@@ -304,7 +305,7 @@ def test_tokenizer_alone_comes_out_of_the_gguf_without_transformers(converted, t
     import sys
 
     gguf, _, _, reference = converted["llama3-like"]
-    probe = ("import sys; from basecli.text.tokenizers import model_tokenizer; tok = model_tokenizer(sys.argv[1]); "
+    probe = ("import sys; from basecli.weights.model_tokenizer import model_tokenizer; tok = model_tokenizer(sys.argv[1]); "
              "print(tok.encode(sys.argv[2]), tok.prefix_ids, sorted(tok.eos_ids)); "
              "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     text = "Hello 세계 😀, a GGUF tokenizer\n\n  x"

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from basecli.weights.modelinfo import component, describe, memory_bytes, parameter_counts
-from clihelp import cli
+from conftest import invoke
 
 
 def tensor_sizes(folder) -> dict[str, int]:
@@ -59,8 +59,8 @@ def test_memory_equals_transformers_footprint(tiny_backend, reference):
     assert memory_bytes(tiny_backend.model) - buffers == reference(tiny_backend.folder).get_memory_footprint(return_buffers=False)
 
 
-def test_cli_json_describes_the_model(tiny_dirs, tiny_backends, capsys):
-    code, out, err = cli(capsys, "info", "-m", str(tiny_dirs["llama"]), "--json", "--device", "cpu", "--dtype", "float32")
+def test_cli_json_describes_the_model(tiny_dirs, tiny_backends):
+    code, out, err = invoke("info", "-m", str(tiny_dirs["llama"]), "--json", "--device", "cpu", "--dtype", "float32")
     assert code == 0, err
     d = json.loads(out)
     cfg = tiny_backends["llama"].model.config
@@ -72,7 +72,7 @@ def test_cli_json_describes_the_model(tiny_dirs, tiny_backends, capsys):
     assert d["source"]["files"] == {"model.safetensors": sha256_file(tiny_dirs["llama"] / "model.safetensors")}
     assert d["runtime"]["dtype"] == "float32"
     assert d["code"]["source_bytes"] == len(open(d["code"]["source_file"], "rb").read())
-    code, out, _ = cli(capsys, "info", "-m", str(tiny_dirs["llama"]), "--dtype", "bfloat16")
+    code, out, _ = invoke("info", "-m", str(tiny_dirs["llama"]), "--dtype", "bfloat16")
     assert code == 0 and "dtype: bfloat16" in out and f"total: {d['parameters']['total']:,}" in out
 
 

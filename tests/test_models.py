@@ -133,6 +133,6 @@ def test_sha256_is_computed_once_per_file_version(tmp_path):
     f.write_bytes(b"abc")
     import hashlib
 
-    assert models._cached_sha256(f) == hashlib.sha256(b"abc").hexdigest()
+    assert models.cached_sha256(f) == hashlib.sha256(b"abc").hexdigest()
     index = json.loads((config.home() / "sha256-index.json").read_text())
     assert list(index.values()) == [hashlib.sha256(b"abc").hexdigest()]

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import run_cli  # noqa: E402
+from conftest import invoke, run_cli  # noqa: E402
 from fake_openai import FakeServer, choice, sse  # noqa: E402
 
 KEY = "sk-live-abcdef0123456789"
@@ -72,20 +72,15 @@ def test_a_profile_given_as_model_routes_to_its_server_with_its_key():
 
 
 def test_kind_tokenizer_context_length_and_replace_flags(tiny_dirs):
-    from typer.testing import CliRunner
-
     from basecli.backends import profiles
     from basecli.backends.remote import from_profile
-    from basecli.commands.models import app
-    from basecli.errors import UsageError
 
-    runner = CliRunner()
     with FakeServer(owned_by="vllm") as s:
-        args = ["add", "p", "--base-url", s.url, "--kind", "openai", "--tokenizer", str(tiny_dirs["gpt2"]), "--context-length", "77"]
-        assert runner.invoke(app, args).exit_code == 0
-        again = runner.invoke(app, args)
-        assert isinstance(again.exception, UsageError) and "--replace" in str(again.exception)
-        assert runner.invoke(app, args[:-1] + ["99", "--replace"]).exit_code == 0
+        args = ["models", "add", "p", "--base-url", s.url, "--kind", "openai", "--tokenizer", str(tiny_dirs["gpt2"]), "--context-length", "77"]
+        assert invoke(*args).returncode == 0
+        again = invoke(*args)
+        assert again.returncode == 2 and "--replace" in again.stderr
+        assert invoke(*args[:-1], "99", "--replace").returncode == 0
         b = from_profile(profiles.get("p"))
     assert b.kind == "openai"  # the server says vllm; the profile wins
     assert b.context_length == 99

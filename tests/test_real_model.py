@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from basecli.config import SamplingParams
-from tests.conftest import run_cli
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
 
 PARIS = "Here's my top-10 list of the top landmarks to see in Paris:"
 

@@ -10,7 +10,7 @@ import pytest
 from basecli.config import SamplingParams
 from basecli.errors import UsageError
 from basecli.analyses.recitation import MIN_RUN, first_divergence, longest_run, overlap, recite, split_prefix
-from clihelp import cli
+from conftest import invoke
 
 R = list(range(10, 30))  # a 20-token reference
 
@@ -83,23 +83,23 @@ def test_greedy_recitation_equals_stream_and_score(tiny_backend):
         assert s.reference_logprob_at_divergence == pytest.approx(rec.reference_logprobs[d])
 
 
-def test_cli_samples_are_a_batch_of_draws(tiny_dirs, tiny_backends, tmp_path, capsys):
+def test_cli_samples_are_a_batch_of_draws(tiny_dirs, tiny_backends, tmp_path):
     ref = tmp_path / "ref.txt"
     ref.write_text(REFERENCE)
-    code, out, err = cli(capsys, "recite", str(ref), "-m", str(tiny_dirs["llama"]), "--samples", "3", "-t", "1.5", "-s", "5", "--json")
+    code, out, err = invoke("recite", str(ref), "-m", str(tiny_dirs["llama"]), "--samples", "3", "-t", "1.5", "-s", "5", "--json")
     assert code == 0, err
     rec = json.loads(out)
     assert len(rec["samples"]) == 3 and rec["summary"]["samples"] == 3
     assert len({s["completion"] for s in rec["samples"]}) > 1  # draws, not three copies of the greedy text
     runs = [s["longest_run_tokens"] for s in rec["samples"]]
     assert rec["summary"]["longest_run_tokens"]["mean"] == pytest.approx(sum(runs) / 3)
-    again = cli(capsys, "recite", str(ref), "-m", str(tiny_dirs["llama"]), "--samples", "3", "-t", "1.5", "-s", "5", "--json")[1]
+    again = invoke("recite", str(ref), "-m", str(tiny_dirs["llama"]), "--samples", "3", "-t", "1.5", "-s", "5", "--json")[1]
     assert [s["completion"] for s in json.loads(again)["samples"]] == [s["completion"] for s in rec["samples"]]
-    code, out, err = cli(capsys, "recite", str(ref), "-m", str(tiny_dirs["llama"]), "--prefix-tokens", "4", "--json")
+    code, out, err = invoke("recite", str(ref), "-m", str(tiny_dirs["llama"]), "--prefix-tokens", "4", "--json")
     assert code == 0, err
     tok = tiny_backends["llama"].tokenizer
     assert tok.encode(json.loads(out)["prefix"]) == tok.encode(REFERENCE)[:4]
-    code, out, err = cli(capsys, "recite", str(ref), "-m", str(tiny_dirs["llama"]))
+    code, out, err = invoke("recite", str(ref), "-m", str(tiny_dirs["llama"]))
     assert code == 0 and "longest verbatim run:" in out and "first divergence:" in out
 
 
@@ -107,10 +107,10 @@ def test_cli_samples_are_a_batch_of_draws(tiny_dirs, tiny_backends, tmp_path, ca
     (["--samples", "3"], "identical greedy"),
     (["--prefix-tokens", "0"], "--prefix-tokens must be between"),
 ])
-def test_cli_bad_inputs_exit_2(tiny_dirs, tmp_path, capsys, args, needle):
+def test_cli_bad_inputs_exit_2(tiny_dirs, tmp_path, args, needle):
     ref = tmp_path / "ref.txt"
     ref.write_text(REFERENCE)
-    code, out, err = cli(capsys, "recite", str(ref), "-m", str(tiny_dirs["gpt2"]), *args)
+    code, out, err = invoke("recite", str(ref), "-m", str(tiny_dirs["gpt2"]), *args)
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1 and out == ""
 
 

@@ -22,6 +22,8 @@ from basecli.config import SamplingParams  # noqa: E402
 pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed "
                     "(pip install 'llama-cpp-python[server]==0.3.36', a ~6 minute build on 2 cores)")
 
+pytestmark = pytest.mark.slow  # every test here talks to a llama.cpp server that has loaded the embedded model
+
 # Prompts of different kinds for the local-vs-server cross-check; the first tokens of a greedy
 # continuation should agree (the local model is the dequantised GGUF, the server runs it quantised).
 CROSS_CHECK = [
@@ -235,7 +237,7 @@ def test_recite_through_the_server_finds_where_it_diverges(llama_server, tmp_pat
 
 
 def test_tokenize_through_the_server_matches_the_gguf_tokenizer(llama_server, monkeypatch):
-    from basecli.text.tokenizers import model_tokenizer
+    from basecli.weights.model_tokenizer import model_tokenizer
 
     monkeypatch.setenv("BASECLI_HOME", str(REAL_HOME))  # the GGUF's tokenizer is cached there
     text = "Hello world! The quick brown fox."

@@ -7,20 +7,18 @@ import json
 import math
 
 import pytest
-from typer.testing import CliRunner
 
 from basecli.backends.batching import Sample, collect, seeded, stream_rows
 from basecli.config import SamplingParams
+from conftest import invoke as run_in_process
 from conftest import run_cli
 
 PROMPT = "The quick brown fox"
 
 
 def invoke(*args):
-    from basecli.cli import app
-
-    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+    result = run_in_process(*args)
+    assert result.returncode == 0, result.stderr
     return result
 
 
@@ -106,7 +104,7 @@ def test_jsonl_rows_equal_complete_cli_with_seed_s_plus_i(tiny_dirs):
         assert r["params"]["seed"] == r["seed"]
         lps = [t["logprob"] for t in r["tokens"]]
         assert r["mean_logprob"] == pytest.approx(sum(lps) / len(lps), abs=1e-4)
-    ref = run_cli("complete", PROMPT, "-m", model, "-n", "8", "-s", "72", "-t", "0.9", "--json", "--device", "cpu", "--dtype", "float32")
+    ref = run_in_process("complete", PROMPT, "-m", model, "-n", "8", "-s", "72", "-t", "0.9", "--json", "--device", "cpu", "--dtype", "float32")
     assert ref.returncode == 0, ref.stderr
     want = json.loads(ref.stdout)
     assert [t["id"] for t in lines[2]["tokens"]] == [t["id"] for t in want["tokens"]]

@@ -9,7 +9,7 @@ import torch
 
 from basecli.engine.score import plan_windows, start_ids
 from basecli.errors import UsageError
-from clihelp import cli
+from conftest import invoke
 
 TEXT = "The quick brown fox jumps over the lazy dog. Here's my top-10 list of the top landmarks to see in Paris."
 
@@ -120,8 +120,8 @@ def test_bad_input_is_a_usage_error(tiny_backends, text, kw, needle):
         tiny_backends["gpt2"].score(text, **kw)
 
 
-def test_cli_json_matches_the_backend(tiny_dirs, tiny_backends, capsys):
-    code, out, err = cli(capsys, "score", TEXT, "-m", str(tiny_dirs["llama"]), "--json", "--alternatives", "2", "--window", "12", "--stride", "4")
+def test_cli_json_matches_the_backend(tiny_dirs, tiny_backends):
+    code, out, err = invoke("score", TEXT, "-m", str(tiny_dirs["llama"]), "--json", "--alternatives", "2", "--window", "12", "--stride", "4")
     assert code == 0, err
     rec = json.loads(out)
     want = tiny_backends["llama"].score(TEXT, alternatives=2, window=12, stride=4)
@@ -137,8 +137,8 @@ def test_cli_json_matches_the_backend(tiny_dirs, tiny_backends, capsys):
     assert set(rec["compression"]) == {"model", "gzip -9", "bz2 -9", "xz -9"}
 
 
-def test_cli_plain_output_with_at_and_context(tiny_dirs, capsys):
-    code, out, err = cli(capsys, "score", "over the lazy dog", "--context", "The quick brown fox jumps", "-m", str(tiny_dirs["gpt2"]), "--at", "2")
+def test_cli_plain_output_with_at_and_context(tiny_dirs):
+    code, out, err = invoke("score", "over the lazy dog", "--context", "The quick brown fox jumps", "-m", str(tiny_dirs["gpt2"]), "--at", "2")
     assert code == 0, err
     lines = out.splitlines()
     table = lines[lines.index("top 5 alternatives at the chosen positions") + 2 :]
@@ -151,12 +151,12 @@ def test_cli_plain_output_with_at_and_context(tiny_dirs, capsys):
     ([""], "empty"),
     (["--stride", "64", "--window", "32", "some text here"], "--stride 64"),
 ])
-def test_cli_bad_inputs_exit_2_with_one_line(tiny_dirs, tmp_path, capsys, args, needle):
+def test_cli_bad_inputs_exit_2_with_one_line(tiny_dirs, tmp_path, args, needle):
     if args == ["@@"]:
         binary = tmp_path / "blob.bin"
         binary.write_bytes(b"\x00\x01\x02garbage\xff")
         args, needle = [f"@{binary}"], "binary"
-    code, out, err = cli(capsys, "score", *args, "-m", str(tiny_dirs["gpt2"]))
+    code, out, err = invoke("score", *args, "-m", str(tiny_dirs["gpt2"]))
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and needle in err
     assert out == ""

@@ -6,13 +6,12 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import REAL_HOME, build_tokenizer, run_cli
+from conftest import REAL_HOME, build_tokenizer, invoke, run_cli
 
 KOREAN_EMOJI = "안녕하세요 세계 😀👍🏽 é"
 
@@ -42,36 +41,10 @@ def tok_dir(tmp_path) -> Path:
     return d
 
 
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
 @pytest.fixture
-def cli(capsys, monkeypatch):
+def cli():
     """`basecli tokenize ...` run in this process (a subprocess costs a second on a busy machine)."""
-    import io
-
-    from basecli.cli import main
-
-    def run(*args: str, input: str | None = None, env: dict | None = None) -> Result:
-        for k, v in (env or {}).items():
-            monkeypatch.setenv(k, v)
-        monkeypatch.setattr(sys, "argv", ["basecli", "tokenize", *args])
-        if input is not None:
-            monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(input.encode())))
-        capsys.readouterr()
-        try:
-            main()
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
-
-    return run
+    return lambda *args, **kw: invoke("tokenize", *args, **kw)
 
 
 def ok(result):
@@ -123,7 +96,8 @@ def test_segment_matches_tiktoken(enc, cl100k, text):
 def test_segment_matches_tokenizers_library(tok_dir):
     from tokenizers import Tokenizer
 
-    from basecli.text.tokenizers import model_tokenizer, segment
+    from basecli.text.tokenizers import segment
+    from basecli.weights.model_tokenizer import model_tokenizer
 
     ref = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
     tok = model_tokenizer(str(tok_dir))
@@ -419,7 +393,7 @@ def test_a_hanging_hub_times_out(monkeypatch):
     import socket
 
     from basecli.text.encodings import Unavailable
-    from basecli.text.tokenizers import model_tokenizer
+    from basecli.weights.model_tokenizer import model_tokenizer
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv("BASECLI_DOWNLOAD_TIMEOUT", "0.5")
@@ -516,7 +490,7 @@ def test_gguf_tokenizer_extracted_once_then_cached(capsys):
     from tokenizers import Tokenizer
 
     from basecli import config
-    from basecli.text.tokenizers import model_tokenizer
+    from basecli.weights.model_tokenizer import model_tokenizer
 
     gguf = REAL_HOME / "embedded" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     converted = sorted((REAL_HOME / "models").glob("gguf-*/tokenizer.json"))

@@ -120,9 +120,9 @@ def free_memory(device) -> int:
 
 def rows_per_batch(backend, prompt: str, max_tokens: int, *, truncate: bool = False) -> int:
     """How many rows of this prompt fit in one batch (at least 1, at most MAX_ROWS)."""
-    model = getattr(backend, "model", None)
-    if not hasattr(model, "config"):  # a remote backend's model is a name: the server batches on its own side
+    if not backend.local:  # the server batches on its own side
         return MAX_ROWS
+    model = backend.model
     need = bytes_per_row(model, len(backend.encode(prompt, truncate=truncate)), max_tokens)
     return max(1, min(MAX_ROWS, free_memory(model.device) // max(need, 1)))
 

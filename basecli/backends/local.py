@@ -1,4 +1,5 @@
-"""A model on this machine: transformers' model code driven by basecli's own decode loop."""
+"""A model on this machine: basecli's own Llama forward (engine/lean.py) where it applies, else transformers'
+model code, driven by basecli's own decode loop."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 import time
 from typing import Iterator, Sequence
 
+from basecli.backends import Backend
 from basecli.weights import models
 from basecli.weights.integrity import cache_hint, check_folder
 from basecli.config import NATIVE_MODES, SamplingParams, env_number, quantize_mode
@@ -51,11 +53,10 @@ def pick_threads() -> int | None:
     """CPU threads for torch (and basecli's kernels): BASECLI_THREADS if set; none chosen if OMP_NUM_THREADS is
     set (torch reads it); else the cores that no other process is running on right now, at least one.
 
-    Why: OpenMP workers wait on each other at every op, so on a 2-core machine with one other busy
-    process, 2 threads decoded at 3.5 tok/s where 1 thread gave 11.4 (measured here). "Right now"
-    comes from the kernel's count of runnable tasks (Linux); the 1-minute load average, used where
-    that is missing, still counts a basecli run that ended seconds ago, and so gave the next run one
-    thread on an idle 2-core machine (half the speed of `--quantize q4`).
+    Why: OpenMP workers wait on each other at every op, so a thread on a core another process holds
+    slows every step (bench/README.md, "Figures behind the code"). "Right now" comes from the kernel's
+    count of runnable tasks (Linux); the 1-minute load average, used where that is missing, still counts
+    a basecli run that ended seconds ago, and so would give the next run too few threads.
     """
     if os.environ.get("BASECLI_THREADS"):
         return env_number("BASECLI_THREADS")
@@ -104,7 +105,8 @@ def pick_dtype(name: str, device: str):
     return torch.float32
 
 
-class LocalBackend:
+class LocalBackend(Backend):
+    local = True
     def __init__(self, model: str | None = None, *, device: str = "auto", dtype: str = "auto",
                  trust_remote_code: bool = False, allow_pickle: bool = False, engine: str | None = None,
                  quantize: str | None = None):
@@ -204,9 +206,9 @@ def import_torch() -> None:
     """Import torch, then freeze what it made so the garbage collector never walks it again.
 
     Importing torch leaves about 166,000 tracked objects (modules, functions: they live as long
-    as the process); soon after, the collector's first full pass walked them all, 0.13 s here.
-    Pausing the collector during the import as well saved another 0.2 s but added 2 MiB to the
-    peak of `complete` (the import's garbage piled up before it was freed), so it is not done.
+    as the process), which the collector's first full pass would otherwise walk. Pausing the
+    collector during the import as well is faster still but raises the peak memory of `complete`
+    (the import's garbage piles up before it is freed), so it is not done; figures in bench/README.md.
     """
     import gc
 
@@ -220,8 +222,8 @@ def import_torch() -> None:
 def return_free_memory() -> None:
     """Hand the C heap's free pages back to the OS (glibc keeps them by default).
 
-    Building the tokenizer parses a 3.5 MB JSON file in Rust; what that freed stayed resident,
-    16 MiB of peak memory for SmolLM2. Not glibc (musl, macOS): nothing to do.
+    Building the tokenizer parses a multi-megabyte JSON file in Rust; what that freed would stay
+    resident and add to the peak (bench/README.md). Not glibc (musl, macOS): nothing to do.
     """
     import ctypes
 

@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
-from basecli.backends import shapes
-from basecli.backends.remote_tokenizer import RemoteTokenizer, local_tokenizer
+from basecli.backends import Backend, shapes
+from basecli.backends.remote_tokenizer import RemoteTokenizer, local_tokenizer, token_bytes
 from basecli.backends.transport import RemoteError, StreamBroken, Transport, json_events, note
 from basecli.config import SamplingParams, fresh_seed
 from basecli.errors import UsageError, redact, stream_dropped
@@ -89,7 +89,8 @@ class _Row:
         return out
 
 
-class RemoteBackend:
+class RemoteBackend(Backend):
+    local = False
     def __init__(self, base_url: str, model: str | None = None, *, api_key: str | None = None, kind: str = "auto",
                  tokenizer: str | None = None, context_length: int | None = None, name: str | None = None,
                  transport: Transport | None = None):
@@ -325,7 +326,7 @@ class RemoteBackend:
         token_lps = lp.get("token_logprobs") or []
         tops = lp.get("top_logprobs") or []
         for i, tok in enumerate(tokens):
-            piece = _token_bytes(tok)
+            piece = token_bytes(tok)
             logprob = token_lps[i] if i < len(token_lps) and token_lps[i] is not None else math.nan
             top = tops[i] if i < len(tops) and tops[i] else {}
             alts = self._alternatives(top, tok, alternatives, asked)
@@ -344,7 +345,7 @@ class RemoteBackend:
             # llama-cpp-python adds the chosen token to the top `asked`; it is not an alternative of itself
             items = [it for it in items if it[0] != chosen]
         items.sort(key=lambda it: -it[1])
-        return [(self.tokenizer.id_for_text(_token_bytes(t)), v) for t, v in items[:k]]
+        return [(self.tokenizer.id_for_text(token_bytes(t)), v) for t, v in items[:k]]
 
     def _finish_reason(self, reason: str, choice: dict, p: SamplingParams) -> str:
         if reason == "length":
@@ -391,17 +392,6 @@ def split_whole(choice: dict) -> list[dict]:
         out.append({"index": index, "text": piece, "logprobs": one, "finish_reason": None})
     out.append({**{k: v for k, v in choice.items() if k not in ("text", "logprobs")}, "text": "", "index": index})
     return out
-
-
-def _token_bytes(tok: str) -> bytes:
-    """A token as the server wrote it; vLLM writes undecodable ones as 'bytes:\\xe4\\xbd'. A credential
-    a server wrote back into a token is redacted here, before ids and records are made of it."""
-    if tok.startswith("bytes:"):
-        try:
-            return tok[6:].encode("latin-1").decode("unicode_escape").encode("latin-1")
-        except (UnicodeError, ValueError):
-            pass
-    return redact(tok).encode("utf-8", errors="replace")
 
 
 def _entropy(top: dict, p: SamplingParams) -> float | None:

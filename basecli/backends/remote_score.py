@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from basecli.backends import shapes
-from basecli.backends.remote import _token_bytes
+from basecli.backends.remote_tokenizer import token_bytes
 from basecli.backends.transport import RemoteError
 from basecli.events import ScoredToken
 
@@ -55,7 +55,7 @@ def score(backend, text: str, *, context: str | None = None, alternatives: int =
         if logprob is not None and top:
             higher = sum(1 for t, v in top.items() if v > logprob and t != tok)
             rank = higher + 1 if (tok in top or higher < len(top)) else None
-        piece = _token_bytes(tok)
+        piece = token_bytes(tok)
         out.append(ScoredToken(backend.tokenizer.id_for_text(piece), piece.decode("utf-8", errors="replace"), logprob, rank,
                                backend._alternatives(top, tok, alternatives, len(top)) if alternatives else [], i))
     if progress is not None:

@@ -148,3 +148,16 @@ def local_tokenizer(spec: str):
         raise UsageError(f"cannot get the tokenizer of {source.location} ({type(e).__name__}); "
                          f"name a local directory or a tiktoken encoding instead") from None
     return models.tokenizer_for(Path(folder), spec)
+
+
+def token_bytes(tok: str) -> bytes:
+    """A token as the server wrote it; vLLM writes undecodable ones as 'bytes:\\xe4\\xbd'. A credential
+    a server wrote back into a token is redacted here, before ids and records are made of it."""
+    from basecli.errors import redact
+
+    if tok.startswith("bytes:"):
+        try:
+            return tok[6:].encode("latin-1").decode("unicode_escape").encode("latin-1")
+        except (UnicodeError, ValueError):
+            pass
+    return redact(tok).encode("utf-8", errors="replace")

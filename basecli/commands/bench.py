@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated, Optional
 
 import typer
 
 from basecli import options as o
+from basecli.views.records import write_json
+
+
+@o.grouped
 def bench(
-    model: o.Model = None,
+    model: o.ModelChoice = o.model_choice("model", "device", "dtype", "quantize"),
     batch: Annotated[str, typer.Option("--batch", help="Batch sizes to decode with, comma-separated.")] = "1,8,32",
     prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", help="Prompt length in tokens.", min=1)] = 128,
     new_tokens: Annotated[int, typer.Option("--new-tokens", help="Tokens to generate per row.", min=2)] = 128,
@@ -19,9 +22,6 @@ def bench(
     engine: Annotated[Optional[str], typer.Option("--engine", envvar="BASECLI_ENGINE",
                       help="transformers, lean (basecli's own Llama forward) or auto (lean where it applies).")] = None,
     json_out: o.Json = False,
-    device: o.Device = "auto",
-    dtype: o.Dtype = "auto",
-    quantize: o.Quantize = None,
 ):
     """Measure load time, prompt processing, time to first token, decode speed per batch size and peak memory.
 
@@ -48,10 +48,10 @@ def bench(
 
     resolve(model)  # a model that does not exist is said now, not by the fresh processes timed below
     say = (lambda s: print(f"basecli bench: {s}", file=sys.stderr, flush=True))
-    report = benchmark.run(model, batches=batches, prompt_tokens=prompt_tokens, new_tokens=new_tokens, device=device,
-                           dtype=dtype, engine=engine, quantize=quantize, threads=threads, startup=startup, progress=say)
+    report = benchmark.run(model.model, batches=batches, prompt_tokens=prompt_tokens, new_tokens=new_tokens, device=model.device,
+                           dtype=model.dtype, engine=engine, quantize=model.quantize, threads=threads, startup=startup, progress=say)
     if json_out:
-        sys.stdout.write(json.dumps(report.to_dict()) + "\n")
+        write_json(report.to_dict())
         return
     rows = table_rows(report)
     if sys.stdout.isatty():

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated, List, Optional
 
 import typer
 
 from basecli import options as o
-DEFAULTS = {"max_tokens": 32, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0}
+from basecli.views.records import write_json
+
 SHOT_KEYS = ("input_prefix", "output_prefix", "target_delimiter", "fewshot_delimiter")
 
 
+@o.grouped
 def fewshot(
     args: Annotated[Optional[List[str]], typer.Argument(metavar="TEMPLATE [INPUT]...", help="A template file (or a shipped name like en_ko), then inputs; '-' reads one input per stdin line. With --examples every argument is an input.")] = None,
     input: Annotated[Optional[List[str]], typer.Option("--input", "-i", help="An input (repeatable), same as a positional INPUT.")] = None,
@@ -26,22 +27,10 @@ def fewshot(
     show_prompt: Annotated[bool, typer.Option("--show-prompt", help="Print the rendered prompt with token boundaries marked at the seams, and exit.")] = False,
     json_out: o.Json = False,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON record per input, one per line.")] = False,
-    model: o.Model = None,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", "-n", help="New tokens at most. Default: template, else 32.", rich_help_panel="Sampling")] = None,
-    temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", help="0 = greedy. Default: template, else 0.", rich_help_panel="Sampling")] = None,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Keep the k most likely tokens (0 = off).", rich_help_panel="Sampling")] = None,
-    top_p: Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling (1 = off).", rich_help_panel="Sampling")] = None,
-    min_p: Annotated[Optional[float], typer.Option("--min-p", help="Drop tokens below min-p x p(top) (0 = off).", rich_help_panel="Sampling")] = None,
-    repetition_penalty: Annotated[Optional[float], typer.Option("--repetition-penalty", help="> 1 discourages repeats (1 = off).", rich_help_panel="Sampling")] = None,
-    seed: o.Seed = None,
-    stop: Annotated[Optional[List[str]], typer.Option("--stop", help="Stop text (repeatable; \\n escapes work). Default: template, else a newline.", rich_help_panel="Sampling")] = None,
+    model: o.ModelChoice = o.model_choice(),
+    sampling: o.SamplingFlags = o.template_sampling(max_tokens=32, temperature=0.0, stop=("\n",), fresh_seed=True,
+                                                    help={"stop": "Stop text (repeatable; \\n escapes work). Default: template, else a newline."}),
     truncate: o.Truncate = False,
-    base_url: o.BaseUrl = None,
-    device: o.Device = "auto",
-    dtype: o.Dtype = "auto",
-    quantize: o.Quantize = None,
-    trust_remote_code: o.TrustRemoteCode = False,
-    allow_pickle: o.AllowPickle = False,
 ):
     """Render a few-shot TEMPLATE with each INPUT, complete, and print only the answers.
 
@@ -56,7 +45,6 @@ def fewshot(
       basecli fewshot prompts/en_ko.txt cat --show-prompt
     """
     from basecli.text import templates
-    from basecli.config import SamplingParams, fresh_seed
     from basecli.errors import UsageError
     from basecli.text.inputs import read_text
     from basecli.views import fewshot as view
@@ -90,30 +78,23 @@ def fewshot(
         prompts = [shots.prompt(pairs, x, k) for x in inputs]
         spans = [[(len(p) - len(shots.query(x)) + len(shots.input_prefix), len(p) - len(shots.output_prefix))] for p, x in zip(prompts, inputs)]
 
-    given = {"max_tokens": max_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p,
-             "repetition_penalty": repetition_penalty}
-    chosen = {key: v if v is not None else settings.get(key, DEFAULTS[key]) for key, v in given.items()}
-    stops = tuple(o.unescape(s) for s in stop) if stop is not None else tuple(settings.get("stop", ["\n"]))
-    seed = seed if seed is not None else settings.get("seed", fresh_seed())
-    params = SamplingParams(**chosen, seed=seed, stop=stops)
+    params = sampling.resolve(settings)
 
     if show_prompt:
         from basecli.weights import models
-        source = models.resolve(model)
-        tokenizer = models.tokenizer_for(models.model_dir(source, allow_pickle=allow_pickle), source.name)
+        source = models.resolve(model.model)
+        tokenizer = models.tokenizer_for(models.model_dir(source, allow_pickle=model.allow_pickle), source.name)
         view.show_prompts(tokenizer, prompts, spans)
         return
 
-    from basecli.backends import open_backend
     from basecli.views.records import Timer, completion_record
 
-    backend = open_backend(model, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                           allow_pickle=allow_pickle, quantize=quantize)
-    timer = Timer(getattr(backend, "load_seconds", None))
+    backend = model.open()
+    timer = Timer(backend.load_seconds)
     rows: list[list] = [[] for _ in prompts]
     # one batch, one row per input; every row gets the same seed so a batch equals the single runs
     for ev in backend.stream(prompts, [params] * len(prompts), alternatives=5 if (json_out or jsonl) else 0,
-                             seeds=[seed] * len(prompts), truncate=truncate):
+                             seeds=[params.seed] * len(prompts), truncate=truncate):
         timer.tick()
         rows[ev.row].append(ev)
     answers = [templates.trim_answer("".join(ev.text for ev in evs)) for evs in rows]
@@ -122,9 +103,9 @@ def fewshot(
                                      timings=timer.as_dict(), input=x, answer=a, template=tpl.source if tpl else examples)
                    for p, evs, x, a in zip(prompts, rows, inputs, answers)]
         if jsonl:
-            sys.stdout.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            write_json(*records)
         else:
-            sys.stdout.write(json.dumps(records[0] if len(records) == 1 else records, ensure_ascii=False) + "\n")
+            write_json(records[0] if len(records) == 1 else records)
         return
     view.answers(inputs, answers)
 

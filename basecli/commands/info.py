@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import sys
-
 from basecli import options as o
+from basecli.views.records import write_json
+
+
+@o.grouped
 def info(
-    model: o.Model = None,
+    model: o.ModelChoice = o.model_choice(),
     json_out: o.Json = False,
-    base_url: o.BaseUrl = None,
-    device: o.Device = "auto",
-    dtype: o.Dtype = "auto",
-    quantize: o.Quantize = None,
-    trust_remote_code: o.TrustRemoteCode = False,
-    allow_pickle: o.AllowPickle = False,
 ):
     """Architecture, parameter counts by component, provenance (sha256, licence), tokenizer and the code that runs the model.
 
@@ -24,16 +19,14 @@ def info(
       basecli info -m gpt2 --json | jq .parameters
       basecli info --base-url http://localhost:8000/v1
     """
-    from basecli.backends import open_backend
     from basecli.weights.modelinfo import describe
 
-    backend = open_backend(model, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                           allow_pickle=allow_pickle, quantize=quantize)
-    if not hasattr(backend, "folder"):  # a server: its weights and code are out of sight, only what the API says
+    backend = model.open()
+    if not backend.local:  # a server: its weights and code are out of sight, only what the API says
         return _remote(backend, json_out)
     d = describe(backend)
     if json_out:
-        sys.stdout.write(json.dumps(d, ensure_ascii=False) + "\n")
+        write_json(d)
         return
     from basecli.views import info as view
 
@@ -49,7 +42,7 @@ def _remote(backend, json_out: bool) -> None:
          "load_s": round(backend.load_seconds, 3),
          "not_visible": "architecture, parameters, provenance and code: the server does not expose them"}
     if json_out:
-        sys.stdout.write(json.dumps(d, ensure_ascii=False) + "\n")
+        write_json(d)
         return
     print(f"model: {d['model']}")
     print(f"server: {d['server']['base_url']} ({d['server']['kind']})")

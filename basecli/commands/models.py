@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Annotated, Optional
 
 import typer
+
+from basecli.views.records import write_json
 
 app = typer.Typer(help="List models; save, list and remove remote server profiles.", no_args_is_help=True,
                   context_settings={"help_option_names": ["-h", "--help"]})
@@ -59,7 +60,7 @@ def list_models(json_out: Annotated[bool, typer.Option("--json", help="Print one
     saved = [{"name": p.name, "base_url": p.base_url, "model": p.model, "kind": p.kind, "api_key_env": p.api_key_env,
               "api_key_set": bool(p.api_key_env and os.environ.get(p.api_key_env))} for p in profiles.load_all().values()]
     if json_out:
-        sys.stdout.write(json.dumps({"aliases": aliases, "cached": cached, "profiles": saved}, ensure_ascii=False) + "\n")
+        write_json({"aliases": aliases, "cached": cached, "profiles": saved})
         return
     from basecli.views.models import show_lists
 

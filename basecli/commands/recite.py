@@ -2,30 +2,25 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from typing import Annotated, Optional
 
 import typer
 
 from basecli import options as o
+from basecli.views.records import write_json
+from basecli.config import SamplingParams
+
 ReferenceArg = Annotated[str, typer.Argument(help="The reference text: a file, @FILE, or '-' for stdin.")]
 
 
+@o.grouped
 def recite(
     reference: ReferenceArg,
-    model: o.Model = None,
+    model: o.ModelChoice = o.model_choice(),
     prefix_tokens: Annotated[Optional[int], typer.Option("--prefix-tokens", help="Give the model the first N tokens instead of the first sentence.")] = None,
     samples: Annotated[int, typer.Option("--samples", help="Sample N recitations in one batch (with -t > 0) and report the figures over them.", min=1, max=256)] = 1,
-    temperature: o.Temperature = 0.0,
-    seed: o.Seed = None,
+    params: SamplingParams = o.sampling(only=("temperature", "seed"), temperature=0.0),
     json_out: o.Json = False,
-    base_url: o.BaseUrl = None,
-    device: o.Device = "auto",
-    dtype: o.Dtype = "auto",
-    quantize: o.Quantize = None,
-    trust_remote_code: o.TrustRemoteCode = False,
-    allow_pickle: o.AllowPickle = False,
 ):
     """Continue the first sentence of REFERENCE greedily for as long as the reference, and measure the verbatim overlap.
 
@@ -37,21 +32,17 @@ def recite(
     """
     import time
 
-    from basecli.backends import open_backend
-    from basecli.config import SamplingParams, fresh_seed
     from basecli.errors import UsageError
     from basecli.text.inputs import read_file, read_text
     from basecli.analyses import recitation
-    if samples > 1 and temperature == 0:
+    if samples > 1 and params.temperature == 0:
         raise UsageError(f"--samples {samples} with -t 0 would give {samples} identical greedy recitations; add a temperature, e.g. -t 0.8")
     text = read_text(reference, what="reference") if reference == "-" or reference.startswith("@") else read_file(reference)
     if text.startswith("---\n"):  # a prompts/ template: its body is the reference, the front matter is about it
         from basecli.text.templates import parse
 
         text = parse(text, reference).body
-    params = SamplingParams(temperature=temperature, seed=seed if seed is not None else fresh_seed())
-    backend = open_backend(model, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-                           quantize=quantize)
+    backend = model.open()
     t0 = time.perf_counter()
     rec = recitation.recite(backend, text, prefix_tokens=prefix_tokens, params=params, samples=samples,
                             seeds=[params.seed + i for i in range(samples)])
@@ -63,8 +54,8 @@ def recite(
         record = {"model": backend.name, "prefix": rec.prefix, "reference": rec.reference, "truncated": rec.truncated,
                   "min_run": recitation.MIN_RUN, "params": params.to_dict(),
                   "samples": [recitation.sample_record(tok, rec, s) for s in rec.samples],
-                  "summary": stats, "timings": {"load_s": round(getattr(backend, "load_seconds", 0.0), 3), "total_s": round(total_s, 3)}}
-        sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+                  "summary": stats, "timings": {"load_s": round(backend.load_seconds, 3), "total_s": round(total_s, 3)}}
+        write_json(record)
         return
 
     from basecli.views import recite as view

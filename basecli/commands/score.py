@@ -2,33 +2,26 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from typing import Annotated, List, Optional
 
 import typer
 
 from basecli import options as o
-TextArg = Annotated[Optional[str], typer.Argument(help="The text, '-' for stdin, or @FILE. Read from stdin when omitted and piped.")]
+from basecli.views.records import write_json
 
 MOST_SURPRISING = 10  # positions listed by --alternatives without --at
 
 
+@o.grouped
 def score(
-    text: TextArg = None,
-    model: o.Model = None,
+    text: o.TextArg = None,
+    model: o.ModelChoice = o.model_choice(),
     context: Annotated[Optional[str], typer.Option("--context", help="Condition the first token on this text instead of the model's start token (@FILE works).")] = None,
     alternatives: Annotated[int, typer.Option("--alternatives", help="At the most surprising positions (or --at), show the K tokens the model expected.", min=0, max=20)] = 0,
     at: Annotated[Optional[List[int]], typer.Option("--at", help="Token position to show alternatives for (repeatable; 0 = first token).")] = None,
     stride: Annotated[Optional[int], typer.Option("--stride", help="For text longer than the window: tokens each next window moves on. Default: half the window.")] = None,
     window: Annotated[Optional[int], typer.Option("--window", help="Tokens per forward pass. Default: the model's context window.")] = None,
     json_out: o.Json = False,
-    base_url: o.BaseUrl = None,
-    device: o.Device = "auto",
-    dtype: o.Dtype = "auto",
-    quantize: o.Quantize = None,
-    trust_remote_code: o.TrustRemoteCode = False,
-    allow_pickle: o.AllowPickle = False,
 ):
     """Teacher-forced log-probabilities of every token of TEXT, and its size in bits next to gzip, bz2 and xz.
 
@@ -40,7 +33,6 @@ def score(
     """
     import time
 
-    from basecli.backends import open_backend
     from basecli.analyses.compression import compression_table, summarize
     from basecli.engine.score import plan_windows, start_ids
     from basecli.errors import UsageError
@@ -53,8 +45,7 @@ def score(
         raise UsageError(f"--stride {stride} must be smaller than --window {window} so that the windows overlap; try --stride {max(1, window // 2)}")
     ctx = read_text(context, what="context") if context is not None else None
     k = alternatives or (5 if at else 0)
-    backend = open_backend(model, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-                           quantize=quantize)
+    backend = model.open()
     t0 = time.perf_counter()
     with _progress() as report:
         scored = backend.score(body, context=ctx, alternatives=k, stride=stride, window=window, progress=report)
@@ -79,8 +70,8 @@ def score(
         tokens = [_token_record(tok, t, k) for t in scored]
         record = {"model": backend.name, "text": body, "context": ctx, "start_ids": start_ids(tok, ctx), "tokens": tokens, "summary": s.to_dict(),
                   "compression": comp, "windows": windows,
-                  "timings": {"load_s": round(getattr(backend, "load_seconds", 0.0), 3), "total_s": round(total_s, 3)}}
-        sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+                  "timings": {"load_s": round(backend.load_seconds, 3), "total_s": round(total_s, 3)}}
+        write_json(record)
         return
 
     from basecli.views.render import is_tty

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import itertools
-import json
 import sys
 from typing import Annotated, Optional
 
 import typer
 
 from basecli import options as o
-MAX_ROWS_WITHOUT_YES = 64
+from basecli.views.records import write_json
+from basecli.config import SamplingParams
+from basecli.views.sweep import AXES  # knobs given as lists: sweep's own options, not the Sampling panel's
 
-PromptArg = Annotated[Optional[str], typer.Argument(help="The prompt text, '-' for stdin, or @FILE. Read from stdin when omitted and piped.")]
+MAX_ROWS_WITHOUT_YES = 64
 Temperatures = Annotated[str, typer.Option("--temperature", "-t", help="Comma-separated temperatures: the grid's rows.", rich_help_panel="Axes")]
 TopKs = Annotated[str, typer.Option("--top-k", help="Comma-separated top-k values (0 = off).", rich_help_panel="Axes")]
 TopPs = Annotated[str, typer.Option("--top-p", help="Comma-separated top-p values (1 = off).", rich_help_panel="Axes")]
@@ -44,29 +45,20 @@ def parse_axis(flag: str, text: str, kind: type) -> list:
     return values
 
 
+@o.grouped
 def sweep(
-    prompt: PromptArg = None,
+    prompt: o.PromptArg = None,
     temperature: Temperatures = "0,0.7,1.2",
     top_k: TopKs = "0",
     top_p: TopPs = "1",
     min_p: MinPs = "0",
     samples: Samples = 3,
-    model: o.Model = None,
-    max_tokens: o.MaxTokens = 24,
-    repetition_penalty: o.RepetitionPenalty = 1.0,
-    seed: o.Seed = None,
-    stop: o.Stop = None,
-    ignore_eos: o.IgnoreEos = False,
+    model: o.ModelChoice = o.model_choice(),
+    base: SamplingParams = o.sampling(without=AXES, max_tokens=24),
     jsonl: Jsonl = False,
     yes: Yes = False,
     batch_size: BatchSize = None,
     truncate: o.Truncate = False,
-    base_url: o.BaseUrl = None,
-    device: o.Device = "auto",
-    dtype: o.Dtype = "auto",
-    quantize: o.Quantize = None,
-    trust_remote_code: o.TrustRemoteCode = False,
-    allow_pickle: o.AllowPickle = False,
 ):
     """Run PROMPT under every combination of the given knobs in one batch, and show a grid.
 
@@ -80,9 +72,7 @@ def sweep(
       basecli sweep "Once upon a time" -t 0.7,1.2 --top-p 0.5,0.95 --min-p 0,0.1 -N 2
       basecli sweep "2 + 2 =" -t 0,1 -n 4 --jsonl | jq -c '[.cell.temperature, .completion]'
     """
-    from basecli.backends import open_backend
     from basecli.backends.batching import Sample, collect, note_chunks, seeded, stream_rows
-    from basecli.config import fresh_seed
     from basecli.errors import UsageError
     from basecli.text.inputs import read_text
     from basecli.views.records import Timer, completion_record
@@ -106,17 +96,15 @@ def sweep(
         raise UsageError(f"this sweep is {len(combos)} cells x {samples} samples = {rows_needed} rows, more than "
                          f"{MAX_ROWS_WITHOUT_YES}; pass --yes to run it anyway")
     text = read_text(prompt)
-    base = o.sampling(max_tokens, 1.0, 0, 1.0, 0.0, repetition_penalty, seed, stop, ignore_eos)
-    start = base.seed if base.seed is not None else fresh_seed()
+    start = base.seed
     cells = [view.Cell(dict(zip(view.AXES, combo))) for combo in combos]
     params = seeded([base.with_(**cell.values) for cell in cells for _ in range(samples)], start, repeat=samples)
     rows = [Sample(i, p) for i, p in enumerate(params)]
     for i, s in enumerate(rows):
         cells[i // samples].samples.append(s)
 
-    backend = open_backend(model, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-                           quantize=quantize)
-    timer = Timer(getattr(backend, "load_seconds", None))
+    backend = model.open()
+    timer = Timer(backend.load_seconds)
     events = timer.timed(stream_rows(backend, [text] * len(rows), params, batch_size=batch_size, entropy=True,
                                      alternatives=5 if jsonl else 0, truncate=truncate, on_chunks=note_chunks))
     tty = render.is_tty() and not jsonl
@@ -141,7 +129,7 @@ def sweep(
                                            tokenizer=backend.tokenizer, timings=timings, cell=cell.values, sample=j,
                                            seed=s.params.seed, mean_entropy=_round(_mean(s.entropies)),
                                            mean_logprob=_round(s.mean_logprob))
-                sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+                write_json(record)
         return
     speed = f"{len(rows)} rows in one batch · {timings['tokens']} tokens in {timings['total_s']:.1f} s"
     if not tty:

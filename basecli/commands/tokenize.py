@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from typing import Annotated, List, Optional
@@ -10,6 +9,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from basecli import options as o
+from basecli.views.records import write_json
 TextArg = Annotated[Optional[List[str]], typer.Argument(
     help="The text, '-' for stdin, or @FILE (words are joined with spaces). With --decode: token ids. Read from stdin when omitted and piped.",
     show_default=False)]
@@ -18,11 +18,12 @@ Encoding = Annotated[Optional[str], typer.Option("--encoding", "-e", help="A tik
 DEFAULT_LIMIT = 1000
 
 
+@o.grouped
 def tokenize(
     ctx: typer.Context,
     text: TextArg = None,
     encoding: Encoding = None,
-    model: o.Model = None,
+    choice: o.ModelChoice = o.model_choice("model", "base_url"),
     compare: Annotated[Optional[str], typer.Option("--compare", "-c", metavar="LIST", show_default=False,
                        help="Comma-separated tokenizers to compare on the same text: encodings and model:NAME, e.g. cl100k_base,gpt2,model:smollm2-135m.")] = None,
     ids_out: Annotated[bool, typer.Option("--ids", help="Print only the ids, space separated.")] = False,
@@ -32,7 +33,6 @@ def tokenize(
     allow_special: Annotated[bool, typer.Option("--allow-special", help="Parse special tokens such as <|endoftext|> (default: plain text).")] = False,
     whitespace: Annotated[bool, typer.Option("--whitespace/--no-whitespace", help="Show spaces as ·, newlines as ↵, tabs as →.")] = True,
     limit: Annotated[int, typer.Option("--limit", min=0, help="Show at most this many tokens in the terminal view (0 = all); --ids, --json and --count are never cut.")] = DEFAULT_LIMIT,
-    base_url: o.BaseUrl = None,
 ):
     """Show how TEXT becomes tokens: coloured spans, ids and counts.
 
@@ -48,6 +48,7 @@ def tokenize(
     """
     from basecli.errors import UsageError
 
+    model, base_url = choice.model, choice.base_url
     if model and (encoding or compare) and ctx.get_parameter_source("model").name == "ENVIRONMENT":
         model = None  # BASECLI_MODEL is a default; a tokenizer named on the command line wins
     if sum((ids_out, count, json_out)) > 1:
@@ -75,7 +76,7 @@ def tokenize(
 
     ids, pieces, spans = segment(tok, source, allow_special=allow_special)
     if json_out:
-        sys.stdout.write(json.dumps(record(tok.name, source, ids, pieces, spans), ensure_ascii=False) + "\n")
+        write_json(record(tok.name, source, ids, pieces, spans))
     else:
         _view(tok.name, source, ids, pieces, spans, whitespace, limit)
 
@@ -95,13 +96,13 @@ def _read(text: Optional[List[str]]) -> str:
 
 
 def _tokenizer(encoding: Optional[str], model: Optional[str], base_url: Optional[str] = None):
-    from basecli.text.tokenizers import model_tokenizer, tiktoken_tokenizer
+    from basecli.text.tokenizers import tiktoken_tokenizer
+    from basecli.weights.model_tokenizer import model_tokenizer
 
     if base_url and not encoding:  # --encoding names a local tokenizer, which wins over the server
-        from basecli.backends import open_backend
         from basecli.errors import UsageError
 
-        tok = open_backend(model, base_url=base_url).tokenizer
+        tok = o.ModelChoice(model, base_url).open().tokenizer
         if not tok.available:
             raise UsageError(f"the server at {base_url} has no tokenize endpoint; name a local tokenizer with --encoding "
                              "(or BASECLI_TOKENIZER=MODEL_DIR|ENCODING)")
@@ -111,7 +112,8 @@ def _tokenizer(encoding: Optional[str], model: Optional[str], base_url: Optional
 
 def _spec(spec: str):
     from basecli.errors import UsageError
-    from basecli.text.tokenizers import TIKTOKEN_ENCODINGS, model_tokenizer, tiktoken_tokenizer
+    from basecli.text.tokenizers import TIKTOKEN_ENCODINGS, tiktoken_tokenizer
+    from basecli.weights.model_tokenizer import model_tokenizer
 
     if spec.startswith("model:"):
         return model_tokenizer(spec[len("model:"):] or None)
@@ -143,8 +145,7 @@ def _compare(specs: str, source: str, *, allow_special, count, json_out, ids_out
     if all("error" in b for b in blocks):
         raise UsageError(f"none of the tokenizers in --compare could be loaded ({blocks[0]['error']})")
     if json_out:
-        sys.stdout.write(json.dumps({"text": source, "tokenizers": [{k: v for k, v in b.items() if k != "text"} for b in blocks]},
-                                    ensure_ascii=False) + "\n")
+        write_json({"text": source, "tokenizers": [{k: v for k, v in b.items() if k != "text"} for b in blocks]})
         return
     if count:
         width = max(len(b["tokenizer"]) for b in blocks)
@@ -216,7 +217,7 @@ def _decode(tok, ids: list[int], json_out: bool) -> None:
     data = b"".join(pieces)
     if json_out:
         text = data.decode("utf-8", errors="replace")
-        sys.stdout.write(json.dumps(record(tok.name, text, ids, pieces, char_spans(pieces)), ensure_ascii=False) + "\n")
+        write_json(record(tok.name, text, ids, pieces, char_spans(pieces)))
         return
     sys.stdout.buffer.write(data)
     if sys.stdout.isatty() and not data.endswith(b"\n"):

@@ -241,10 +241,18 @@ def _release(model, *names: str) -> None:
             weights.release(name)
 
 
+def check_model(mode: str, model, device: str) -> None:
+    """What every --quantize mode needs (quant.py's fp16 and int8 too): the CPU, the lean engine, fp32 activations."""
+    if device != "cpu":
+        raise UsageError(f"--quantize {mode} runs on the CPU only; use --device cpu, or leave --quantize (BASECLI_QUANTIZE) unset")
+    if not hasattr(model, "layers"):
+        raise UsageError(f"--quantize {mode} needs basecli's lean engine, which runs Llama-architecture models only; this one runs on transformers' code (leave --quantize unset, and BASECLI_ENGINE unset or lean)")
+    if model.embed.dtype != torch.float32:
+        raise UsageError(f"--quantize {mode} needs float32 activations: use --dtype float32")
+
+
 def check(mode: str, model, device: str) -> None:
     """A UsageError saying what to change, unless `mode` can run for this model here."""
-    from basecli.engine.quant import check_model
-
     check_model(mode, model, device)
     try:
         library()

@@ -70,8 +70,8 @@ def top_p(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """Nucleus sampling: keep the smallest set of most likely tokens whose mass reaches p.
 
     Only the TOP_P_CANDIDATES most likely tokens are sorted when they already hold mass p in
-    every row (sorting all 49k logits of 16 rows took 70-130 ms per step here; the top 1024, a
-    few ms); otherwise the whole vocabulary is sorted.
+    every row (sorting the whole vocabulary of every row each step costs far more: bench/README.md);
+    otherwise the whole vocabulary is sorted.
     """
     probs = logits.softmax(-1)
     k = min(TOP_P_CANDIDATES, logits.shape[-1])
@@ -117,8 +117,8 @@ def sample(logits: torch.Tensor, greedy: torch.Tensor, generators: Sequence[torc
 
     The draw inverts the cumulative distribution at one uniform number from the row's own
     generator, so each row's randomness depends only on its seed, not on its batch. (One
-    number per row: exponential noise over the whole vocabulary, argmax(p / E), cost 1.7 ms
-    per row and step for 49k tokens, more than the rest of sampling together.)
+    number per row: exponential noise over the whole vocabulary, argmax(p / E), costs more
+    than the rest of sampling together.)
     """
     if bool(greedy.all()):
         return logits.argmax(-1)

@@ -1,12 +1,10 @@
-"""Weight-only fp16 and int8 matrices for the lean engine on x86 CPUs (opt-in: BASECLI_QUANTIZE=fp16|int8).
+"""Weight-only fp16 and int8 matrices for the lean engine on x86 CPUs (--quantize fp16|int8, BASECLI_QUANTIZE),
+and the dispatch of every --quantize mode (q4 and q8 are engine/native.py's).
 
 At batch 1 a decode step reads every weight once, so on a CPU its speed is memory bandwidth
-divided by bytes per token: 513 MiB in fp32 for SmolLM2-135M (llama.cpp's Q4_1 file: 94 MiB).
-Measured here (AMD EPYC, AVX2, 1 thread, all 30 layers plus the vocabulary head, matmuls
-only): fp32 45 ms per step at batch 1 and 128 ms at batch 16; fbgemm's fp16 weights 24 and
-66 ms; fbgemm's int8 weights 15 and 35 ms. torch's `_weight_int8pack_mm` and
-`_weight_int4pack_mm_for_cpu` took 10 to 100 times longer than fp32 on this AVX2 CPU (their
-fast kernels need AVX-512), so they are not used.
+divided by bytes per token: fewer bytes per weight, faster steps. fbgemm's fp16 and int8 weight
+kernels are used; torch's `_weight_int8pack_mm` and `_weight_int4pack_mm_for_cpu` were far slower
+than fp32 on an AVX2 CPU (their fast kernels need AVX-512), so they are not (figures: bench/README.md).
 
 - fp16: weights stored in fp16, products and sums in fp32. Within fp16 rounding of fp32.
 - int8: weights per output channel in int8, and every input row quantised to 8 bits on its own
@@ -115,25 +113,13 @@ def linear(x: torch.Tensor, w) -> torch.Tensor:
 
 def check(mode: str, model, device: str) -> None:
     """A UsageError saying what to change, unless `mode` can run for this model here."""
-    if mode not in MODES:
-        raise UsageError(f"unknown quantisation {mode!r} (BASECLI_QUANTIZE); choose one of: {', '.join(MODES)}")
-    check_model(mode, model, device)
-    if mode in NATIVE_MODES:
-        from basecli.engine import native
+    from basecli.engine import native
 
+    if mode in NATIVE_MODES:
         return native.check(mode, model, device)
+    native.check_model(mode, model, device)
     if "fbgemm" not in torch.backends.quantized.supported_engines:
         raise UsageError(f"--quantize {mode} needs torch's fbgemm kernels (x86 CPUs); this torch has none: try q4 or q8")
-
-
-def check_model(mode: str, model, device: str) -> None:
-    """What every mode needs: the CPU, the lean engine, fp32 activations."""
-    if device != "cpu":
-        raise UsageError(f"--quantize {mode} runs on the CPU only; use --device cpu, or leave --quantize (BASECLI_QUANTIZE) unset")
-    if not hasattr(model, "layers"):
-        raise UsageError(f"--quantize {mode} needs basecli's lean engine, which runs Llama-architecture models only; this one runs on transformers' code (leave --quantize unset, and BASECLI_ENGINE unset or lean)")
-    if model.embed.dtype != torch.float32:
-        raise UsageError(f"--quantize {mode} needs float32 activations: use --dtype float32")
 
 
 def apply(model, mode: str) -> None:

@@ -70,8 +70,8 @@ def reachable(url: str) -> str | None:
 
 def _bundled(alias: str):
     """A bundled encoding, loaded through tiktoken's plugin, its ranks then kept in BASECLI_HOME as
-    marshal for `_from_cache`: reading them is about 3x faster than decoding tiktoken's base64 file,
-    a third of `tokenize -e cl100k_base`'s time."""
+    marshal for `_from_cache`: reading them is much faster than decoding tiktoken's base64 file,
+    which was most of `tokenize -e cl100k_base`'s time (bench/README.md)."""
     import marshal
 
     import tiktoken

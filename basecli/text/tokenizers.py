@@ -7,7 +7,6 @@ stands for, so decoding and streaming never depend on a library's text clean-up.
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -197,95 +196,3 @@ def segment(tok: Tokenizer, text: str, *, allow_special: bool = False) -> tuple[
         # a normalizer or SentencePiece's added space: the bytes are not the text's, trust the library
         return ids, pieces, [tuple(s) for s in lib_spans]
     return ids, pieces, char_spans(pieces)
-
-
-# --- only the tokenizer of a model ---------------------------------------------------------------
-
-
-def model_tokenizer(name: str | None) -> HFTokenizer:
-    """The tokenizer of any model basecli can load, without its weights (and, once cached, without torch)."""
-    from basecli import config
-    from basecli.weights import models
-    source = models.resolve(name)
-    label = source.name
-    if source.kind == "dir":
-        return models.tokenizer_for(Path(source.location), label)
-    if source.kind == "hub":
-        return models.tokenizer_for(_hub_tokenizer_files(source.location), label)
-    gguf = models.embedded_gguf() if source.kind == "embedded" else Path(source.location)
-    converted = models.converted_dir(models._cached_sha256(gguf))
-    if models.is_complete(converted):
-        return models.tokenizer_for(converted, label)
-    cached = config.home() / "tokenizers" / converted.name
-    if not (cached / "tokenizer.json").is_file():
-        _extract_gguf_tokenizer(gguf, cached)
-    return models.tokenizer_for(cached, label)
-
-
-def _extract_gguf_tokenizer(gguf: Path, dest: Path) -> None:
-    """Build tokenizer.json from a GGUF's metadata (no weights are read), once: with basecli's
-    converter for byte-level BPE vocabularies (under a second), else with transformers."""
-    import os
-    import shutil
-    import sys
-    import tempfile
-
-    from basecli.weights import gguf_convert
-    print(f"basecli: reading the tokenizer of {gguf.name} once (later runs use the cache)...", file=sys.stderr, flush=True)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=dest.name + ".tmp-"))
-    try:
-        try:
-            gguf_convert.write_tokenizer(gguf, tmp)
-        except gguf_convert.Unsupported:
-            _tokenizer_with_transformers(gguf, tmp)
-        try:
-            os.replace(tmp, dest)
-        except OSError:  # another process finished first
-            if not (dest / "tokenizer.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _tokenizer_with_transformers(gguf: Path, tmp: Path) -> None:
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    tok.save_pretrained(str(tmp))
-    if not (tmp / "tokenizer.json").is_file():
-        raise UsageError(f"{gguf.name}: transformers produced no tokenizer.json; basecli cannot tokenize for this GGUF")
-    # models.tokenizer_for reads the end and start tokens from config.json
-    ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
-    (tmp / "config.json").write_text(json.dumps(ids))
-
-
-def _hub_tokenizer_files(repo_id: str) -> Path:
-    """Download tokenizer.json (and the small configs naming end/start tokens) of a hub model, nothing else."""
-    import os
-
-    from huggingface_hub import constants, hf_hub_download
-
-    from basecli.text.encodings import Unavailable, reachable
-
-    offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
-    try:
-        return Path(hf_hub_download(repo_id, "tokenizer.json", local_files_only=True)).parent
-    except Exception:
-        pass
-    # huggingface_hub retries an unreachable host for about 20 s: find out first, in seconds
-    why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else reachable(constants.ENDPOINT)
-    if why is None:
-        try:
-            path = Path(hf_hub_download(repo_id, "tokenizer.json"))
-        except Exception as e:  # hub errors come in many classes; all mean the same to the user
-            why = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
-    if why is not None:
-        raise Unavailable(f"could not get the tokenizer of {repo_id} from the Hugging Face hub ({why}); "
-                          f"use an encoding (-e cl100k_base) or a local model directory") from None
-    for extra in ("config.json", "generation_config.json"):
-        try:
-            hf_hub_download(repo_id, extra)
-        except Exception:  # optional: without them only the end-of-text token is guessed
-            pass
-    return path.parent

@@ -1,9 +1,18 @@
-"""The JSON record every command prints with --json: one shape, documented in README."""
+"""The JSON output: the completion record that complete, resample, sweep and fewshot print (one shape, documented
+in README; score, recite, info and bench build their own), and the one writer every --json goes through."""
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from typing import Iterable
+
+
+def write_json(*records) -> None:
+    """Each record as one line of strict JSON on stdout (NaN and infinities as null), text as UTF-8
+    rather than \\u escapes."""
+    sys.stdout.write("".join(json.dumps(finite(r), ensure_ascii=False, allow_nan=False) + "\n" for r in records))
 
 
 class Timer:

@@ -6,7 +6,7 @@ import math
 import sys
 import time
 
-from basecli.analyses import analysis
+from basecli.analyses import samples as analysis
 from basecli.views.render import visible
 
 PANEL_MIN_WIDTH = 60  # a panel narrower than this wraps too often to read; wide terminals get several per row

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from basecli.analyses import analysis
+from basecli.analyses import samples as analysis
 AXES = ("temperature", "top_k", "top_p", "min_p")  # the order cells are made in: temperature varies slowest
 LABELS = {"temperature": "t", "top_k": "top-k", "top_p": "top-p", "min_p": "min-p"}
 MIN_CELL_WIDTH = 18  # narrower than this a grid is unreadable: cells are stacked instead

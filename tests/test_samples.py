@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from basecli.analyses.analysis import best, distinct, diversity, first_divergence, prefix_tree
+from basecli.analyses.samples import best, distinct, diversity, first_divergence, prefix_tree
 from basecli.backends.batching import chunks
 
 # (sequences, expected tree as (tokens, samples, ends, children)); children are ordered by
