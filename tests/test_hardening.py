@@ -109,7 +109,7 @@ def tiny_gguf(tmp_path_factory):
 def _converted(gguf) -> Path:
     from basecli.weights import models
 
-    return models.converted_dir(models._cached_sha256(gguf))
+    return models.converted_dir(models.cached_sha256(gguf))
 
 
 def test_a_damaged_converted_cache_is_rebuilt(tiny_gguf):

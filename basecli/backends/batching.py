@@ -67,7 +67,8 @@ class Sample:
 
 def seeded(params: Sequence[SamplingParams], seed: int, *, repeat: int | None = None) -> list[SamplingParams]:
     """Row i gets seed + i; with `repeat`, the seed cycles so sample j of every cell uses seed + j."""
-    return [p.with_(seed=seed + (i % repeat if repeat else i)) for i, p in enumerate(params)]
+    # past the largest seed (2**63 - 1) the row seeds wrap around to 0, so every --seed is usable with any -N
+    return [p.with_(seed=(seed + (i % repeat if repeat else i)) % 2**63) for i, p in enumerate(params)]
 
 
 def bytes_per_row(model, prompt_tokens: int, max_tokens: int) -> int:

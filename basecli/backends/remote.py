@@ -300,6 +300,12 @@ class RemoteBackend(Backend):
             broken = str(e)
         except StreamBroken as e:
             broken = str(e)
+        except KeyboardInterrupt:  # the tokens held back for the closing chunk are the user's too
+            for r in rows.values():
+                if r.held is not None:
+                    held, r.held = r.held, None
+                    yield held
+            raise
         finally:
             resp.close()
         left = [r for r in rows.values() if not r.finished]

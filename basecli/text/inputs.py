@@ -92,3 +92,29 @@ def read_stream(f, source: str, limit: int | None = None) -> str:
     except UnicodeDecodeError:
         raise UsageError(f"{source} is not valid UTF-8 (it ends inside a character); convert it, e.g. with iconv -t utf-8") from None
     return "".join(parts)
+
+
+def read_lines(f, source: str = "stdin"):
+    """Lines of UTF-8 text from a binary stream, each yielded as it arrives (a conversation piped in
+    line by line is answered line by line), each checked and bounded like read_stream."""
+    limit = max_bytes()
+    n = 0
+    while True:
+        line = f.readline(limit + 1)
+        if not line:
+            return
+        n += 1
+        if len(line) > limit:
+            raise UsageError(f"{source} line {n} is longer than {limit / (1 << 20):g} MiB; raise BASECLI_MAX_INPUT_MB to allow it")
+        yield read_stream(_Once(line), f"{source} line {n}", limit)
+
+
+class _Once:
+    """One bytes value read as a stream."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def read(self, _n: int) -> bytes:
+        data, self.data = self.data, b""
+        return data
