@@ -29,7 +29,7 @@ def tokenize(
     ids_out: Annotated[bool, typer.Option("--ids", help="Print only the ids, space separated.")] = False,
     count: Annotated[bool, typer.Option("--count", help="Print only the number of tokens.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print per token id, text, bytes (hex) and start/end offsets, plus the counts.")] = False,
-    decode: Annotated[bool, typer.Option("--decode", "-d", help="Turn ids (arguments or stdin, any separators) back into text, byte for byte.")] = False,
+    decode: Annotated[bool, typer.Option("--decode", "-d", help="Turn ids (arguments or stdin, any separators) back into text, byte for byte, ended by a newline unless it has one (--json for the exact text).")] = False,
     allow_special: Annotated[bool, typer.Option("--allow-special", help="Parse special tokens such as <|endoftext|> (default: plain text).")] = False,
     whitespace: Annotated[bool, typer.Option("--whitespace/--no-whitespace", help="Show spaces as ·, newlines as ↵, tabs as →.")] = True,
     limit: Annotated[int, typer.Option("--limit", min=0, help="Show at most this many tokens in the terminal view (0 = all); --ids, --json and --count are never cut.")] = DEFAULT_LIMIT,

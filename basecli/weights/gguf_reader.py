@@ -94,7 +94,7 @@ class GGUFFile:
         align = int(self.metadata.get("general.alignment", 32))
         data = (pos + align - 1) // align * align
         self.tensors = [TensorInfo(n, s, t, data + off, byte_count(t, prod(s))) for n, s, t, off in table]
-        end = max((t.start + t.nbytes for t in self.tensors), default=data)
+        end = max((t.start + t.nbytes for t in self.tensors), default=0)
         if end > len(self._map):
             raise BrokenGGUF(f"{self.path} is truncated: its tensors need {end} bytes but the file has {len(self._map)}; "
                              f"download it again")
