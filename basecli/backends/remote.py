@@ -127,7 +127,7 @@ class RemoteBackend(Backend):
         try:
             data = self.transport.get_json("/models")
         except RemoteError as e:
-            if "404" in str(e):  # some providers have no model list; --model then names it
+            if e.status == 404:  # some providers have no model list; --model then names it (not "404" in a port number)
                 return []
             raise
         return shapes.listed_models(data, f"{self.base_url}/models")

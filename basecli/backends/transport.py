@@ -22,7 +22,10 @@ MAX_BODY = 256 << 20  # a JSON answer larger than this is not one basecli asked 
 
 
 class RemoteError(BasecliError):
-    """The server refused or could not be reached. 4xx (the request itself) exits 2, the rest 1."""
+    """The server refused or could not be reached. 4xx (the request itself) exits 2, the rest 1.
+    `status` is the HTTP status the server answered, None when it did not answer."""
+
+    status: int | None = None
 
 
 class StreamBroken(Exception):
@@ -131,7 +134,9 @@ class Transport:
             elif resp.status_code == 404:
                 hint = " (check --base-url, which usually ends in /v1, and --model)"
             code = 2 if 400 <= resp.status_code < 500 and resp.status_code != 429 else 1
-            raise RemoteError(f"{url} answered {status}: {message}{hint}", exit_code=code)
+            error = RemoteError(f"{url} answered {status}: {message}{hint}", exit_code=code)
+            error.status = resp.status_code
+            raise error
         raise RemoteError(f"{url}: no answer after {self.retries} retries")
 
     def _backoff(self, attempt: int) -> float:
