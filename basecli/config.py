@@ -94,9 +94,10 @@ class SamplingParams:
 
 
 def quantize_mode(mode: str | None, where: str = "--quantize") -> str | None:
-    """`mode` if it names a weight format (None: none asked for), else a UsageError naming the choices."""
-    if mode is not None and mode not in QUANTIZE_MODES:
-        raise UsageError(f"unknown quantisation {mode!r} ({where}); choose one of: {', '.join(QUANTIZE_MODES)}")
+    """`mode` if it names a weight format (None: none asked for; "none": the dequantised weights, not the
+    GGUF's own blocks), else a UsageError naming the choices."""
+    if mode is not None and mode not in (*QUANTIZE_MODES, "none"):
+        raise UsageError(f"unknown quantisation {mode!r} ({where}); choose one of: {', '.join(QUANTIZE_MODES)}, none")
     return mode
 
 

@@ -53,12 +53,13 @@ class ModelChoice:
     trust_remote_code: bool = False
     allow_pickle: bool = False
 
-    def open(self):
-        """The backend: a server for --base-url or a saved profile, else the local model (basecli.backends.Backend)."""
+    def open(self, *, prefix_cache: bool = False):
+        """The backend: a server for --base-url or a saved profile, else the local model (basecli.backends.Backend).
+        `prefix_cache`: a local model keeps recent prompts' keys and values between generations (loom)."""
         from basecli.backends import open_backend
 
         return open_backend(self.model, base_url=self.base_url, device=self.device, dtype=self.dtype, quantize=self.quantize,
-                            trust_remote_code=self.trust_remote_code, allow_pickle=self.allow_pickle)
+                            trust_remote_code=self.trust_remote_code, allow_pickle=self.allow_pickle, prefix_cache=prefix_cache)
 
 
 MODEL_OPTIONS = {
@@ -72,7 +73,8 @@ MODEL_OPTIONS = {
                        rich_help_panel="Model")],
     "quantize": Annotated[Optional[str], typer.Option("--quantize", envvar="BASECLI_QUANTIZE", show_envvar=True, callback=_quantize,
                           help="Weight format of a local Llama on the CPU (lean engine, fp32): q4 or q8 (basecli's own kernels; "
-                               "q4 is the embedded GGUF's own format, about 7x faster than fp32), fp16 or int8 (torch fbgemm).",
+                               "q4 is the embedded GGUF's own format, about 7x faster than fp32), fp16 or int8 (torch fbgemm), "
+                               "none (dequantised). Default: a GGUF's own blocks where a kernel runs them (`info` says which).",
                           rich_help_panel="Model")],
     "trust_remote_code": Annotated[bool, typer.Option("--trust-remote-code", help="Run model code from the hub (only if you trust it).",
                                    rich_help_panel="Model")],

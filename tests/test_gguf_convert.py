@@ -30,9 +30,11 @@ TEXTS = [
 ]
 
 
-def write_tiny_gguf(path: Path, *, tied: bool, pre: str, add_bos: bool, endoftext: bool, arch: str = "llama") -> Path:
+def write_tiny_gguf(path: Path, *, tied: bool, pre: str, add_bos: bool, endoftext: bool, arch: str = "llama",
+                    layer_type=None) -> Path:
     """A 2-layer Llama (or Qwen2: with q/k/v biases) GGUF with random weights in F32, F16, BF16, Q8_0,
-    Q4_0, Q4_1 and Q5_0, and a real BPE vocabulary."""
+    Q4_0, Q4_1 and Q5_0 (or every layer matrix in `layer_type`, as llama.cpp's pure quantisations), and a
+    real BPE vocabulary."""
     from gguf import GGMLQuantizationType as T
     from gguf import GGUFWriter
     from gguf.quants import quantize
@@ -73,6 +75,8 @@ def write_tiny_gguf(path: Path, *, tied: bool, pre: str, add_bos: bool, endoftex
     rng = np.random.default_rng(0)
 
     def add(name, rows, cols=None, qtype=None, scale=0.2):
+        if layer_type is not None and name.startswith("blk.") and cols is not None:
+            qtype = layer_type
         value = (1 + 0.1 * rng.standard_normal(rows) if cols is None else rng.standard_normal((rows, cols)) * scale).astype(np.float32)
         if qtype == T.F16:
             w.add_tensor(name, value.astype(np.float16))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from basecli.config import SamplingParams
-from basecli.engine.loop import TextStream, generate
+from basecli.engine.loop import TextStream, cache_keyword, generate
 
 PROMPTS = ["The quick brown fox", "Hello world! 안녕", "def add(a, b):\n"]
 
@@ -107,6 +107,8 @@ class _FixedModel(torch.nn.Module):
         return self.inner.get_output_embeddings()
 
     def forward(self, **kw):
+        if "past_key_values" in kw:  # the loop cannot see through **kw: pass the cache by the name the inner model takes
+            kw[cache_keyword(self.inner)] = kw.pop("past_key_values")
         out = self.inner(**kw)
         out.logits[..., self.prefer] = 1e4
         return out

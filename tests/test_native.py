@@ -128,11 +128,13 @@ def assert_blocks_match_reference(blocks: torch.Tensor, w: np.ndarray, kind: int
 
 
 def ref_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each row's 32-blocks as int8: scale d = max|x| / 127, q = round(x / d) (as x * (1/d) in float32), s = sum."""
+    """Each row's 32-blocks as int8: scale d = max|x| / 127, q = round(x / d) (as x * (1/d) in float32), s = d * sum(q)
+    (llama.cpp's Q8_1: the sum of the rounded inputs)."""
     b = np.ascontiguousarray(x, dtype=np.float32).reshape(x.shape[0], -1, 32)
     d = np.abs(b).max(-1, keepdims=True) / np.float32(127)
     inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
-    return d, np.rint(b * inv), b.astype(np.float64).sum(-1, keepdims=True)
+    q = np.rint(b * inv)
+    return d, q, d.astype(np.float64) * q.sum(-1, keepdims=True)
 
 
 def ref_linear(blocks: torch.Tensor, kind: int, x: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:

@@ -93,7 +93,7 @@ def test_cli_samples_are_a_batch_of_draws(tiny_dirs, tiny_backends, tmp_path):
     assert len({s["completion"] for s in rec["samples"]}) > 1  # draws, not three copies of the greedy text
     runs = [s["longest_run_tokens"] for s in rec["samples"]]
     assert rec["summary"]["longest_run_tokens"]["mean"] == pytest.approx(sum(runs) / 3)
-    again = invoke("recite", str(ref), "-m", str(tiny_dirs["llama"]), "--samples", "3", "-t", "1.5", "-s", "5", "--json")[1]
+    again = invoke("recite", str(ref), "-m", str(tiny_dirs["llama"]), "--samples", "3", "-t", "1.5", "-s", "5", "--json").stdout
     assert [s["completion"] for s in json.loads(again)["samples"]] == [s["completion"] for s in rec["samples"]]
     code, out, err = invoke("recite", str(ref), "-m", str(tiny_dirs["llama"]), "--prefix-tokens", "4", "--json")
     assert code == 0, err

@@ -121,7 +121,9 @@ def test_bad_input_is_a_usage_error(tiny_backends, text, kw, needle):
 
 
 def test_cli_json_matches_the_backend(tiny_dirs, tiny_backends):
-    code, out, err = invoke("score", TEXT, "-m", str(tiny_dirs["llama"]), "--json", "--alternatives", "2", "--window", "12", "--stride", "4")
+    # the backend it is compared with runs fp32; the CLI's own dtype (auto: bf16 on some CPUs) is test_matrix's to check
+    code, out, err = invoke("score", TEXT, "-m", str(tiny_dirs["llama"]), "--json", "--alternatives", "2", "--window", "12", "--stride", "4",
+                            "--dtype", "float32")
     assert code == 0, err
     rec = json.loads(out)
     want = tiny_backends["llama"].score(TEXT, alternatives=2, window=12, stride=4)

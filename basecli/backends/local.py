@@ -39,14 +39,19 @@ def pick_device(name: str = "auto") -> str:
     return name
 
 
-def cpu_has_bf16() -> bool:
-    """Native bf16 matmuls (AVX512-BF16 or AMX on x86; bf16 on recent Arm)."""
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them (x86 "flags", Arm "Features"); empty elsewhere."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            lines = [line for line in f if line.startswith(("flags", "Features"))][:1]
     except OSError:
-        return False
-    return any(flag in flags for flag in (" avx512_bf16", " amx_bf16", " bf16"))
+        return set()
+    return set(lines[0].partition(":")[2].split()) if lines else set()
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmuls (AVX512-BF16 or AMX on x86; bf16 on recent Arm)."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def pick_threads() -> int | None:
@@ -109,7 +114,7 @@ class LocalBackend(Backend):
     local = True
     def __init__(self, model: str | None = None, *, device: str = "auto", dtype: str = "auto",
                  trust_remote_code: bool = False, allow_pickle: bool = False, engine: str | None = None,
-                 quantize: str | None = None):
+                 quantize: str | None = None, prefix_cache: bool = False):
         t0 = time.perf_counter()
         # the argument wins, else BASECLI_QUANTIZE; checked now, not after the weights have loaded
         if quantize:
@@ -123,18 +128,26 @@ class LocalBackend(Backend):
         self.tokenizer = models.tokenizer_for(self.folder, self.name)
         return_free_memory()  # before the weights arrive, or the peak is already set
         import_torch()  # after the tokenizer: the other way round left 5 MiB more in the heap at the peak
+        self.engine = engine or os.environ.get("BASECLI_ENGINE") or "auto"
+        if self.engine not in ENGINES:
+            raise UsageError(f"unknown engine {self.engine!r} (BASECLI_ENGINE); choose one of: {', '.join(ENGINES)}")
         # 4/8-bit and fbgemm weights run on the CPU with fp32 activations only: that is what auto means with them
-        if self.quantize:
-            device, dtype = ("cpu" if device == "auto" else device), ("float32" if dtype == "auto" else dtype)
-        self.device = pick_device(device)
+        self.device = pick_device("cpu" if self.quantize not in (None, "none") and device == "auto" else device)
+        from basecli.backends import weight_path
+
+        self.weight_path = weight_path.choose(self.source, self.folder, quantize=self.quantize, device=self.device,
+                                              dtype=dtype, engine=self.engine)
+        self.quantize = self.weight_path.quantize
+        if self.weight_path.default and not native_builds():
+            self.weight_path = weight_path.WeightPath(None, "dequantised: basecli's kernels do not build here (no C compiler)")
+            self.quantize = None
+            print("basecli: note: no C compiler to build basecli's kernels, so the GGUF's weights run dequantised "
+                  "(slower); install gcc (or set CC) for its own block formats", file=sys.stderr)
         if self.device == "cpu" and (threads := pick_threads()):
             import torch
 
             torch.set_num_threads(threads)
-        self.dtype = pick_dtype(dtype, self.device)
-        self.engine = engine or os.environ.get("BASECLI_ENGINE") or "auto"
-        if self.engine not in ENGINES:
-            raise UsageError(f"unknown engine {self.engine!r} (BASECLI_ENGINE); choose one of: {', '.join(ENGINES)}")
+        self.dtype = pick_dtype("float32" if self.quantize and dtype == "auto" else dtype, self.device)
         self.model = None
         if self.engine != "transformers":
             self.model = load_lean(self.folder, self.dtype, self.device, quiet=self.engine == "auto", populate=not self.quantize,
@@ -143,12 +156,21 @@ class LocalBackend(Backend):
         if self.model is None:
             self.engine = "transformers"
             self.model = load_weights(self.folder, self.dtype, self.device, trust_remote_code, allow_pickle)
+            if self.weight_path.default:  # the file's blocks need the lean engine, which does not run this architecture
+                self.weight_path = weight_path.WeightPath(None, "dequantised: basecli's kernels run Llama-architecture models only")
+                self.quantize = None
         if self.quantize:  # engine/quant.py (fp16, int8) or engine/native.py (q4, q8): lean engine, CPU, fp32
             from basecli.engine import quant
 
             quant.apply(self.model, self.quantize)
         cfg = self.model.config
         self.context_length = int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 1024))
+        # kept between generations on request (loom): a prompt that extends an earlier one reads only what is new
+        self.prefix_cache = None
+        if prefix_cache:
+            from basecli.engine.prefix_cache import PrefixCache
+
+            self.prefix_cache = PrefixCache()
         self.load_seconds = time.perf_counter() - t0
 
     def encode(self, text: str, *, truncate: bool = False, reserve: int = 1) -> list[int]:
@@ -182,7 +204,7 @@ class LocalBackend(Backend):
             print(f"basecli: warning: the prompt leaves room for {cut[0][1]} of the {cut[0][0]} new tokens asked for "
                   f"({self.name}'s context window is {self.context_length})", file=sys.stderr)
         return self._checked(generate(self.model, self.tokenizer, encoded, fitted, alternatives=alternatives, entropy=entropy,
-                                      seeds=seeds))
+                                      seeds=seeds, prefix_cache=self.prefix_cache))
 
     def _checked(self, events):
         """The events; damaged weights (NaN logits) named with the directory they came from."""
@@ -244,6 +266,17 @@ def native_converter(quantize: str | None, device: str, dtype):
     from basecli.engine import native
 
     return native.converter(quantize)
+
+
+def native_builds() -> bool:
+    """Whether basecli's kernels are built, or can be built, here."""
+    from basecli.engine import native
+
+    try:
+        native.library()
+    except native.NativeUnavailable:
+        return False
+    return True
 
 
 def load_lean(folder, dtype, device: str, *, quiet: bool, populate: bool = True, convert=None):

@@ -86,6 +86,8 @@ class KVCache:
 
     def batch_select_indices(self, rows: torch.Tensor) -> None:
         """Keep only `rows` (finished rows leave the batch)."""
+        if self.k is None:  # rows that ended on their first token, right after a shared prefill: nothing per row yet
+            return
         self.k, self.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
 
     def batch_repeat_interleave(self, n: int) -> None:
@@ -270,18 +272,22 @@ def shared_prefix_attention(q: torch.Tensor, cache: KVCache, layer: int, held: i
     o1, lse1 = flash(rows, cache.prefix_k[layer], cache.prefix_v[layer])
     o1, lse1 = o1.view(kv, batch, -1, hd).transpose(0, 1), lse1.view(kv, batch, -1).transpose(0, 1)
     o2, lse2 = flash(q, cache.k[layer, :, :, :held], cache.v[layer, :, :, :held])
-    lse = torch.logaddexp(lse1, lse2)
-    o = o1 * (lse1 - lse).exp_()[..., None] + o2 * (lse2 - lse).exp_()[..., None]
-    return o.reshape(batch, heads * hd)
+    lse = torch.logaddexp(lse1, lse2)  # fp32 whatever the model's dtype: the flash kernel returns its lse so
+    # the merge is done in fp32 and the result handed back in the dtype of the weights it meets next
+    # (bf16 outputs times fp32 weights made an fp32 tensor, which crashed the bf16 o_proj matmul)
+    o = o1.float() * (lse1 - lse).exp_()[..., None] + o2.float() * (lse2 - lse).exp_()[..., None]
+    return o.to(q.dtype).reshape(batch, heads * hd)
 
 
 def attention_bias(keys: torch.Tensor, steps: int) -> torch.Tensor | None:
-    """Boolean (B, 1, T, L) mask: a query sees real keys up to itself. None when nothing is masked but causality.
+    """Boolean (B, 1, T, L) mask: a query sees real keys up to itself. None when nothing is masked but causality
+    and the queries are all the keys (SDPA's is_causal aligns its triangle top-left: wrong for queries that
+    follow cached keys, as the prefix cache's reads do).
 
     A padding query sees itself too, so its softmax never has an empty row (NaN that would
     flow into later layers' keys); no real query ever sees a padding key.
     """
-    if bool(keys.all()):
+    if (steps == 1 or steps == keys.shape[1]) and bool(keys.all()):
         return None
     total = keys.shape[1]
     cols = torch.arange(total, device=keys.device)

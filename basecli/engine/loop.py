@@ -75,6 +75,18 @@ def new_cache(model):
     return DynamicCache()
 
 
+def cache_keyword(model) -> str:
+    """The name the model's forward takes its KV cache by: `cache` in transformers from 5.x (which warns
+    that `past_key_values` goes away in 5.40), `past_key_values` before that and in engine/lean.py."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def select_cache(cache, rows: torch.Tensor) -> None:
     """Drop finished rows from a transformers KV cache in place."""
     if hasattr(cache, "batch_select_indices"):
@@ -93,11 +105,13 @@ def generate(
     alternatives: int = 0,
     entropy: bool = False,
     seeds: Sequence[int] | None = None,
+    prefix_cache=None,
 ) -> Iterator[Event]:
     """Sample continuations of every prompt (token ids) with its own settings, one Event at a time.
 
     `seeds[i]` (else params[i].seed, else fresh randomness) seeds row i's own generator,
-    so a row's sample does not depend on the other rows in the batch.
+    so a row's sample does not depend on the other rows in the batch. With a `prefix_cache`
+    (engine/prefix_cache.py), rows of one prompt start from what it kept of an earlier prompt.
     """
     assert len(prompts) == len(params) and all(len(p) > 0 for p in prompts)
     device = model.device
@@ -122,14 +136,17 @@ def generate(
     streams = [TextStream(p.stop) for p in params]
     live = list(range(batch))  # batch position -> original row
     cache = new_cache(model)
+    with_cache = {cache_keyword(model): cache, "use_cache": True}  # looked up once per call, not per step
     shared = batch > 1 and all(list(p) == list(prompts[0]) for p in prompts[1:])
-    if shared:  # resample: one prefill, its cache copied to every row
-        out = model(input_ids=ids[:1], attention_mask=mask[:1], position_ids=positions[:1], past_key_values=cache,
-                    use_cache=True, logits_to_keep=1)
+    if prefix_cache is not None and (shared or batch == 1):
+        cache, logits = prefix_cache.prefill(model, prompts[0], batch)
+        with_cache[cache_keyword(model)] = cache
+    elif shared:  # resample: one prefill, its cache copied to every row
+        out = model(input_ids=ids[:1], attention_mask=mask[:1], position_ids=positions[:1], logits_to_keep=1, **with_cache)
         cache.batch_repeat_interleave(batch)
         logits = out.logits[:, -1, :].float().expand(batch, -1).contiguous()
     else:
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, **with_cache)
         logits = out.logits[:, -1, :].float()
     if bool((logits.isnan() | logits.isposinf()).any()):
         raise NonFinite("the model's first step gave NaN or infinite logits: its weights are damaged")
@@ -180,7 +197,7 @@ def generate(
         if seen is not None:
             seen.scatter_(1, tokens[:, None], True)
         mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
-        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True)
+        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos, **with_cache)
         logits = out.logits[:, -1, :].float()
         next_pos = next_pos + 1
 

@@ -19,7 +19,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+/* -DBASECLI_PORTABLE (BASECLI_NATIVE_BUILD=portable) keeps the plain C loops on any CPU, so tests compare them with the SIMD ones */
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(BASECLI_PORTABLE)
 #include <immintrin.h>
 #define BASECLI_AVX2 1
 #endif
@@ -54,7 +55,11 @@ void basecli_profile(double *out) {
 
 typedef struct { uint16_t d, m; uint8_t qs[QK / 2]; } block_q4_1;  /* element j in the low nibble of qs[j], j+16 in its high nibble */
 typedef struct { uint16_t d; int8_t qs[QK]; } block_q8_0;
-typedef struct { float d, s; int8_t qs[QK]; } block_act;           /* an activation block; s = sum of its 32 inputs */
+/* an activation block; s = d * the sum of its 32 int8 values, as llama.cpp's Q8_1: a Q4_1 product is then
+ * d_w d Σ q_w q + m s = Σ (d_w q_w + m) (d q), the weights times the rounded inputs, whose errors the centred
+ * weights cancel; with the inputs' exact sum, the rounding errors met the uncentred q_w (0..15) alone,
+ * about twice the error, and several times llama.cpp's KL from fp32 (bench/README.md, accuracy) */
+typedef struct { float d, s; int8_t qs[QK]; } block_act;
 
 enum { Q4_1 = 0, Q8_0 = 1 };
 
@@ -199,18 +204,20 @@ static void quantize_act_row(const float *x, block_act *y, int64_t n) {
         m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
         float d = _mm_cvtss_f32(m4) / 127.0f, id = d ? 1.0f / d : 0.0f;
         y->d = d;
-        y->s = hsum(_mm256_add_ps(_mm256_add_ps(v0, v1), _mm256_add_ps(v2, v3)));
         __m256 vid = _mm256_set1_ps(id);  /* cvtps rounds to nearest even, as lrintf does */
         __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, vid)), i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, vid));
         __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, vid)), i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, vid));
+        /* |sum| <= 32 * 127: exact in fp32, in any order */
+        y->s = d * hsum(_mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3))));
         __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));  /* packs work per 128-bit lane */
         _mm256_storeu_si256((__m256i *)y->qs, _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
 #else
-        float amax = 0, s = 0;
-        for (int j = 0; j < QK; j++) { float a = fabsf(x[j]); amax = a > amax ? a : amax; s += x[j]; }
+        float amax = 0;
+        for (int j = 0; j < QK; j++) { float a = fabsf(x[j]); amax = a > amax ? a : amax; }
         float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
-        y->d = d; y->s = s;
-        for (int j = 0; j < QK; j++) y->qs[j] = (int8_t)lrintf(x[j] * id);
+        int sum = 0;
+        for (int j = 0; j < QK; j++) { y->qs[j] = (int8_t)lrintf(x[j] * id); sum += y->qs[j]; }
+        y->d = d; y->s = d * (float)sum;
 #endif
     }
 }

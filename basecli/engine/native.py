@@ -45,7 +45,23 @@ FLAG_SETS = (  # the first that compiles is used: OpenMP threads and this CPU's 
     ["-O3", "-ffp-contract=off"],
 )
 
+# BASECLI_NATIVE_BUILD: which code paths of native.c to build. native (the default): this CPU's vector units
+# (-march=native: the AVX2 intrinsics, compiled with AVX-512 where the CPU has it); avx2: AVX2, FMA and F16C
+# only, as on CPUs without AVX-512; portable: the plain C loops, as on CPUs without AVX2 or other
+# architectures. Tests build each one and check that they give the same tokens.
+BUILDS = ("native", "avx2", "portable")
+
 _lib = None
+
+
+def flag_sets(build: str = "native") -> tuple[list[str], ...]:
+    """FLAG_SETS for one of BUILDS."""
+    if build not in BUILDS:
+        raise UsageError(f"unknown BASECLI_NATIVE_BUILD {build!r}; choose one of: {', '.join(BUILDS)}")
+    if build == "native":
+        return FLAG_SETS
+    isa = ["-mavx2", "-mfma", "-mf16c"] if build == "avx2" else ["-DBASECLI_PORTABLE"]
+    return tuple([*flags, *isa] for flags in FLAG_SETS if "-march=native" not in flags)
 
 
 class NativeUnavailable(Exception):
@@ -55,12 +71,14 @@ class NativeUnavailable(Exception):
 def library() -> ctypes.CDLL:
     """The compiled kernels, built on first use (about a second) and kept in BASECLI_HOME.
 
-    BASECLI_NATIVE_PROFILE=1 builds them with -DBASECLI_PROFILE (see `profile`).
+    BASECLI_NATIVE_PROFILE=1 builds them with -DBASECLI_PROFILE (see `profile`); BASECLI_NATIVE_BUILD picks
+    the code paths (BUILDS).
     """
     global _lib
     if _lib is None:
         extra = ["-DBASECLI_PROFILE"] if os.environ.get("BASECLI_NATIVE_PROFILE") else []
-        _lib = load(build(tuple([*flags, *extra] for flags in FLAG_SETS)))
+        sets = flag_sets(os.environ.get("BASECLI_NATIVE_BUILD") or "native")
+        _lib = load(build(tuple([*flags, *extra] for flags in sets)))
     return _lib
 
 

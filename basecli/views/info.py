@@ -29,6 +29,8 @@ def show(d: dict) -> None:
         from basecli.weights.modelinfo import weights_summary
 
         runtime = [("dtype", f"{r['dtype']} (activations)"), ("weights", f"{r['quantize']}: {weights_summary(r['weights'])}")]
+    if r.get("weight_path"):
+        runtime.append(("weights from", r["weight_path"]))
     print_facts("runtime", runtime + [("device", r["device"]), ("memory", _mb(r["memory_bytes"]) + " (weights and buffers)"),
                                       ("load time", f"{r['load_s']:.2f} s")])
     src = [("from", s["location"] if s["kind"] == "hub" else s.get("file") or s["location"]), ("kind", s["kind"])]

@@ -163,7 +163,8 @@ def describe(backend) -> dict:
         "runtime": {"dtype": str(dtype).removeprefix("torch."), "device": str(model.device), "memory_bytes": memory_bytes(model),
                     "load_s": round(backend.load_seconds, 3),
                     # dtype is the activations' and the plain tensors'; quantised matrices have their own formats
-                    "quantize": getattr(model, "quantized", None), "weights": weight_formats(model)},
+                    "quantize": getattr(model, "quantized", None), "weights": weight_formats(model),
+                    "weight_path": getattr(getattr(backend, "weight_path", None), "why", None)},  # which weights run, and why
         "source": provenance(backend.source, backend.folder),
         "tokenizer": tokenizer_info(backend.tokenizer),
         "code": code_info(model),
