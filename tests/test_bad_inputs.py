@@ -370,7 +370,21 @@ SILENTLY_WRONG = [  # things that used to be accepted and do something else than
     C("fewshot", "{tpl}", *TINY, stdin=b"caf\xe9\n", says="not valid UTF-8"),
 ]
 
-CASES = TEXT + NUMBERS + FILES + ENV + SERVERS + SILENTLY_WRONG
+LOOM = [
+    C("loom", "{tree_list}", "--print", says="not a loom tree"),
+    C("loom", "{tree_broken}", "--print", says="not valid JSON"),
+    C("loom", "{missing}", "--print", says="TREE.json"),
+    C("loom", "{nul}", "--print", says=""),
+    C("loom", "caf\udce9", "--expand", "1", "--jsonl", *TINY, says="not valid UTF-8"),
+    C("loom", "@/dev/zero", "--expand", "1", "--jsonl", *TINY, says="NUL"),
+    C("loom", "x", "--expand", "-1", "--jsonl", *TINY, says="--expand"),
+    C("loom", "x", "--expand", "2", "--depth", "0", "--jsonl", *TINY, says="--depth"),
+    C("loom", "x", "--expand", "1", "--jsonl", "-t", "-1", *TINY, says="--temperature"),
+    C("loom", "x", "--expand", "1", "--jsonl", "-s", "18446744073709551616", *TINY, says="--seed"),
+    C("loom", "x", "--expand", "1", "--jsonl", "-m", "{gguf_trunc}", says="truncated"),
+]
+
+CASES = TEXT + NUMBERS + FILES + ENV + SERVERS + SILENTLY_WRONG + LOOM
 
 
 def _case_id(c: Case) -> str:
@@ -418,6 +432,8 @@ def bad(tmp_path_factory, tiny_dirs) -> dict[str, str]:
     write("tsv", "cat\t고양이\ndog\t개\n", ".tsv")
     write("tsv_cells", "cat\t고양이\textra\n", ".tsv")
     write("tsv_empty", "# nothing here\n\n", ".tsv")
+    write("tree_list", "[1, 2]", ".json")
+    write("tree_broken", "{bad", ".json")
     write("transcript_text", "this is not json\nnor this\n", ".jsonl")
     write("transcript_shapes", '{"type": "start"}\n{"type": "user", "text": 5}\n[1, 2]\n', ".jsonl")
     write("transcript_binary", b'{"type": "start"}\n\x00\x00\n', ".jsonl")
