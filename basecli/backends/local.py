@@ -281,11 +281,11 @@ def native_builds() -> bool:
 
 def load_lean(folder, dtype, device: str, *, quiet: bool, populate: bool = True, convert=None):
     """basecli's own forward pass where it supports the model, else None (and transformers is used)."""
-    from basecli.engine import lean
+    from basecli.engine import forwards
 
     try:
-        return lean.load(folder, dtype, device, populate=populate, convert=convert)
-    except lean.Unsupported as e:
+        return forwards.load(folder, dtype, device, populate=populate, convert=convert)
+    except forwards.Unsupported as e:
         if not quiet:
             print(f"basecli: note: the lean engine does not run this model ({e}); using transformers", file=sys.stderr)
         return None

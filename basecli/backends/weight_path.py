@@ -25,7 +25,7 @@ GGUF_NATIVE = {"Q4_1": "q4", "Q8_0": "q8"}
 # ggml's type numbers (gguf.GGMLQuantizationType) and llama.cpp's names for them
 GGML_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1", 10: "Q2_K",
               11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 30: "BF16"}
-LAYER_MATRICES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+LAYER_MATRICES = ("attn_q", "attn_k", "attn_v", "attn_qkv", "attn_output", "ffn_gate", "ffn_up", "ffn_down")  # attn_qkv: GPT-2
 
 
 @dataclass(frozen=True)
@@ -93,5 +93,7 @@ def read_block_types(gguf: Path) -> dict:
     from basecli.weights.gguf_reader import GGUFFile
 
     tensors = {t.name: GGML_NAMES.get(t.ggml_type, f"type {t.ggml_type}") for t in GGUFFile(gguf).tensors}
-    layers = [kind for name, kind in tensors.items() if name.startswith("blk.") and name.split(".")[2] in LAYER_MATRICES]
+    # the matrices' blocks; their biases (Qwen2's q/k/v, all of GPT-2's) are F32 vectors whatever the file's format
+    layers = [kind for name, kind in tensors.items()
+              if name.startswith("blk.") and name.endswith(".weight") and name.split(".")[2] in LAYER_MATRICES]
     return {"layers": layers, "head": tensors.get("output.weight") or tensors.get("token_embd.weight")}

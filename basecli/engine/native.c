@@ -426,6 +426,38 @@ static void rms_norm(const float *x, const float *w, float *out, int64_t n, floa
     for (i = 0; i < n; i++) out[i] = x[i] * r * w[i];
 }
 
+/* LayerNorm (GPT-2): (x - mean) / sqrt(var + eps) * w + b, the mean and variance in two passes */
+static void layer_norm(const float *x, const float *w, const float *b, float *out, int64_t n, float eps) {
+    float mean = 0, var = 0;
+    for (int64_t i = 0; i < n; i++) mean += x[i];
+    mean /= n;
+    for (int64_t i = 0; i < n; i++) var += (x[i] - mean) * (x[i] - mean);
+    float r = 1.0f / sqrtf(var / n + eps);
+    for (int64_t i = 0; i < n; i++) out[i] = (x[i] - mean) * r * w[i] + b[i];
+}
+
+/* GELU with the tanh approximation (GPT-2's gelu_new), in place: 0.5 x (1 + tanh(y)) = x sigmoid(2y),
+ * y = sqrt(2/pi) (x + 0.044715 x^3) */
+static void gelu_tanh(float *x, int64_t n) {
+    const float c = 2.0f * 0.7978845608028654f;
+    int64_t i = 0;
+#ifdef BASECLI_AVX2
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256 y = _mm256_mul_ps(_mm256_set1_ps(c), _mm256_add_ps(v, _mm256_mul_ps(_mm256_set1_ps(0.044715f), _mm256_mul_ps(v, _mm256_mul_ps(v, v)))));
+        __m256 sig = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), y))));
+        _mm256_storeu_ps(x + i, _mm256_mul_ps(v, sig));
+    }
+#endif
+    for (; i < n; i++) x[i] = x[i] / (1.0f + expf(-c * (x[i] + 0.044715f * x[i] * x[i] * x[i])));
+}
+
+static void add_bias(float *y, const float *b, int64_t B, int64_t n) {  /* each of B rows of y += b (no bias: nothing) */
+    if (b)
+        for (int64_t r = 0; r < B; r++)
+            for (int64_t i = 0; i < n; i++) y[r * n + i] += b[i];
+}
+
 static void silu_mul(const float *gate, const float *up, float *out, int64_t n) {  /* silu(gate) * up */
     int64_t i = 0;
 #ifdef BASECLI_AVX2
@@ -537,7 +569,15 @@ typedef struct {
     const float *inv_freq;     /* (head_dim / 2) */
     const float **norm1, **norm2;
     const void **qkv, **o, **gate_up, **down;  /* per layer; qkv is q, k, v stacked, gate_up gate then up */
+    /* GPT-2 and Llamas with biases (Qwen2); NULL where the model has none */
+    const float *pos_embed;    /* (positions, dim) learned positions, added to the token's row; then inv_freq is NULL: no rope */
+    const float *norm_bias;    /* with it, every norm is a LayerNorm with biases (GPT-2), else an RMSNorm */
+    const float **norm1_bias, **norm2_bias;
+    const float **qkv_bias, **o_bias, **up_bias, **down_bias;  /* per layer, or NULL; an entry may be NULL too */
+    int gelu;                  /* 1: the MLP is down(gelu_tanh(up x + b)), gate_up holding up alone (GPT-2); 0: down(silu(gate x) * up x) */
 } Model;
+
+#define LAYER_PTR(m, field, l) ((m)->field ? (m)->field[l] : NULL)
 
 typedef struct {               /* the KV cache of engine/lean.py's KVCache, as pointers and strides (in floats) */
     float *k, *v;              /* per-row buffers (layers, B, kv, capacity, head_dim), contiguous */
@@ -550,14 +590,15 @@ static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 /* x += add (when given), then h = rms_norm(x) and its int8 blocks, row by row; rows on threads when there are
  * enough of them to pay for waking one (each row's arithmetic is the same either way) */
-static void add_norm_quantize(float *x, const float *add, const float *w, float *h, block_act *q8, int64_t B, int64_t dim,
-                              float eps) {
+static void add_norm_quantize(float *x, const float *add, const float *w, const float *bias, float *h, block_act *q8, int64_t B,
+                              int64_t dim, float eps) {
     #pragma omp parallel for schedule(static) if (B >= 8)
     for (int64_t b = 0; b < B; b++) {
         float *xr = x + b * dim;
         if (add)
             for (int64_t i = 0; i < dim; i++) xr[i] += add[b * dim + i];
-        rms_norm(xr, w, h + b * dim, dim, eps);
+        if (bias) layer_norm(xr, w, bias, h + b * dim, dim, eps);
+        else rms_norm(xr, w, h + b * dim, dim, eps);
         quantize_act_row(h + b * dim, q8 + b * (dim / QK), dim);
     }
 }
@@ -639,7 +680,9 @@ int basecli_decode_step(const Model *m, int64_t B, const int64_t *tokens, const 
 
     for (int64_t b = 0; b < B; b++) {
         memcpy(x + b * dim, m->embed + tokens[b] * dim, sizeof(float) * dim);
-        for (int64_t i = 0; i < hd / 2; i++) {  /* cos, then sin, of position * inv_freq, in fp32 as torch computes them */
+        if (m->pos_embed)
+            for (int64_t i = 0; i < dim; i++) x[b * dim + i] += m->pos_embed[positions[b] * dim + i];
+        for (int64_t i = 0; m->inv_freq && i < hd / 2; i++) {  /* cos, then sin, of position * inv_freq, in fp32 as torch computes them */
             float f = (float)positions[b] * m->inv_freq[i];
             rope[b * hd + i] = cosf(f);
             rope[b * hd + hd / 2 + i] = sinf(f);
@@ -650,9 +693,10 @@ int basecli_decode_step(const Model *m, int64_t B, const int64_t *tokens, const 
     const int64_t row_stride = KV * c->capacity * hd;  /* one row's buffer within a layer */
 
     for (int64_t l = 0; l < m->layers; l++) {
-        add_norm_quantize(x, l ? tmp : NULL, m->norm1[l], h, q8, B, dim, m->eps);  /* the last layer's MLP output joins here */
+        add_norm_quantize(x, l ? tmp : NULL, m->norm1[l], LAYER_PTR(m, norm1_bias, l), h, q8, B, dim, m->eps);  /* the last layer's MLP output joins here */
         TICK(OTHER);
         matmul_q(m->wtype, m->qkv[l], q8, B, dim, qkv, qkv_n);
+        add_bias(qkv, LAYER_PTR(m, qkv_bias, l), B, qkv_n);
         TICK(MATMUL);
 
         float *kl = c->k + l * B * row_stride, *vl = c->v + l * B * row_stride;
@@ -660,7 +704,7 @@ int basecli_decode_step(const Model *m, int64_t B, const int64_t *tokens, const 
         for (int64_t b = 0; b < B; b++) {
             float *row = qkv + b * qkv_n;
             const float *cs = rope + b * hd, *sn = rope + b * hd + hd / 2;
-            for (int64_t head = 0; head < H + KV; head++) {  /* rotate q and k: x cos + rotate_half(x) sin */
+            for (int64_t head = 0; m->inv_freq && head < H + KV; head++) {  /* rotate q and k: x cos + rotate_half(x) sin */
                 float *v = row + head * hd;
                 for (int64_t i = 0; i < hd / 2; i++) {
                     float a = v[i], z = v[i + hd / 2];
@@ -698,21 +742,28 @@ int basecli_decode_step(const Model *m, int64_t B, const int64_t *tokens, const 
         quantize_act(h, q8, B, H * hd);
         TICK(OTHER);
         matmul_q(m->wtype, m->o[l], q8, B, H * hd, tmp, dim);
+        add_bias(tmp, LAYER_PTR(m, o_bias, l), B, dim);
         TICK(MATMUL);
-        add_norm_quantize(x, tmp, m->norm2[l], h, q8, B, dim, m->eps);
+        add_norm_quantize(x, tmp, m->norm2[l], LAYER_PTR(m, norm2_bias, l), h, q8, B, dim, m->eps);
         TICK(OTHER);
-        matmul_q(m->wtype, m->gate_up[l], q8, B, dim, gu, 2 * hid);
+        matmul_q(m->wtype, m->gate_up[l], q8, B, dim, gu, m->gelu ? hid : 2 * hid);
         TICK(MATMUL);
         #pragma omp parallel for schedule(static) if (B >= 8)
         for (int64_t b = 0; b < B; b++) {
-            silu_mul(gu + b * 2 * hid, gu + b * 2 * hid + hid, act + b * hid, hid);
-            quantize_act_row(act + b * hid, q8 + b * (hid / QK), hid);
+            float *a = act + b * hid;
+            if (m->gelu) {  /* gu holds up x alone: (B, hid) */
+                a = gu + b * hid;
+                add_bias(a, LAYER_PTR(m, up_bias, l), 1, hid);
+                gelu_tanh(a, hid);
+            } else silu_mul(gu + b * 2 * hid, gu + b * 2 * hid + hid, a, hid);
+            quantize_act_row(a, q8 + b * (hid / QK), hid);
         }
         TICK(OTHER);
         matmul_q(m->wtype, m->down[l], q8, B, hid, tmp, dim);
+        add_bias(tmp, LAYER_PTR(m, down_bias, l), B, dim);
         TICK(MATMUL);
     }
-    add_norm_quantize(x, m->layers ? tmp : NULL, m->norm, h, q8, B, dim, m->eps);
+    add_norm_quantize(x, m->layers ? tmp : NULL, m->norm, m->norm_bias, h, q8, B, dim, m->eps);
     TICK(OTHER);
     matmul_q(m->htype, m->head, q8, B, dim, logits, m->vocab);
     TICK(MATMUL);

@@ -153,6 +153,9 @@ class ModelStruct(ctypes.Structure):
         ("norm1", ctypes.POINTER(ctypes.c_void_p)), ("norm2", ctypes.POINTER(ctypes.c_void_p)),
         ("qkv", ctypes.POINTER(ctypes.c_void_p)), ("o", ctypes.POINTER(ctypes.c_void_p)),
         ("gate_up", ctypes.POINTER(ctypes.c_void_p)), ("down", ctypes.POINTER(ctypes.c_void_p)),
+        ("pos_embed", ctypes.c_void_p), ("norm_bias", ctypes.c_void_p),
+        *((name, ctypes.POINTER(ctypes.c_void_p)) for name in ("norm1_bias", "norm2_bias", "qkv_bias", "o_bias", "up_bias", "down_bias")),
+        ("gelu", ctypes.c_int),
     ]
 
 
@@ -207,23 +210,40 @@ class QuantizedMatrix:
 
 
 class NativeDecoder:
-    """A LeanLlama's decode step as one call into native.c; built by `apply`, which owns the matrices."""
+    """A lean model's decode step as one call into native.c; built by `apply`, which owns the matrices.
+
+    LeanLlama (RMSNorm, rope, SiLU-gated MLP; Qwen2's q/k/v biases) and LeanGPT2 (learned positions,
+    LayerNorm, GELU MLP, biases everywhere) name their layer fields alike, so one reading serves both.
+    """
 
     def __init__(self, model, head_kind: int, lib: ctypes.CDLL | None = None):
         self.model, self.lib = model, lib or library()
         layers = model.layers
-        self.embed = model.embed.float().contiguous()
-        self.norms = [t.float().contiguous() for layer in layers for t in (layer.norm1, layer.norm2)] + [model.norm.float().contiguous()]
-        self.inv_freq = model.inv_freq.float().contiguous()
-        arr = lambda values: (ctypes.c_void_p * len(values))(*values)  # noqa: E731
-        self._arrays = [arr([self.norms[2 * i].data_ptr() for i in range(len(layers))]),
-                        arr([self.norms[2 * i + 1].data_ptr() for i in range(len(layers))])]
-        self._arrays += [arr([getattr(layer, name).data_ptr() for layer in layers]) for name in ("qkv", "o", "gate_up", "down")]
-        cfg = model.config
+        fp32 = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
+        self.embed = fp32(model.embed)
+        self.kept = {"norm": fp32(model.norm), "norm_bias": fp32(getattr(model, "norm_bias", None)),
+                     "inv_freq": fp32(getattr(model, "inv_freq", None)), "pos_embed": fp32(getattr(model, "positions", None))}
+        for name in ("norm1", "norm2", "norm1_bias", "norm2_bias", "qkv_bias", "o_bias", "up_bias", "down_bias"):
+            self.kept[name] = [fp32(getattr(layer, name, None)) for layer in layers]
+        gelu = hasattr(layers[0], "up")  # GPT-2: one MLP input matrix, GELU
+        ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+
+        def arr(values):
+            """A C array of per-layer pointers, or NULL when no layer has one."""
+            return None if all(v is None for v in values) else (ctypes.c_void_p * len(values))(*values)
+
+        matrices = {name: [getattr(layer, name).data_ptr() for layer in layers] for name in ("qkv", "o", "down")}
+        matrices["gate_up"] = [(layer.up if gelu else layer.gate_up).data_ptr() for layer in layers]
+        per_layer = {name: [ptr(t) for t in self.kept[name]] for name in ("norm1", "norm2", "norm1_bias", "norm2_bias", "qkv_bias",
+                                                                         "o_bias", "up_bias", "down_bias")}
+        self._arrays = {name: arr(values) for name, values in {**matrices, **per_layer}.items()}
         self.struct = ModelStruct(
-            model.dim, cfg.intermediate_size, len(layers), model.n_heads, model.n_kv, model.head_dim, model.head.shape[0],
-            model.eps, layers[0].qkv.kind, head_kind, self.embed.data_ptr(), self.norms[-1].data_ptr(),
-            model.head.data_ptr(), self.inv_freq.data_ptr(), *self._arrays)
+            model.dim, layers[0].down.shape[1], len(layers), model.n_heads, model.n_kv, model.head_dim, model.head.shape[0],
+            model.eps, layers[0].qkv.kind, head_kind, self.embed.data_ptr(), ptr(self.kept["norm"]),
+            model.head.data_ptr(), ptr(self.kept["inv_freq"]),
+            *(self._arrays[n] for n in ("norm1", "norm2", "qkv", "o", "gate_up", "down")),
+            ptr(self.kept["pos_embed"]), ptr(self.kept["norm_bias"]),
+            *(self._arrays[n] for n in ("norm1_bias", "norm2_bias", "qkv_bias", "o_bias", "up_bias", "down_bias")), int(gelu))
 
     def step(self, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
         """Logits (B, vocab) of one new token per row (tokens (B, 1), mask (B, length + 1), positions (B, 1)),
@@ -264,7 +284,7 @@ def check_model(mode: str, model, device: str) -> None:
     if device != "cpu":
         raise UsageError(f"--quantize {mode} runs on the CPU only; use --device cpu, or leave --quantize (BASECLI_QUANTIZE) unset")
     if not hasattr(model, "layers"):
-        raise UsageError(f"--quantize {mode} needs basecli's lean engine, which runs Llama-architecture models only; this one runs on transformers' code (leave --quantize unset, and BASECLI_ENGINE unset or lean)")
+        raise UsageError(f"--quantize {mode} needs basecli's lean engine (Llama, Qwen2 and GPT-2 models); this one runs on transformers' code (leave --quantize unset, and BASECLI_ENGINE unset or lean)")
     if model.embed.dtype != torch.float32:
         raise UsageError(f"--quantize {mode} needs float32 activations: use --dtype float32")
 
@@ -279,7 +299,7 @@ def check(mode: str, model, device: str) -> None:
 
 
 def converter(mode: str):
-    """`convert(matrix, role)` for lean.load: each matrix quantised as it is read (role "head": Q8_0)."""
+    """`convert(matrix, role)` for forwards.load: each matrix quantised as it is read (role "head": Q8_0)."""
     try:
         library()  # fails here, before any weight is read, when the kernels cannot be built
     except NativeUnavailable as e:
@@ -296,7 +316,7 @@ def converter(mode: str):
 
 
 def apply(model, mode: str, threads: int | None = None) -> None:
-    """Quantise every matrix of a LeanLlama but the embedding lookup, in place (those `converter` did at
+    """Quantise every matrix of a lean model (engine/lean.py, engine/gpt2.py) but the embedding lookup, in place (those `converter` did at
     load are kept), and give it the one-call decode step."""
     check(mode, model, model.device.type)
     lib = library()
@@ -313,17 +333,14 @@ def apply(model, mode: str, threads: int | None = None) -> None:
 
     try:
         for i, layer in enumerate(model.layers):
-            p = f"model.layers.{i}."
-            layer.qkv = convert(layer.qkv, kind)  # fused at load: already a copy, its pages released then
-            layer.o = convert(layer.o, kind, p + "self_attn.o_proj.weight")
-            layer.gate_up = convert(layer.gate_up, kind)
-            layer.down = convert(layer.down, kind, p + "mlp.down_proj.weight")
+            for field in model.MATRICES:  # a matrix fused at load is a copy whose pages went then; releasing again is harmless
+                setattr(layer, field, convert(getattr(layer, field), kind, *model.source_names(field, i)))
         model.head_tied = getattr(model, "head_tied", False) or model.head is model.embed
         # the embedding is read a row per token from here on: its pages come back as rows are looked up
-        model.head = convert(model.head, Q8_0, "lm_head.weight", "model.embed_tokens.weight")
+        model.head = convert(model.head, Q8_0, *model.source_names("head"))
     except NativeUnavailable as e:
         raise UsageError(f"--quantize {mode} cannot run this model: {e}") from None
-    if {m.kind for layer in model.layers for m in (layer.qkv, layer.o, layer.gate_up, layer.down)} != {kind}:
+    if {getattr(layer, field).kind for layer in model.layers for field in model.MATRICES} != {kind}:
         raise UsageError(f"this model was loaded with other quantised weights than --quantize {mode}")
     model.native = NativeDecoder(model, Q8_0)
     model.quantized = mode
