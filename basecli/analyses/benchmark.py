@@ -233,7 +233,10 @@ def run_process_timed(args: Sequence[str], env: dict | None = None, timeout: flo
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} exited with {proc.returncode}")
+        from basecli.errors import BasecliError
+
+        raise BasecliError(f"a timed run failed ({' '.join(args[-6:])} exited with {proc.returncode}); "
+                           f"run that command alone to see why")
     return wall, first, usage.ru_maxrss / 1024, b"".join(chunks).decode("utf-8", errors="replace")
 
 
