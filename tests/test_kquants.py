@@ -8,7 +8,8 @@ own `llama_model_quantize`; tests that need it skip where llama-cpp-python is no
 
 Tolerances, measured here (AMD EPYC, AVX2, 2 cores) and set with a margin:
 - matmul vs the definition: relative to the sum of |terms|, measured 3.3e-7, set 1e-5 (fp32 sums).
-- the portable build (no AVX2): dequantisation and matmul bit-identical (integer sums, the same float steps).
+- the portable and avx2 builds: dequantisation and matmul bit-identical to the native build (integer sums, the
+  same float steps in the same order).
 - logits vs llama.cpp on the same file: both round activations to 8 bits per 256 (Q8_K) but sum the
   float parts in other orders: mean KL(llama.cpp || basecli) measured 1.6e-3 on each
   file, set 5e-3; basecli's top token is llama.cpp's or within 0.3 of it in llama.cpp's logits (measured 0.125;
@@ -80,6 +81,17 @@ def portable(tmp_path_factory):
         return lib
 
 
+@pytest.fixture(scope="module")
+def avx2(tmp_path_factory):
+    """The AVX2 build (no VNNI: its tiles take maddubs where this CPU's native build may take dpbusd), or None."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BASECLI_HOME", str(tmp_path_factory.mktemp("kq-avx2")))
+        try:
+            return native.load(native.build(native.flag_sets("avx2")))
+        except native.NativeUnavailable:  # a compiler without AVX2: the native and portable builds are still compared
+            return None
+
+
 # ---- 1. dequantisation against gguf's reference -----------------------------------------------------------
 
 @pytest.mark.parametrize("name", KTYPES)
@@ -89,7 +101,7 @@ def test_dequantisation_is_ggufs_bit_for_bit(name, portable):
     want = gguf_reference(blocks, ggml_type)
     ours = gguf_reader.dequantize(blocks.reshape(-1), ggml_type, (96 * 256,))
     assert np.array_equal(ours.view(np.uint32), want.view(np.uint32))
-    for lib in (native.library(), portable):
+    for lib in (native.library(), portable, *([avx2] if avx2 else [])):
         m = native.QuantizedMatrix.from_blocks(torch.from_numpy(blocks.reshape(-1).copy()), kind, (48, 512), lib)
         assert np.array_equal(m.dequantize().numpy().reshape(-1).view(np.uint32), want.view(np.uint32))
         rows = m.rows(torch.tensor([[5, 0], [47, 5]]))  # the embedding lookup: rows dequantised alone
@@ -139,7 +151,7 @@ def test_llama_cpp_blocks_dequantise_as_ggufs(files, ftype):
 
 @pytest.mark.parametrize("name", KTYPES)
 @pytest.mark.parametrize("batch", [1, 3, 4, 9, 24, 70])  # tiles of 8 rows (in pairs, or one), of 4, rows left over, chunks of 64
-def test_matmul_is_the_defined_int8_product(name, batch, portable):
+def test_matmul_is_the_defined_int8_product(name, batch, portable, avx2):
     ggml_type, kind, _ = KTYPES[name]
     rows, cols = 26, 512  # weight rows 4 at a time, and 2 left over
     blocks = torch.from_numpy(random_blocks(ggml_type, rows * cols // 256, seed=batch).reshape(-1).copy())
@@ -149,7 +161,7 @@ def test_matmul_is_the_defined_int8_product(name, batch, portable):
     if batch > 1:
         x[1] *= 1000  # a row of large activations: no other row may notice
     outs = []
-    for lib in (native.library(), portable):
+    for lib in (native.library(), portable, *([avx2] if avx2 else [])):
         m = native.QuantizedMatrix.from_blocks(blocks, kind, (rows, cols), lib)
         w = m.dequantize().numpy().astype(np.float64)
         xr = rounded(x)
@@ -159,7 +171,8 @@ def test_matmul_is_the_defined_int8_product(name, batch, portable):
         for i in range(batch):  # a row alone equals the same row in the batch, to the bit
             assert np.array_equal(m(torch.from_numpy(x[i : i + 1])).numpy()[0], got[i])
         outs.append(got)
-    assert np.array_equal(outs[0].view(np.uint32), outs[1].view(np.uint32))  # integer sums, the same float steps: the same bits
+    for other in outs[1:]:  # integer sums, the same float steps: the same bits in every build
+        assert np.array_equal(outs[0].view(np.uint32), other.view(np.uint32))
 
 
 def test_stacked_parts_of_different_types_are_one_matmul():
