@@ -10,8 +10,8 @@ Tolerances, measured here (AMD EPYC, AVX2, 2 cores) and set with a margin:
 - matmul vs the definition: relative to the sum of |terms|, measured 3.3e-7, set 1e-5 (fp32 sums).
 - the portable and avx2 builds: dequantisation and matmul bit-identical to the native build (integer sums, the
   same float steps in the same order).
-- logits vs llama.cpp on the same file: both round activations to 8 bits per 256 (Q8_K) but sum the
-  float parts in other orders: mean KL(llama.cpp || basecli) measured 1.6e-3 on each
+- logits vs llama.cpp on the same file: both round activations to 8 bits per 256 values (llama.cpp's Q8_K;
+  basecli with a 4-bit sub-scale per 32 inside it) and sum in other orders: mean KL(llama.cpp || basecli) measured 1.6e-3 on each
   file, set 5e-3; basecli's top token is llama.cpp's or within 0.3 of it in llama.cpp's logits (measured 0.125;
   the logits themselves differ by up to 0.28 of 6).
 - accuracy: mean KL from the fp32 dequantised model (the same file, basecli's converter + lean fp32),

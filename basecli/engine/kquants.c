@@ -1,5 +1,5 @@
 /* llama.cpp's K-quant blocks (Q4_K, Q5_K, Q6_K), read where they lie in a GGUF file: their layouts,
- * dequantisation and matmul against basecli's 8-bit activation blocks. Included by native.c, after its
+ * dequantisation and matmul against 8-bit activations rounded per 256 values. Included by native.c, after its
  * fp16 helpers and block_act.
  *
  * A K-quant super-block holds 256 weights of one row (so a row's length must be a multiple of 256):
@@ -16,9 +16,10 @@
  * m[0..3]; sc[4..7] and m[4..7] take their low 4 bits from bytes 8-11 (low, high nibble) and their top 2 bits
  * from the top 2 bits of bytes 0-3 (sc) and 4-7 (m).
  *
- * The matmul keeps native.c's activations: blocks of 32 with their own scale, so sub-block j of a super-block
- * meets exactly one activation block; the minimum term uses that block's rounded sum (s), as the dequantised
- * matrix times the rounded activations would: d*sc*q is large where the minimum is, and their roundings cancel.
+ * The matmul rounds its activations itself (k_linear takes float rows; native.c's per-32 blocks are for Q4_1 and
+ * Q8_0): see "the matmul" below. The minimum term of Q4_K/Q5_K uses the rounded activations' sums, as the
+ * dequantised matrix times the rounded activations would: d*sc*q is large where the minimum is, and their
+ * roundings cancel.
  */
 
 #define QK_K 256
