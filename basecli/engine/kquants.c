@@ -248,6 +248,16 @@ static inline __m256i k_values8(int type, const void *b, int j) {
     return q;
 }
 
+/* k_scales_mins in a vector (bytes 0-7 the scales, 8-15 the minimums), read from the 12 bytes at s (and 4 bytes
+ * after them, unused: a block's values follow its scales): no scalar stores for the vector code to wait on. */
+static inline __m128i k_scales_mins8(const uint8_t *s) {
+    const __m128i x = _mm_loadu_si128((const __m128i *)s);
+    const __m128i a = _mm_shuffle_epi32(x, _MM_SHUFFLE(2, 1, 2, 0)), b = _mm_shuffle_epi32(x, _MM_SHUFFLE(1, 1, 0, 0));  /* u0 u2 u1 u2, u0 u0 u1 u1 */
+    const __m128i low = _mm_and_si128(_mm_srlv_epi32(a, _mm_setr_epi32(0, 0, 0, 4)), _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
+    const __m128i top = _mm_and_si128(_mm_srli_epi32(b, 6), _mm_setr_epi32(0, 0x03030303, 0, 0x03030303));
+    return _mm_or_si128(low, _mm_slli_epi32(top, 4));
+}
+
 /* out[r * ostride] = weight row w . activation row r for R <= 4 rows of nb super-blocks (stride nb). Written once
  * per block type (TYPE a constant) so the unpacking has no branches; each sub-block is unpacked once for the R
  * rows. The integer sums: maddubs (unsigned weights x signed activations, pairs within int16 for |q| < 64), then
@@ -268,7 +278,7 @@ static inline __attribute__((always_inline)) void k_rows_avx2(const int TYPE, co
                 sc32[h] = _mm256_or_si256(_mm256_and_si256(v, _mm256_set1_epi32(0xffff)), _mm256_slli_epi32(v, 16));
             }
         } else
-            k_scales_mins(((const block_q4_K *)b)->scales, sm);
+            _mm_storeu_si128((__m128i *)sm, k_scales_mins8(((const block_q4_K *)b)->scales));
         #pragma GCC unroll 8
         for (int j = 0; j < 8; j++) {
             __m256i q = k_values8(TYPE, b, j), scales, sign = q;
@@ -350,13 +360,12 @@ static inline __attribute__((always_inline)) float k_row1_avx2(const int TYPE, c
                 s16[g] = _mm256_sub_epi32(s16[g], _mm256_slli_epi32(_mm256_permutevar8x32_epi32(off, halves), 5));  /* q - 32 */
             }
         } else {
-            uint8_t sm[16];
-            k_scales_mins(((const block_q4_K *)b)->scales, sm);
-            const __m256i p = _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)sm)), sa);
+            const __m128i sm = k_scales_mins8(((const block_q4_K *)b)->scales);
+            const __m256i p = _mm256_mullo_epi32(_mm256_cvtepu8_epi32(sm), sa);
             sc[0] = _mm256_permutevar8x32_epi32(p, lo4), sc[1] = _mm256_permutevar8x32_epi32(p, hi4);
             /* Σ_j m[j] sa[j] (bsums[2j] + bsums[2j + 1]) */
             const __m128i pairs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)y->bsums), _mm_loadu_si128((const __m128i *)(y->bsums + 8)));
-            const __m128i mins = _mm_mullo_epi16(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(sm + 8))),
+            const __m128i mins = _mm_mullo_epi16(_mm_cvtepu8_epi16(_mm_srli_si128(sm, 8)),
                                                  _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)y->sa)));
             __m128i s = _mm_madd_epi16(pairs, mins);
             s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
@@ -390,7 +399,7 @@ static inline __attribute__((always_inline)) void k_tile8_avx2(const int TYPE, c
             for (int j = 0; j < 8; j++) _mm256_store_si256((__m256i *)(q[n] + 32 * j), k_values8(TYPE, b, j));
             if (TYPE == Q6_K) d[n] = half_to_float(((const block_q6_K *)b)->d);
             else {
-                k_scales_mins(((const block_q4_K *)b)->scales, sm[n]);
+                _mm_storeu_si128((__m128i *)sm[n], k_scales_mins8(((const block_q4_K *)b)->scales));
                 d[n] = half_to_float(((const block_q4_K *)b)->d), dmin[n] = half_to_float(((const block_q4_K *)b)->dmin);
             }
             for (int t = 0; t < NT; t++) isum[t][n] = imin[t][n] = _mm256_setzero_si256();
