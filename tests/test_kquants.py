@@ -95,7 +95,7 @@ def avx2(tmp_path_factory):
 # ---- 1. dequantisation against gguf's reference -----------------------------------------------------------
 
 @pytest.mark.parametrize("name", KTYPES)
-def test_dequantisation_is_ggufs_bit_for_bit(name, portable):
+def test_dequantisation_is_ggufs_bit_for_bit(name, portable, avx2):
     ggml_type, kind, _ = KTYPES[name]
     blocks = random_blocks(ggml_type, 96)
     want = gguf_reference(blocks, ggml_type)

@@ -510,7 +510,7 @@ static void k_rows(int type, const void *w, const block_q8_K *a, int64_t nb, int
 static int k_linear(int type, const void *W, const float *x, int64_t M, int64_t K, float *out, int64_t N, int64_t ldo) {
     const int64_t nb = K / QK_K, row_bytes = nb * k_block_bytes(type);
     int64_t tiled = 0;  /* rows in 8-row tiles */
-    block_q8_K *q = malloc(sizeof(block_q8_K) * M * nb);
+    block_q8_K *q = malloc(sizeof(block_q8_K) * (M * nb ? M * nb : 1));  /* no rows: not an allocation failure */
     block_q8_Kx8 *t = NULL;
 #ifdef BASECLI_AVX2
     tiled = M / 8 * 8;
