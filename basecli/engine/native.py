@@ -39,7 +39,7 @@ LAYER_TYPE = {"q4": Q4_1, "q8": Q8_0}
 BLOCK = 32
 ROW_MULTIPLE = {Q4_K: 256, Q5_K: 256, Q6_K: 256}  # a K-quant super-block is 256 weights of one row
 SOURCE = Path(__file__).with_name("native.c")
-SOURCES = (SOURCE, Path(__file__).with_name("kquants.c"))  # native.c includes kquants.c
+SOURCES = (SOURCE, Path(__file__).with_name("kquants.c"), Path(__file__).with_name("kquants_matmul.c"))  # native.c includes them
 FLAG_SETS = (  # the first that compiles is used: OpenMP threads and this CPU's vector units where there are
     ["-O3", "-ffp-contract=off", "-march=native", "-fopenmp"],
     ["-O3", "-ffp-contract=off", "-march=native"],
