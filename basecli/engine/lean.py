@@ -221,6 +221,7 @@ class LeanLlama(torch.nn.Module):
         col, held = start - cache.shared, end - cache.shared  # this step's columns in the per-row buffers
         heads, kv, hd = self.n_heads, self.n_kv, self.head_dim
         causal, gqa = mask is None and steps > 1, kv != heads
+        starts = left_padding(attention_mask) if mask is not None and steps > 1 and start == 0 else None
         for i, layer in enumerate(self.layers):
             h = F.rms_norm(x, (self.dim,), layer.norm1, self.eps)
             qkv = linear(h, layer.qkv).view(batch, steps, heads + 2 * kv, hd)
@@ -231,6 +232,9 @@ class LeanLlama(torch.nn.Module):
             cache.v[i, :, :, col:held] = qkv[:, :, heads + kv :].transpose(1, 2)
             if cache.shared:
                 o = shared_prefix_attention(qk[:, 0, :heads], cache, i, held)  # (B, heads * hd)
+            elif starts is not None:
+                o = rows_attention(qk[:, :, :heads].transpose(1, 2), cache.k[i, :, :, :end], cache.v[i, :, :, :end], starts, gqa)
+                o = o.transpose(1, 2).reshape(batch, steps, heads * hd)
             else:
                 o = F.scaled_dot_product_attention(qk[:, :, :heads].transpose(1, 2), cache.k[i, :, :, :end], cache.v[i, :, :, :end],
                                                    attn_mask=mask, is_causal=causal, enable_gqa=gqa)  # (B, heads, T, hd)
@@ -275,6 +279,29 @@ def shared_prefix_attention(q: torch.Tensor, cache: KVCache, layer: int, held: i
     # (bf16 outputs times fp32 weights made an fp32 tensor, which crashed the bf16 o_proj matmul)
     o = o1.float() * (lse1 - lse).exp_()[..., None] + o2.float() * (lse2 - lse).exp_()[..., None]
     return o.to(q.dtype).reshape(batch, heads * hd)
+
+
+def left_padding(mask: torch.Tensor) -> list[int] | None:
+    """Each row's first real column when every row of `mask` (B, L) is zeros then ones (basecli's left padding), else None."""
+    first = mask.argmax(-1)
+    if not bool((mask.sum(-1) == mask.shape[1] - first).all()):
+        return None
+    return first.tolist()
+
+
+def rows_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, starts: list[int], gqa: bool) -> torch.Tensor:
+    """A left-padded prompt's causal attention (B, heads, T, hd), row by row over its real tokens only.
+
+    One call with a padding mask gives a row other bits than the same prompt alone: the kernel's blocks of
+    keys start at the padding, so its sums split elsewhere. In basecli's 4/8-bit path a difference of one
+    rounding can move an activation across an int8 rounding edge, and a row's tokens then depended on
+    its batch. Alone, each row is the very call its prompt makes by itself; padding queries get zeros.
+    """
+    out = q.new_zeros(q.shape)
+    for b, first in enumerate(starts):
+        out[b, :, first:] = F.scaled_dot_product_attention(q[b : b + 1, :, first:], k[b : b + 1, :, first:], v[b : b + 1, :, first:],
+                                                           is_causal=True, enable_gqa=gqa)[0]
+    return out
 
 
 def attention_bias(keys: torch.Tensor, steps: int) -> torch.Tensor | None:
