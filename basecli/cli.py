@@ -34,6 +34,8 @@ COMMANDS = {
                  "Architecture, parameter counts by component, provenance (sha256, licence), tokenizer and the code that runs the model."),
     "models": ("basecli.commands.models", "app",
                  "List models; save, list and remove remote server profiles."),
+    "loom": ("basecli.commands.loom", "loom",
+                 "Weave a tree of continuations in the terminal, or grow and read one in a pipeline."),
     "bench": ("basecli.commands.bench", "bench",
                  "Measure load time, prompt processing, time to first token, decode speed per batch size and peak memory."),
 }

@@ -53,12 +53,13 @@ class ModelChoice:
     trust_remote_code: bool = False
     allow_pickle: bool = False
 
-    def open(self):
-        """The backend: a server for --base-url or a saved profile, else the local model (basecli.backends.Backend)."""
+    def open(self, *, prefix_cache: bool = False):
+        """The backend: a server for --base-url or a saved profile, else the local model (basecli.backends.Backend).
+        `prefix_cache`: a local model keeps recent prompts' keys and values between generations (loom)."""
         from basecli.backends import open_backend
 
         return open_backend(self.model, base_url=self.base_url, device=self.device, dtype=self.dtype, quantize=self.quantize,
-                            trust_remote_code=self.trust_remote_code, allow_pickle=self.allow_pickle)
+                            trust_remote_code=self.trust_remote_code, allow_pickle=self.allow_pickle, prefix_cache=prefix_cache)
 
 
 MODEL_OPTIONS = {

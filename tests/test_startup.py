@@ -32,7 +32,7 @@ def imported_by(*args: str) -> list[str]:
     return json.loads(out.stderr.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("args", [["--help"], ["complete", "--help"], ["bench", "--help"], ["--version"]])
+@pytest.mark.parametrize("args", [["--help"], ["complete", "--help"], ["bench", "--help"], ["loom", "--help"], ["--version"]])
 def test_help_imports_no_torch_or_transformers(args):
     assert imported_by(*args) == []
 

@@ -33,10 +33,13 @@ class Backend(Protocol):
 
 
 def open_backend(model: str | None = None, *, base_url: str | None = None, device: str = "auto", dtype: str = "auto",
-                 trust_remote_code: bool = False, allow_pickle: bool = False, quantize: str | None = None) -> Backend:
+                 trust_remote_code: bool = False, allow_pickle: bool = False, quantize: str | None = None,
+                 prefix_cache: bool = False) -> Backend:
     """--base-url, or a saved profile named by --model, means a remote server; anything else is local.
 
     `quantize` is --quantize as given (LocalBackend reads BASECLI_QUANTIZE itself): a weight format for a local model.
+    `prefix_cache` keeps the keys and values of recent prompts between generations (a local model; a server
+    keeps its own, if it does).
     """
     from basecli.backends import profiles
     from basecli.config import default_model
@@ -59,4 +62,4 @@ def open_backend(model: str | None = None, *, base_url: str | None = None, devic
     from basecli.backends.local import LocalBackend
 
     return LocalBackend(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-                        quantize=quantize)
+                        quantize=quantize, prefix_cache=prefix_cache)

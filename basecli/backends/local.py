@@ -116,7 +116,7 @@ class LocalBackend(Backend):
     local = True
     def __init__(self, model: str | None = None, *, device: str = "auto", dtype: str = "auto",
                  trust_remote_code: bool = False, allow_pickle: bool = False, engine: str | None = None,
-                 quantize: str | None = None):
+                 quantize: str | None = None, prefix_cache: bool = False):
         t0 = time.perf_counter()
         # the argument wins, else BASECLI_QUANTIZE; checked now, not after the weights have loaded
         if quantize:
@@ -166,6 +166,12 @@ class LocalBackend(Backend):
             quant.apply(self.model, self.quantize)
         cfg = self.model.config
         self.context_length = int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 1024))
+        # kept between generations on request (loom): a prompt that extends an earlier one reads only what is new
+        self.prefix_cache = None
+        if prefix_cache:
+            from basecli.engine.prefix_cache import PrefixCache
+
+            self.prefix_cache = PrefixCache()
         self.load_seconds = time.perf_counter() - t0
 
     def encode(self, text: str, *, truncate: bool = False, reserve: int = 1) -> list[int]:
@@ -192,7 +198,8 @@ class LocalBackend(Backend):
         encoded = [self.encode(p, truncate=truncate) for p in prompts]
         # a row never runs past the context window: it ends with finish_reason "length" there
         params = [p.with_(max_tokens=max(1, min(p.max_tokens, self.context_length - len(ids)))) for p, ids in zip(params, encoded)]
-        return generate(self.model, self.tokenizer, encoded, params, alternatives=alternatives, entropy=entropy, seeds=seeds)
+        return generate(self.model, self.tokenizer, encoded, params, alternatives=alternatives, entropy=entropy, seeds=seeds,
+                        prefix_cache=self.prefix_cache)
 
     def score(self, text: str, *, context: str | None = None, alternatives: int = 0, stride: int | None = None,
               window: int | None = None, progress=None) -> list:

@@ -86,6 +86,8 @@ class KVCache:
 
     def batch_select_indices(self, rows: torch.Tensor) -> None:
         """Keep only `rows` (finished rows leave the batch)."""
+        if self.k is None:  # rows that ended on their first token, right after a shared prefill: nothing per row yet
+            return
         self.k, self.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
 
     def batch_repeat_interleave(self, n: int) -> None:
@@ -305,12 +307,14 @@ def rows_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, starts: li
 
 
 def attention_bias(keys: torch.Tensor, steps: int) -> torch.Tensor | None:
-    """Boolean (B, 1, T, L) mask: a query sees real keys up to itself. None when nothing is masked but causality.
+    """Boolean (B, 1, T, L) mask: a query sees real keys up to itself. None when nothing is masked but causality
+    and the queries are all the keys (SDPA's is_causal aligns its triangle top-left: wrong for queries that
+    follow cached keys, as the prefix cache's reads do).
 
     A padding query sees itself too, so its softmax never has an empty row (NaN that would
     flow into later layers' keys); no real query ever sees a padding key.
     """
-    if bool(keys.all()):
+    if (steps == 1 or steps == keys.shape[1]) and bool(keys.all()):
         return None
     total = keys.shape[1]
     cols = torch.arange(total, device=keys.device)

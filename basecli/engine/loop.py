@@ -100,11 +100,13 @@ def generate(
     alternatives: int = 0,
     entropy: bool = False,
     seeds: Sequence[int] | None = None,
+    prefix_cache=None,
 ) -> Iterator[Event]:
     """Sample continuations of every prompt (token ids) with its own settings, one Event at a time.
 
     `seeds[i]` (else params[i].seed, else fresh randomness) seeds row i's own generator,
-    so a row's sample does not depend on the other rows in the batch.
+    so a row's sample does not depend on the other rows in the batch. With a `prefix_cache`
+    (engine/prefix_cache.py), rows of one prompt start from what it kept of an earlier prompt.
     """
     assert len(prompts) == len(params) and all(len(p) > 0 for p in prompts)
     device = model.device
@@ -131,7 +133,10 @@ def generate(
     cache = new_cache(model)
     with_cache = {cache_keyword(model): cache, "use_cache": True}  # looked up once per call, not per step
     shared = batch > 1 and all(list(p) == list(prompts[0]) for p in prompts[1:])
-    if shared:  # resample: one prefill, its cache copied to every row
+    if prefix_cache is not None and (shared or batch == 1):
+        cache, logits = prefix_cache.prefill(model, prompts[0], batch)
+        with_cache[cache_keyword(model)] = cache
+    elif shared:  # resample: one prefill, its cache copied to every row
         out = model(input_ids=ids[:1], attention_mask=mask[:1], position_ids=positions[:1], logits_to_keep=1, **with_cache)
         cache.batch_repeat_interleave(batch)
         logits = out.logits[:, -1, :].float().expand(batch, -1).contiguous()
