@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=48)
     ap.add_argument("-n", type=int, default=16, help="rows of one prompt for the resample figure")
+    ap.add_argument("--repeats", type=int, default=3, help="decode runs per figure; the fastest counts (least disturbed)")
     args = ap.parse_args()
     say = lambda m: print(f"builds_speed: {m}", file=sys.stderr)  # noqa: E731
     os.environ["BASECLI_THREADS"] = str(args.threads)
@@ -68,7 +69,7 @@ def main() -> None:
     batches = [1, args.n]
 
     def rate(batch: int) -> float:
-        return benchmark.measure_decode(backend, batch, prompt, args.new_tokens, sampled=batch > 1).tokens_per_s
+        return benchmark.measure_decode(backend, batch, prompt, args.new_tokens, sampled=batch > 1, repeats=args.repeats).tokens_per_s
 
     say("warm-up")
     for lib in libs.values():
@@ -86,7 +87,7 @@ def main() -> None:
     median = {k: statistics.median(x[k] for x in rounds) for k in rounds[0]}
     ratio = lambda x, build, n: x[build, "after", n] / x[build, "before", n]  # noqa: E731
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} | q4, embedded model | {args.threads} threads | "
-          f"prompt {len(prompt)} tokens, {args.new_tokens} new | {args.rounds} rounds | load avg {os.getloadavg()[0]:.1f}")
+          f"prompt {len(prompt)} tokens, {args.new_tokens} new | {args.rounds} rounds, best of {args.repeats} | load avg {os.getloadavg()[0]:.1f}")
     print("| build | batch | before tok/s | after tok/s | after / before (median of rounds' ratios) |")
     print("|---|---|---|---|---|")
     for build in args.builds.split(","):

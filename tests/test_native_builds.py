@@ -122,6 +122,15 @@ def test_the_builds_are_what_they_say(builds):
     assert builds["native"].basecli_has_avx2() == int(on_x86 and {"avx2", "fma", "f16c"} <= cpu_flags())
 
 
+def test_no_build_may_reorder_or_fuse_on_its_own(tmp_path, monkeypatch):
+    """The order written in native.c is the order run: every flag set turns contraction off, and a fast-math
+    build (free to reassociate sums) is refused at compile time."""
+    assert all("-ffp-contract=off" in flags for build in native.BUILDS for flags in native.flag_sets(build))
+    monkeypatch.setenv("BASECLI_HOME", str(tmp_path))
+    with pytest.raises(native.NativeUnavailable, match="fast-math"):
+        native.build((["-O1", "-ffast-math"],))
+
+
 @pytest.mark.parametrize("mode", ["q4", "q8"])
 def test_every_build_gives_the_same_bits(builds, tiny_dirs, mode, monkeypatch, one_thread):
     if len(builds) < 2:

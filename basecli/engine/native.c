@@ -26,7 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #ifdef __FAST_MATH__
-#error "native.c needs IEEE arithmetic in the written order (every build must give the same bits): no -ffast-math"
+#error "no -ffast-math: every build of native.c must add in the written order"
 #endif
 /* -DBASECLI_PORTABLE (BASECLI_NATIVE_BUILD=portable) keeps the plain C loops on any CPU, so tests compare them with the SIMD ones */
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(BASECLI_PORTABLE)
