@@ -14,7 +14,8 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 # q4 and q8 in engine/native.py. Named here, away from torch, so a bad value is refused before
 # anything heavy is imported; engine/quant.py takes its MODES from here.
 NATIVE_MODES = ("q4", "q8")  # basecli's own kernels (engine/native.py); fp16 and int8 are torch's fbgemm
-QUANTIZE_MODES = ("fp16", "int8", *NATIVE_MODES)
+FILE_MODE = "gguf"  # a GGUF file's own blocks (K-quants too) on the same kernels, where they lie (weights/gguf_blocks.py)
+QUANTIZE_MODES = ("fp16", "int8", *NATIVE_MODES, FILE_MODE)
 
 
 @dataclass(frozen=True)

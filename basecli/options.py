@@ -74,7 +74,8 @@ MODEL_OPTIONS = {
     "quantize": Annotated[Optional[str], typer.Option("--quantize", envvar="BASECLI_QUANTIZE", show_envvar=True, callback=_quantize,
                           help="Weight format of a local Llama on the CPU (lean engine, fp32): q4 or q8 (basecli's own kernels; "
                                "q4 is the embedded GGUF's own format, about 7x faster than fp32), fp16 or int8 (torch fbgemm), "
-                               "none (dequantised). Default: a GGUF's own blocks where a kernel runs them (`info` says which).",
+                               "gguf (a GGUF file's own blocks where they lie: Q4_K_M, Q5_K_M, Q6_K files), none (dequantised). "
+                               "Default: a GGUF's own blocks where a kernel runs them (`info` says which).",
                           rich_help_panel="Model")],
     "trust_remote_code": Annotated[bool, typer.Option("--trust-remote-code", help="Run model code from the hub (only if you trust it).",
                                    rich_help_panel="Model")],

@@ -43,18 +43,17 @@ def main() -> None:
     from basecli.backends.local import LocalBackend
     from basecli.engine import native
 
-    old_source = subprocess.run(["git", "show", f"{args.before}:basecli/engine/native.c"], cwd=ROOT, check=True,
-                                capture_output=True).stdout
-    libs = {}
+    libs, new = {}, native.SOURCES
     with tempfile.TemporaryDirectory() as tmp:
-        old = Path(tmp) / "native.c"
-        old.write_bytes(old_source)
-        new = native.SOURCE
+        old = tuple(Path(tmp) / path.name for path in new)  # native.c includes kquants.c from its own folder
+        for path in old:
+            path.write_bytes(subprocess.run(["git", "show", f"{args.before}:basecli/engine/{path.name}"], cwd=ROOT, check=True,
+                                            capture_output=True).stdout)
         for build in args.builds.split(","):
-            for label, source in (("before", old), ("after", new)):
-                native.SOURCE = source
+            for label, sources in (("before", old), ("after", new)):
+                native.SOURCE, native.SOURCES = sources[0], sources
                 libs[build, label] = native.load(native.build(native.flag_sets(build)))
-        native.SOURCE = new
+        native.SOURCE, native.SOURCES = new[0], new
     backend = LocalBackend(None, device="cpu", dtype="float32", quantize="q4")
     model = backend.model
     matrices = [model.head] + [m for layer in model.layers for m in (layer.qkv, layer.o, layer.gate_up, layer.down)]

@@ -24,7 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's basecli, not an installed one
 
-from basecli import benchmark, models  # noqa: E402
+from basecli.analyses import benchmark  # noqa: E402
+from basecli.weights import models  # noqa: E402
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ def test_plain_table_when_piped(tiny_dirs):
                 "--no-startup", env=ONE_THREAD)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert "transformers engine" in lines[0]
+    assert "lean engine" in lines[0]  # GPT-2 runs on basecli's own forward
     assert "decode, batch 2" in r.stdout and "decode, batch 1" not in r.stdout and "prefill (4 tokens)" in r.stdout
     assert "new process" not in r.stdout  # --no-startup
     assert not r.stdout.lstrip().startswith("{")
@@ -123,6 +123,19 @@ def test_timed_generation_counts_tokens_after_the_first_step(tiny_backends):
     b = tiny_backends["llama"]
     first, rest, count = benchmark.timed_generation(b.model, b.tokenizer, [[5, 6, 7]] * 2, 6, device="cpu")
     assert count == 2 * 5 and first > 0 and rest > 0
+
+
+def test_timed_generation_on_the_static_path_counts_the_same(tiny_backends, monkeypatch):
+    """Where tokens come back a few steps at a time (the static path, the CUDA default), the first step is timed apart."""
+    from basecli.engine import static_loop
+
+    b, runs = tiny_backends["llama"], []
+    real = static_loop.generate_static
+    monkeypatch.setattr(static_loop, "generate_static", lambda *a, **kw: runs.append(a[3][0].max_tokens) or real(*a, **kw))
+    monkeypatch.setenv("BASECLI_DECODE", "static")
+    first, rest, count = benchmark.timed_generation(b.model, b.tokenizer, [[5, 6, 7]] * 2, 6, device="cpu")
+    assert count == 2 * 5 and first > 0 and rest > 0
+    assert runs == [1, 6]
 
 
 def test_weights_mb_counts_tied_weights_once():

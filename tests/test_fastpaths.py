@@ -12,7 +12,7 @@ import torch
 
 from basecli.backends.local import LocalBackend
 from basecli.config import SamplingParams
-from basecli.engine import lean
+from basecli.engine import forwards, lean
 from basecli.engine.loop import generate
 
 PROMPTS = ["The quick brown fox", "Hello world! 안녕", "def add(a, b):\n"]
@@ -89,7 +89,7 @@ def test_lean_cache_growth_keeps_results(pair, monkeypatch):
 @pytest.mark.parametrize("engine", ["transformers", "lean"])
 def test_shared_prefill_equals_single_rows(tiny_dirs, kind, engine):
     """N samples of one prompt share one prefill; each must equal the same seed run on its own."""
-    b = LocalBackend(str(tiny_dirs[kind]), device="cpu", dtype="float32", engine=engine if kind == "llama" else "transformers")
+    b = LocalBackend(str(tiny_dirs[kind]), device="cpu", dtype="float32", engine=engine)
     params = [SamplingParams(max_tokens=10, temperature=1.0, seed=s, ignore_eos=True) for s in (1, 2, 3)]
     batch = tokens(b, [PROMPTS[0]] * 3, params)
     singles = [tokens(b, [PROMPTS[0]], [p])[0] for p in params]
@@ -123,13 +123,19 @@ def test_shared_prefix_cache_is_kept_once(pair):
     assert cache.shared == ids.shape[1] and cache.prefix_k.shape[1] == 1 and cache.k is None
 
 
-def test_lean_refuses_other_architectures(tiny_dirs, capsys):
-    b = LocalBackend(str(tiny_dirs["gpt2"]), device="cpu", dtype="float32", engine="lean")
-    assert b.engine == "transformers" and "lean engine does not run this model" in capsys.readouterr().err
-    b = LocalBackend(str(tiny_dirs["gpt2"]), device="cpu", dtype="float32", engine="auto")
-    assert b.engine == "transformers" and capsys.readouterr().err == ""
+def test_lean_refuses_other_architectures(tiny_dirs, tmp_path, capsys):
+    import shutil
+
+    d = tmp_path / "mlp-bias"  # a Llama with MLP biases: transformers' code runs it, the lean engine does not
+    shutil.copytree(tiny_dirs["llama"], d)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "mlp_bias": True}))
+    with pytest.raises(lean.Unsupported, match="MLP biases"):
+        forwards.load(d, torch.float32, "cpu")
+    assert LocalBackend(str(d), device="cpu", dtype="float32", engine="lean").engine == "transformers"
+    assert "lean engine does not run this model (MLP biases)" in capsys.readouterr().err
     with pytest.raises(lean.Unsupported, match="rope scaling"):
-        lean.check_supported({"model_type": "llama", "rope_scaling": {"rope_type": "llama3"}})
+        lean.check_supported({"model_type": "llama", "rope_scaling": {"rope_type": "yarn"}})
 
 
 def test_complete_on_the_default_engine_never_imports_transformers(tiny_dirs):

@@ -107,9 +107,11 @@ def test_the_rule_is_a_table_keyed_by_block_type(tmp_path, monkeypatch):
     for kw in (dict(device="cuda"), dict(device="mps"), dict(dtype="float16"), dict(engine="transformers"), dict(quantize="none")):
         assert choose(**kw).quantize is None, kw
     assert choose(quantize="q8").quantize == "q8" and not choose(quantize="q8").default
-    blocks["layers"] = ["Q4_1"] * 6 + ["Q4_K"]
-    assert choose().quantize is None and "Q4_1, Q4_K" in choose().why
-    assert set(weight_path.GGUF_NATIVE.values()) <= set(native.MODES)
+    blocks["layers"] = ["Q4_1"] * 6 + ["Q5_0"]  # a block type no kernel runs as it is
+    assert choose().quantize is None and "Q4_1, Q5_0" in choose().why
+    blocks["layers"] = ["Q4_1"] * 6 + ["Q4_K"]  # K-quants (beside Q4_1/Q8_0): the file's blocks in place (test_kquants)
+    assert choose().quantize == "gguf" and choose().default
+    assert set(weight_path.GGUF_NATIVE.values()) <= {*native.MODES, "gguf"}
     assert weight_path.choose(SimpleNamespace(kind="dir"), tmp_path, quantize=None, device="cpu", dtype="auto",
                               engine="auto").quantize is None
 

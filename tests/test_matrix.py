@@ -12,9 +12,6 @@ and each command's log-probabilities are checked against the reference, fp32 tra
 teacher-forced on the same tokens: |logprob - reference| within the cell's tolerance, and
 greedy picks within that tolerance of the reference's best token (a near-tie may break either
 way in low precision). q8/q4 with bf16 or fp16 activations is a usage error, and checked as one.
-
-GPT-2 on lean, q8 and q4 needs the lean engine's GPT-2 forward: until it is there, those cells
-fail, saying why (the lean engine's fallback note, or the kernels' usage error).
 """
 
 from __future__ import annotations
@@ -185,6 +182,4 @@ def test_every_command_in_every_cell(kind, engine, dtype, tiny_dirs, references,
             check(command, result.stdout, ref, tol, cell, engine, dtype)
         except AssertionError as e:
             failures.append(str(e))
-    if failures and kind == "gpt2" and engine != "transformers":
-        failures.insert(0, "GPT-2 on the lean engine (and so on q8/q4) needs engine/lean.py's GPT-2 forward, not in this tree yet:")
     assert not failures, "\n".join(failures)

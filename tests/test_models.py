@@ -110,7 +110,7 @@ def test_conversion_cache_is_reused_and_rebuilt_when_corrupt(tmp_path, monkeypat
     gguf.write_bytes(b"GGUF-bytes")
     calls = []
 
-    def fake_convert(src, digest, target):
+    def fake_convert(src, digest, target, **_):
         calls.append(target)
         target.mkdir(parents=True)
         (target / "model.safetensors").write_bytes(b"0" * 100)

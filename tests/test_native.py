@@ -382,7 +382,7 @@ def test_portable_decode_step_agrees_with_avx2(backends, portable):
     model = backends["q4"].model
     ids = [backends["q4"].encode(p) for p in PROMPTS]
     forced = torch.randint(0, model.head.shape[0], (3, 10), generator=torch.Generator().manual_seed(7))
-    other = native.NativeDecoder(model, native.Q8_0, lib=portable)
+    other = native.NativeDecoder(model, lib=portable)
     assert all(not d.any() for _, _, d in stepwise(model, ids, forced, other=other))  # the same bits
 
 

@@ -70,7 +70,7 @@ def tokens_of(backend, prompts: list[str], n: int = 12, **sampling) -> list[list
 def matrices(model):
     yield model.head
     for layer in model.layers:
-        yield from (layer.qkv, layer.o, layer.gate_up, layer.down)
+        yield from (getattr(layer, name) for name in type(model).MATRICES)
 
 
 @torch.inference_mode()
@@ -132,10 +132,11 @@ def test_no_build_may_reorder_or_fuse_on_its_own(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("mode", ["q4", "q8"])
-def test_every_build_gives_the_same_bits(builds, tiny_dirs, mode, monkeypatch, one_thread):
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])  # rms_norm, rope, silu; layer_norm, learned positions, gelu
+def test_every_build_gives_the_same_bits(builds, tiny_dirs, kind, mode, monkeypatch, one_thread):
     if len(builds) < 2:
         pytest.skip("only one build runs on this CPU")
-    assert_same_bits({name: backend_on(lib, tiny_dirs["llama"], mode, monkeypatch) for name, lib in builds.items()}, PROMPTS, 12)
+    assert_same_bits({name: backend_on(lib, tiny_dirs[kind], mode, monkeypatch) for name, lib in builds.items()}, PROMPTS, 12)
 
 
 def test_the_environment_variable_picks_the_build(tiny_dirs, tmp_path):

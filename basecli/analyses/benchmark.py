@@ -99,12 +99,17 @@ def timed_generation(model, tokenizer, prompts: Sequence[Sequence[int]], new_tok
                      sampled: bool = False) -> tuple[float, float, int]:
     """Run the engine; return (seconds to the first step's tokens, seconds from there to the last, tokens after the first step)."""
     from basecli.config import SamplingParams
-    from basecli.engine.loop import generate
+    from basecli.engine.static_loop import generate_static, pick_generate
 
     if sampled:
         params = [SamplingParams(max_tokens=new_tokens, temperature=1.0, seed=i, ignore_eos=True) for i in range(len(prompts))]
     else:
         params = [SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)] * len(prompts)
+    generate = pick_generate(model)
+    if generate is generate_static:  # tokens come back a few steps at a time: the first step is a run of its own
+        first, _ = timed_events(generate(model, tokenizer, prompts, [p.with_(max_tokens=1) for p in params]), device)
+        total, count = timed_events(generate(model, tokenizer, prompts, params), device)
+        return first, total - first, count - len(prompts)
     synchronize(device)
     t0 = time.perf_counter()
     first = None
@@ -117,6 +122,15 @@ def timed_generation(model, tokenizer, prompts: Sequence[Sequence[int]], new_tok
     synchronize(device)
     end = time.perf_counter()
     return first - t0, end - first, count - len(prompts)
+
+
+def timed_events(events, device: str) -> tuple[float, int]:
+    """(seconds, count) of running an Event iterator to its end."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    count = sum(1 for _ in events)
+    synchronize(device)
+    return time.perf_counter() - t0, count
 
 
 def measure_decode(backend, batch: int, prompt: Sequence[int], new_tokens: int, *, sampled: bool = False,

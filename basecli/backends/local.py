@@ -10,7 +10,7 @@ from typing import Iterator, Sequence
 
 from basecli.backends import Backend
 from basecli.weights import models
-from basecli.config import NATIVE_MODES, SamplingParams, quantize_mode
+from basecli.config import FILE_MODE, NATIVE_MODES, SamplingParams, quantize_mode
 from basecli.errors import UsageError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -124,7 +124,11 @@ class LocalBackend(Backend):
         else:
             self.quantize = quantize_mode(os.environ.get("BASECLI_QUANTIZE") or None, "BASECLI_QUANTIZE")
         self.source = models.resolve(model)
-        self.folder = models.model_dir(self.source, allow_pickle=allow_pickle)
+        if self.quantize == FILE_MODE:
+            file_blocks(self.source)  # a usage error, before any conversion, unless the file's blocks run as they are
+        # a K-quant GGUF (Q4_K_M, Q5_K_M...) runs in its own blocks (weights/gguf_blocks.py) unless told otherwise
+        in_file = in_file_format(self.source, self.quantize, device, dtype, engine)
+        self.folder = models.model_dir(self.source, allow_pickle=allow_pickle, weights=not in_file)
         self.name = self.source.name
         self.tokenizer = models.tokenizer_for(self.folder, self.name)
         return_free_memory()  # before the weights arrive, or the peak is already set
@@ -144,13 +148,25 @@ class LocalBackend(Backend):
             self.quantize = None
             print("basecli: note: no C compiler to build basecli's kernels, so the GGUF's weights run dequantised "
                   "(slower); install gcc (or set CC) for its own block formats", file=sys.stderr)
+        if self.quantize == FILE_MODE and self.weight_path.default and not in_file:
+            self.weight_path = weight_path.WeightPath(None, "dequantised: basecli's kernels do not run this GGUF's blocks as they are")
+            self.quantize = None
+        if in_file and self.quantize != FILE_MODE:  # its float32 weights were not written, its blocks expected: now they are
+            self.folder = models.model_dir(self.source, allow_pickle=allow_pickle)
         if self.device == "cpu" and (threads := pick_threads()):
             import torch
 
             torch.set_num_threads(threads)
         self.dtype = pick_dtype("float32" if self.quantize and dtype == "auto" else dtype, self.device)
+        if self.quantize == FILE_MODE and (self.device != "cpu" or dtype not in ("auto", "float32")):
+            raise UsageError(f"--quantize {FILE_MODE} runs on the CPU with float32 activations; "
+                             "leave --device and --dtype unset (or cpu and float32)")
         self.model = None
-        if self.engine != "transformers":
+        if self.quantize == FILE_MODE:  # weights/gguf_blocks.py: the lean engine over the file's blocks where they lie
+            from basecli.weights import gguf_blocks
+
+            self.model, self.engine = gguf_blocks.load(file_blocks(self.source), self.folder), "lean"
+        elif self.engine != "transformers":
             self.model = load_lean(self.folder, self.dtype, self.device, quiet=self.engine == "auto", populate=not self.quantize,
                                    convert=native_converter(self.quantize, self.device, self.dtype))
             self.engine = "lean"  # what runs, not what was asked: auto resolves to one of the two
@@ -160,7 +176,7 @@ class LocalBackend(Backend):
             if self.weight_path.default:  # the file's blocks need the lean engine, which does not run this architecture
                 self.weight_path = weight_path.WeightPath(None, "dequantised: basecli's kernels run Llama-architecture models only")
                 self.quantize = None
-        if self.quantize:  # engine/quant.py (fp16, int8) or engine/native.py (q4, q8): lean engine, CPU, fp32
+        if self.quantize and self.quantize != FILE_MODE:  # engine/quant.py (fp16, int8) or engine/native.py (q4, q8)
             from basecli.engine import quant
 
             quant.apply(self.model, self.quantize)
@@ -193,8 +209,9 @@ class LocalBackend(Backend):
 
     def stream(self, prompts: Sequence[str], params: Sequence[SamplingParams], *, alternatives: int = 0,
                entropy: bool = False, seeds: Sequence[int] | None = None, truncate: bool = False) -> Iterator:
-        from basecli.engine.loop import generate
+        from basecli.engine.static_loop import pick_generate
 
+        generate = pick_generate(self.model)
         encoded = [self.encode(p, truncate=truncate) for p in prompts]
         # a row never runs past the context window: it ends with finish_reason "length" there
         params = [p.with_(max_tokens=max(1, min(p.max_tokens, self.context_length - len(ids)))) for p, ids in zip(params, encoded)]
@@ -241,6 +258,29 @@ def return_free_memory() -> None:
         pass
 
 
+def in_file_format(source, quantize: str | None, device: str, dtype: str, engine: str | None) -> bool:
+    """Whether the model will run in its GGUF file's own K-quant blocks (--quantize gguf, or by default when nothing
+    asks for another format: backends/weight_path.py), so its float32 weights need not be written at all."""
+    if source.kind != "gguf" or quantize not in (None, FILE_MODE) or device not in ("auto", "cpu"):
+        return False
+    if quantize is None and (dtype != "auto" or (engine or os.environ.get("BASECLI_ENGINE") or "auto") == "transformers"):
+        return False
+    from basecli.weights import gguf_blocks
+
+    return gguf_blocks.runs_in_place(source.location)
+
+
+def file_blocks(source) -> str:
+    """The GGUF file whose blocks --quantize gguf runs, or a UsageError saying why it cannot."""
+    from basecli.weights import gguf_blocks
+
+    path = str(models.embedded_gguf()) if source.kind == "embedded" else source.location
+    if source.kind not in ("gguf", "embedded") or not gguf_blocks.runs_in_place(path, k_quants=False):
+        raise UsageError(f"--quantize {FILE_MODE} runs a Llama GGUF file's own blocks ({', '.join(gguf_blocks.NAMES)}); "
+                         f"{source.name} is not one: use q4 or q8")
+    return path
+
+
 def native_converter(quantize: str | None, device: str, dtype):
     """For q4/q8 on the CPU in fp32, the function that quantises each matrix as the lean engine reads it
     (the fp32 matrices are then never all resident at once); None otherwise (quant.apply does it after
@@ -267,11 +307,11 @@ def native_builds() -> bool:
 
 def load_lean(folder, dtype, device: str, *, quiet: bool, populate: bool = True, convert=None):
     """basecli's own forward pass where it supports the model, else None (and transformers is used)."""
-    from basecli.engine import lean
+    from basecli.engine import forwards
 
     try:
-        return lean.load(folder, dtype, device, populate=populate, convert=convert)
-    except lean.Unsupported as e:
+        return forwards.load(folder, dtype, device, populate=populate, convert=convert)
+    except forwards.Unsupported as e:
         if not quiet:
             print(f"basecli: note: the lean engine does not run this model ({e}); using transformers", file=sys.stderr)
         return None

@@ -18,14 +18,16 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from basecli.config import FILE_MODE, NATIVE_MODES
+
 # GGUF block type of a model's layer matrices -> the --quantize mode whose kernels run exactly those blocks.
-# Other kernels plug in here (a K-quant mode maps Q4_K, Q6_K, ... to itself).
-GGUF_NATIVE = {"Q4_1": "q4", "Q8_0": "q8"}
+# K-quants run as --quantize gguf: the file's own blocks where they lie (weights/gguf_blocks.py), Q4_1/Q8_0 beside them too.
+GGUF_NATIVE = {"Q4_1": "q4", "Q8_0": "q8", **dict.fromkeys(("Q4_K", "Q5_K", "Q6_K"), FILE_MODE)}
 
 # ggml's type numbers (gguf.GGMLQuantizationType) and llama.cpp's names for them
 GGML_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1", 10: "Q2_K",
               11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 30: "BF16"}
-LAYER_MATRICES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+LAYER_MATRICES = ("attn_q", "attn_k", "attn_v", "attn_qkv", "attn_output", "ffn_gate", "ffn_up", "ffn_down")  # attn_qkv: GPT-2
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ def choose(source, folder: Path, *, quantize: str | None, device: str, dtype: st
     if engine == "transformers":
         return WeightPath(None, f"dequantised: BASECLI_ENGINE=transformers ({own} run on the lean engine)")
     modes = {GGUF_NATIVE.get(t) for t in blocks["layers"]}
+    if FILE_MODE in modes and modes <= {FILE_MODE, *NATIVE_MODES}:  # K-quants beside Q4_1/Q8_0: all read in place
+        modes = {FILE_MODE}
     if len(modes) != 1 or None in modes:
         kinds = ", ".join(sorted(set(blocks["layers"])))
         return WeightPath(None, f"dequantised: no kernel of basecli's runs these layers' blocks as they are ({kinds})")
@@ -93,5 +97,7 @@ def read_block_types(gguf: Path) -> dict:
     from basecli.weights.gguf_reader import GGUFFile
 
     tensors = {t.name: GGML_NAMES.get(t.ggml_type, f"type {t.ggml_type}") for t in GGUFFile(gguf).tensors}
-    layers = [kind for name, kind in tensors.items() if name.startswith("blk.") and name.split(".")[2] in LAYER_MATRICES]
+    # the matrices' blocks; their biases (Qwen2's q/k/v, all of GPT-2's) are F32 vectors whatever the file's format
+    layers = [kind for name, kind in tensors.items()
+              if name.startswith("blk.") and name.endswith(".weight") and name.split(".")[2] in LAYER_MATRICES]
     return {"layers": layers, "head": tensors.get("output.weight") or tensors.get("token_embd.weight")}

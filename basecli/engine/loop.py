@@ -1,5 +1,8 @@
 """The decode loop: prefill the prompts, then one token per step for every live row.
 
+In gpt-fast's shape: `prefill`, `decode_one_token`, `draw` (process and sample) and `row_event`
+(host-side text and finish), driven by `generate`.
+
 Batched with left padding, a KV cache, and sampling settings per row. It yields one
 Event per row per step; rows that finish leave the batch so they stop costing compute.
 """
@@ -7,14 +10,14 @@ Event per row per step; rows that finish leave the batch so they stop costing co
 from __future__ import annotations
 
 import codecs
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
 
-from basecli.config import SamplingParams
+from basecli.config import SamplingParams, fresh_seed
 from basecli.engine.processors import RowParams, process, sample
 from basecli.events import Event
-from basecli.config import fresh_seed
 
 
 class TextStream:
@@ -90,6 +93,92 @@ def select_cache(cache, rows: torch.Tensor) -> None:
         cache.reorder_cache(rows)
 
 
+def left_pad(prompts: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, mask, positions), each (B, width): left padding puts every row's next token in the same column."""
+    batch, width = len(prompts), max(len(p) for p in prompts)
+    ids = torch.zeros(batch, width, dtype=torch.long)
+    mask = torch.zeros(batch, width, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def row_seeds(params: Sequence[SamplingParams], seeds: Sequence[int] | None) -> list[int]:
+    """`seeds[i]`, else params[i].seed, else fresh randomness (recorded, so a run can be repeated)."""
+    return list(seeds) if seeds is not None else [p.seed if p.seed is not None else fresh_seed() for p in params]
+
+
+def is_shared(prompts: Sequence[Sequence[int]]) -> bool:
+    """Every row has the same prompt (resample): one prefill serves them all."""
+    return len(prompts) > 1 and all(list(p) == list(prompts[0]) for p in prompts[1:])
+
+
+def prefill(model, cache, kw: str, ids, mask, positions, shared: bool) -> torch.Tensor:
+    """Run the prompts through the model into `cache` (passed by the keyword `kw`, cache_keyword's answer);
+    the (B, vocab) fp32 logits of each row's next token.
+
+    shared (resample): the first row's prompt is run once and its cache copied to every row."""
+    batch = ids.shape[0]
+    rows = slice(0, 1) if shared else slice(None)
+    out = model(input_ids=ids[rows], attention_mask=mask[rows], position_ids=positions[rows], use_cache=True, logits_to_keep=1,
+                **{kw: cache})
+    logits = out.logits[:, -1, :].float()
+    if shared:
+        cache.batch_repeat_interleave(batch)
+        logits = logits.expand(batch, -1).contiguous()
+    return logits
+
+
+def decode_one_token(model, cache, kw: str, tokens, mask, positions) -> torch.Tensor:
+    """Feed one token per row (B,) at `positions` (B, 1); the (B, vocab) fp32 logits of the next one."""
+    out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions, use_cache=True, **{kw: cache})
+    return out.logits[:, -1, :].float()
+
+
+@dataclass
+class Draw:
+    """One step's choice for every live row, on the host: what the Events are made of."""
+
+    tokens: list[int]
+    logprobs: list[float]  # of each chosen token, before any processor
+    alternatives: list[list[tuple[int, float]]]  # top (id, logprob) per row, [] when not asked
+    entropy: list[float] | None
+
+
+def draw(logits, rows_cfg: RowParams, seen, generators, *, alternatives: int, entropy: bool) -> tuple[torch.Tensor, Draw]:
+    """Process and sample one token per row; the tokens (on the device) and what the Events report (on the host)."""
+    norm = logits.logsumexp(-1, keepdim=True)  # log-probabilities are logits - norm; only the few read are formed
+    processed = process(logits, rows_cfg, seen)
+    tokens = sample(processed, rows_cfg.greedy, generators)
+    chosen = (logits.gather(1, tokens[:, None]) - norm)[:, 0]
+    alts = [[] for _ in range(len(tokens))]
+    if alternatives:
+        top = torch.topk(logits, alternatives, dim=-1)
+        alts = [list(zip(i, lp)) for i, lp in zip(top.indices.tolist(), (top.values - norm).tolist())]
+    ent = sampled_entropy(processed, rows_cfg.greedy).tolist() if entropy else None
+    return tokens, Draw(tokens.tolist(), chosen.tolist(), alts, ent)
+
+
+def row_event(tokenizer, row: int, step: int, p: SamplingParams, stream: TextStream, tok_id: int, logprob: float,
+              alternatives: list, entropy: float | None) -> Event:
+    """Row `row`'s Event for a token it drew: its text (held back at a possible stop string) and whether it ends the row."""
+    finish = None
+    if tok_id in tokenizer.eos_ids and not p.ignore_eos:
+        text, finish, piece = stream.flush(), "eos", ""
+    else:
+        piece = tokenizer.token_bytes(tok_id)
+        text, stopped = stream.push(piece)
+        piece = piece.decode("utf-8", errors="replace")
+        if stopped:
+            finish = "stop"
+        elif step + 1 >= p.max_tokens:
+            text += stream.flush()
+            finish = "length"
+    return Event(row, step, tok_id, piece, text, logprob, alternatives, finish, entropy)
+
+
 @torch.inference_mode()
 def generate(
     model,
@@ -110,76 +199,35 @@ def generate(
     """
     assert len(prompts) == len(params) and all(len(p) > 0 for p in prompts)
     device = model.device
-    batch = len(prompts)
-    width = max(len(p) for p in prompts)
-    ids = torch.zeros(batch, width, dtype=torch.long)
-    mask = torch.zeros(batch, width, dtype=torch.long)
-    for i, p in enumerate(prompts):  # left padding: every row's next token is at the same column
-        ids[i, width - len(p) :] = torch.tensor(p)
-        mask[i, width - len(p) :] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-
+    ids, mask, positions = left_pad(prompts, device)
     rows_cfg = RowParams(params, device)
-    seeds = list(seeds) if seeds is not None else [p.seed if p.seed is not None else fresh_seed() for p in params]
-    generators = [make_generator(s, device) for s in seeds]
+    generators = [make_generator(s, device) for s in row_seeds(params, seeds)]
     seen = None
     if rows_cfg.use_penalty:
-        seen = torch.zeros(batch, _vocab(model), dtype=torch.bool, device=device)
+        seen = torch.zeros(len(prompts), vocab_size(model), dtype=torch.bool, device=device)
         seen.scatter_(1, ids, mask.bool())
-
     streams = [TextStream(p.stop) for p in params]
-    live = list(range(batch))  # batch position -> original row
+    live = list(range(len(prompts)))  # batch position -> original row
     cache = new_cache(model)
-    with_cache = {cache_keyword(model): cache, "use_cache": True}  # looked up once per call, not per step
-    shared = batch > 1 and all(list(p) == list(prompts[0]) for p in prompts[1:])
-    if prefix_cache is not None and (shared or batch == 1):
-        cache, logits = prefix_cache.prefill(model, prompts[0], batch)
-        with_cache[cache_keyword(model)] = cache
-    elif shared:  # resample: one prefill, its cache copied to every row
-        out = model(input_ids=ids[:1], attention_mask=mask[:1], position_ids=positions[:1], logits_to_keep=1, **with_cache)
-        cache.batch_repeat_interleave(batch)
-        logits = out.logits[:, -1, :].float().expand(batch, -1).contiguous()
+    kw = cache_keyword(model)  # looked up once per call, not per step
+    shared = is_shared(prompts)
+    if prefix_cache is not None and (shared or len(prompts) == 1):
+        cache, logits = prefix_cache.prefill(model, prompts[0], len(prompts))
     else:
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, **with_cache)
-        logits = out.logits[:, -1, :].float()
+        logits = prefill(model, cache, kw, ids, mask, positions, shared)
     next_pos = positions[:, -1:] + 1
     for step in range(max(p.max_tokens for p in params)):
-        norm = logits.logsumexp(-1, keepdim=True)  # log-probabilities are logits - norm; only the few read are formed
-        processed = process(logits, rows_cfg, seen)
-        tokens = sample(processed, rows_cfg.greedy, generators)
-        chosen_lp = (logits.gather(1, tokens[:, None]) - norm)[:, 0]
-        top = torch.topk(logits, alternatives, dim=-1) if alternatives else None
-        ent = _entropy(processed, rows_cfg.greedy) if entropy else None
-
-        tokens_l, chosen_l = tokens.tolist(), chosen_lp.tolist()
-        top_ids = top.indices.tolist() if top is not None else None
-        top_lps = (top.values - norm).tolist() if top is not None else None
-        ent_l = ent.tolist() if ent is not None else None
+        tokens, d = draw(logits, rows_cfg, seen, generators, alternatives=alternatives, entropy=entropy)
         keep = []
         for b, row in enumerate(live):
-            tok_id = tokens_l[b]
-            p = params[row]
-            stream = streams[row]
-            alts = list(zip(top_ids[b], top_lps[b])) if top_ids is not None else []
-            finish = None
-            if tok_id in tokenizer.eos_ids and not p.ignore_eos:
-                text, finish, piece = stream.flush(), "eos", ""
-            else:
-                piece = tokenizer.token_bytes(tok_id)
-                text, stopped = stream.push(piece)
-                piece = piece.decode("utf-8", errors="replace")
-                if stopped:
-                    finish = "stop"
-                elif step + 1 >= p.max_tokens:
-                    text += stream.flush()
-                    finish = "length"
-            yield Event(row, step, tok_id, piece, text, chosen_l[b], alts, finish, ent_l[b] if ent_l else None)
-            if finish is None:
+            ev = row_event(tokenizer, row, step, params[row], streams[row], d.tokens[b], d.logprobs[b], d.alternatives[b],
+                           d.entropy[b] if d.entropy else None)
+            yield ev
+            if ev.finish_reason is None:
                 keep.append(b)
         if not keep:
             return
-        if len(keep) < len(live):
+        if len(keep) < len(live):  # finished rows leave the batch
             sel = torch.tensor(keep, device=device)
             select_cache(cache, sel)
             mask, next_pos, tokens = mask[sel], next_pos[sel], tokens[sel]
@@ -190,16 +238,17 @@ def generate(
         if seen is not None:
             seen.scatter_(1, tokens[:, None], True)
         mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
-        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos, **with_cache)
-        logits = out.logits[:, -1, :].float()
+        logits = decode_one_token(model, cache, kw, tokens, mask, next_pos)
         next_pos = next_pos + 1
 
 
-def _entropy(logits: torch.Tensor, greedy: torch.Tensor) -> torch.Tensor:
+def sampled_entropy(logits: torch.Tensor, greedy: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of softmax(logits) per row; 0 for greedy rows, which draw nothing."""
     logp = logits.log_softmax(-1)
     h = -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
     return torch.where(greedy, torch.zeros_like(h), h)
 
 
-def _vocab(model) -> int:
+def vocab_size(model) -> int:
+    """Rows of the output head: the size of the logits."""
     return model.get_output_embeddings().weight.shape[0]

@@ -70,7 +70,7 @@ typedef struct { uint16_t d; int8_t qs[QK]; } block_q8_0;
  * about twice the error, and several times llama.cpp's KL from fp32 (bench/README.md, accuracy) */
 typedef struct { float d, s; int8_t qs[QK]; } block_act;
 
-enum { Q4_1 = 0, Q8_0 = 1 };
+enum { Q4_1 = 0, Q8_0 = 1, Q4_K = 2, Q5_K = 3, Q6_K = 4, F32_ROWS = -1 };  /* F32_ROWS: plain fp32 rows (an embedding) */
 
 /* ---- fp16 <-> fp32 (IEEE half, round to nearest even) ---- */
 
@@ -175,6 +175,8 @@ static inline __m256 exp8(__m256 x) {
 }
 #endif
 
+#include "kquants.c"
+
 /* ---- quantisation ---- */
 
 static void quantize_block_q4_1(const float *x, block_q4_1 *y) {
@@ -198,8 +200,10 @@ static void quantize_block_q8_0(const float *x, block_q8_0 *y) {
     for (int j = 0; j < QK; j++) y->qs[j] = (int8_t)lrintf(x[j] * id);
 }
 
-/* Bytes of a (rows, cols) matrix in `type`; cols must be a multiple of 32. */
+/* Bytes of a (rows, cols) matrix in `type`; cols must be a multiple of 32 (of 256 for the K-quants). */
 int64_t basecli_matrix_bytes(int type, int64_t rows, int64_t cols) {
+    if (is_k(type)) return rows * (cols / QK_K) * k_block_bytes(type);
+    if (type == F32_ROWS) return rows * cols * (int64_t)sizeof(float);
     int64_t blocks = rows * (cols / QK);
     return blocks * (type == Q4_1 ? (int64_t)sizeof(block_q4_1) : (int64_t)sizeof(block_q8_0));
 }
@@ -216,6 +220,8 @@ void basecli_quantize(int type, const float *x, void *out, int64_t rows, int64_t
 }
 
 void basecli_dequantize(int type, const void *w, float *out, int64_t rows, int64_t cols) {
+    if (is_k(type)) { k_dequantize(type, w, out, rows, cols); return; }
+    if (type == F32_ROWS) { memcpy(out, w, sizeof(float) * rows * cols); return; }
     int64_t nb = cols / QK;
     for (int64_t i = 0; i < rows * nb; i++) {
         float *y = out + i * QK;
@@ -383,9 +389,10 @@ static void tile_q8_0(const void *w0v, const void *w1v, const block_act *a, cons
 #undef TILE_MADD
 #endif
 
-/* out[r, c] = sum_k W[c, k] x[r, k] for r < M, c < N, with x already quantised (M rows of K/32 blocks).
+/* out[r * ldo + c] = sum_k W[c, k] x[r, k] for r < M, c < N, with x already quantised (M rows of K/32 blocks).
  * Split over output columns: each thread reads its own share of the weights once for all M rows. */
-static void matmul_q(int type, const void *W, const block_act *x, int64_t M, int64_t K, float *out, int64_t N) {
+static void matmul_q(int type, const void *W, const block_act *x, int64_t M, int64_t K, float *out, int64_t N, int64_t ldo) {
+    if (is_k(type)) { k_matmul(type, W, x, M, K, out, N, ldo); return; }
     int64_t nb = K / QK, tiled_m = 0, pairs = 0;
     float *ds = NULL;
 #ifdef BASECLI_AVX2
@@ -411,10 +418,10 @@ static void matmul_q(int type, const void *W, const block_act *x, int64_t M, int
         int64_t width = p < pairs ? 2 : 1, r = 0;
         const char *w = (const char *)W + c * row_bytes;
 #ifdef BASECLI_AVX2
-        if (width == 2) for (; r < tiled_m; r += 4) tile(w, w + row_bytes, x + r * nb, ds + r / 4 * nb * 8, nb, out + r * N + c, N);
+        if (width == 2) for (; r < tiled_m; r += 4) tile(w, w + row_bytes, x + r * nb, ds + r / 4 * nb * 8, nb, out + r * ldo + c, ldo);
 #endif
         for (int64_t k = 0; k < width; k++)
-            for (int64_t rr = r; rr < M; rr++) out[rr * N + c + k] = dot(w + k * row_bytes, x + rr * nb, nb);
+            for (int64_t rr = r; rr < M; rr++) out[rr * ldo + c + k] = dot(w + k * row_bytes, x + rr * nb, nb);
     }
     free(ds);
 }
@@ -424,12 +431,14 @@ static void quantize_act(const float *x, block_act *y, int64_t M, int64_t K) {
     for (int64_t r = 0; r < M; r++) quantize_act_row(x + r * K, y + r * (K / QK), K);
 }
 
-/* F.linear(x, W) for fp32 x (M, K) and a quantised W (N, K). */
-void basecli_linear(int type, const void *W, const float *x, int64_t M, int64_t K, float *out, int64_t N) {
+/* F.linear(x, W) for fp32 x (M, K) and a quantised W (N, K). Returns 0, or -1 if out of memory. */
+int basecli_linear(int type, const void *W, const float *x, int64_t M, int64_t K, float *out, int64_t N) {
     block_act *q = malloc(sizeof(block_act) * M * (K / QK));
+    if (!q) return -1;
     quantize_act(x, q, M, K);
-    matmul_q(type, W, q, M, K, out, N);
+    matmul_q(type, W, q, M, K, out, N, N);
     free(q);
+    return 0;
 }
 
 /* ---- fp32 helpers ---- */
@@ -475,6 +484,41 @@ static void rms_norm(const float *x, const float *w, float *out, int64_t n, floa
     for (; i < n; i++) ss += x[i] * x[i];
     float r = 1.0f / sqrtf(ss / n + eps);
     for (i = 0; i < n; i++) out[i] = x[i] * r * w[i];
+}
+
+/* LayerNorm (GPT-2): (x - mean) / sqrt(var + eps) * w + b, the mean and variance in two passes */
+static void layer_norm(const float *x, const float *w, const float *b, float *out, int64_t n, float eps) {
+    float mean = 0, var = 0;
+    for (int64_t i = 0; i < n; i++) mean += x[i];
+    mean /= n;
+    for (int64_t i = 0; i < n; i++) var += (x[i] - mean) * (x[i] - mean);
+    float r = 1.0f / sqrtf(var / n + eps);
+    for (int64_t i = 0; i < n; i++) out[i] = (x[i] - mean) * r * w[i] + b[i];
+}
+
+/* GELU with the tanh approximation (GPT-2's gelu_new), in place: 0.5 x (1 + tanh(y)) = x sigmoid(2y),
+ * y = sqrt(2/pi) (x + 0.044715 x^3) */
+static void gelu_tanh(float *x, int64_t n) {
+    const float c = 2.0f * 0.7978845608028654f;
+    int64_t i = 0;
+#ifdef BASECLI_AVX2
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256 y = _mm256_mul_ps(_mm256_set1_ps(c), _mm256_add_ps(v, _mm256_mul_ps(_mm256_set1_ps(0.044715f), _mm256_mul_ps(v, _mm256_mul_ps(v, v)))));
+        __m256 sig = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), y))));
+        _mm256_storeu_ps(x + i, _mm256_mul_ps(v, sig));
+    }
+#endif
+    for (; i < n; i++) {  /* as the 8 lanes above */
+        float v = x[i], y = c * (v + 0.044715f * (v * (v * v)));
+        x[i] = v * (1.0f / (1.0f + exp1(0.0f - y)));
+    }
+}
+
+static void add_bias(float *y, const float *b, int64_t B, int64_t n) {  /* each of B rows of y += b (no bias: nothing) */
+    if (b)
+        for (int64_t r = 0; r < B; r++)
+            for (int64_t i = 0; i < n; i++) y[r * n + i] += b[i];
 }
 
 static void silu_mul(const float *gate, const float *up, float *out, int64_t n) {  /* silu(gate) * up */
@@ -591,17 +635,36 @@ static float exp_sum(float *s, int64_t n, float top) {  /* s = exp(s - top) in p
 
 /* ---- the model and one decode step ---- */
 
+/* A weight matrix as up to three stacked by rows (q, k, v; gate, up), each in its own block type: a
+ * GGUF file may hold v in Q6_K beside q and k in Q4_K (llama.cpp's Q4_K_M), and each is used where it lies. */
+typedef struct { const void *w[3]; int64_t rows[3]; int type[3]; int parts; } Matrix;
+
 typedef struct {
     int64_t dim, hidden, layers, heads, kv, head_dim, vocab;
     float eps;
-    int wtype, htype;          /* block type of the layer matrices, of the vocabulary head */
-    const float *embed;        /* (vocab, dim) fp32 rows for the token lookup */
+    int etype;                 /* the embedding's rows: F32_ROWS, or a block type (dequantised a row per token) */
+    const void *embed;         /* (vocab, dim) for the token lookup */
     const float *norm;         /* final norm */
-    const void *head;          /* (vocab, dim) quantised */
+    const Matrix *head;        /* (vocab, dim) */
     const float *inv_freq;     /* (head_dim / 2) */
     const float **norm1, **norm2;
-    const void **qkv, **o, **gate_up, **down;  /* per layer; qkv is q, k, v stacked, gate_up gate then up */
+    const Matrix *qkv, *o, *gate_up, *down;  /* per layer; qkv is q, k, v stacked, gate_up gate then up */
+    /* GPT-2 and Llamas with biases (Qwen2); NULL where the model has none */
+    const float *pos_embed;    /* (positions, dim) learned positions, added to the token's row; then inv_freq is NULL: no rope */
+    const float *norm_bias;    /* with it, every norm is a LayerNorm with biases (GPT-2), else an RMSNorm */
+    const float **norm1_bias, **norm2_bias;
+    const float **qkv_bias, **o_bias, **up_bias, **down_bias;  /* per layer, or NULL; an entry may be NULL too */
+    int gelu;                  /* 1: the MLP is down(gelu_tanh(up x + b)), gate_up holding up alone (GPT-2); 0: down(silu(gate x) * up x) */
 } Model;
+
+#define LAYER_PTR(m, field, l) ((m)->field ? (m)->field[l] : NULL)
+
+/* out (M, total rows) = x times each stacked part, side by side. */
+static void matmul_m(const Matrix *w, const block_act *x, int64_t M, int64_t K, float *out) {
+    int64_t total = 0, at = 0;
+    for (int p = 0; p < w->parts; p++) total += w->rows[p];
+    for (int p = 0; p < w->parts; p++) { matmul_q(w->type[p], w->w[p], x, M, K, out + at, w->rows[p], total); at += w->rows[p]; }
+}
 
 typedef struct {               /* the KV cache of engine/lean.py's KVCache, as pointers and strides (in floats) */
     float *k, *v;              /* per-row buffers (layers, B, kv, capacity, head_dim), contiguous */
@@ -614,14 +677,15 @@ static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 /* x += add (when given), then h = rms_norm(x) and its int8 blocks, row by row; rows on threads when there are
  * enough of them to pay for waking one (each row's arithmetic is the same either way) */
-static void add_norm_quantize(float *x, const float *add, const float *w, float *h, block_act *q8, int64_t B, int64_t dim,
-                              float eps) {
+static void add_norm_quantize(float *x, const float *add, const float *w, const float *bias, float *h, block_act *q8, int64_t B,
+                              int64_t dim, float eps) {
     #pragma omp parallel for schedule(static) if (B >= 8)
     for (int64_t b = 0; b < B; b++) {
         float *xr = x + b * dim;
         if (add)
             for (int64_t i = 0; i < dim; i++) xr[i] += add[b * dim + i];
-        rms_norm(xr, w, h + b * dim, dim, eps);
+        if (bias) layer_norm(xr, w, bias, h + b * dim, dim, eps);
+        else rms_norm(xr, w, h + b * dim, dim, eps);
         quantize_act_row(h + b * dim, q8 + b * (dim / QK), dim);
     }
 }
@@ -702,8 +766,10 @@ int basecli_decode_step(const Model *m, int64_t B, const int64_t *tokens, const 
     if (!x || !h || !qkv || !gu || !act || !tmp || !scores || !rope || !q8 || !totals) { status = -1; goto done; }
 
     for (int64_t b = 0; b < B; b++) {
-        memcpy(x + b * dim, m->embed + tokens[b] * dim, sizeof(float) * dim);
-        for (int64_t i = 0; i < hd / 2; i++) {  /* cos, then sin, of position * inv_freq (an fp32 product, as torch computes it) */
+        basecli_dequantize(m->etype, (const char *)m->embed + tokens[b] * basecli_matrix_bytes(m->etype, 1, dim), x + b * dim, 1, dim);
+        if (m->pos_embed)
+            for (int64_t i = 0; i < dim; i++) x[b * dim + i] += m->pos_embed[positions[b] * dim + i];
+        for (int64_t i = 0; m->inv_freq && i < hd / 2; i++) {  /* cos, then sin, of position * inv_freq (an fp32 product, as torch computes it) */
             float f = (float)positions[b] * m->inv_freq[i];
             rope[b * hd + i] = (float)cos((double)f);  /* in double, then rounded: libm's cosf/sinf may take */
             rope[b * hd + hd / 2 + i] = (float)sin((double)f);  /* another code path on another CPU */
@@ -714,9 +780,10 @@ int basecli_decode_step(const Model *m, int64_t B, const int64_t *tokens, const 
     const int64_t row_stride = KV * c->capacity * hd;  /* one row's buffer within a layer */
 
     for (int64_t l = 0; l < m->layers; l++) {
-        add_norm_quantize(x, l ? tmp : NULL, m->norm1[l], h, q8, B, dim, m->eps);  /* the last layer's MLP output joins here */
+        add_norm_quantize(x, l ? tmp : NULL, m->norm1[l], LAYER_PTR(m, norm1_bias, l), h, q8, B, dim, m->eps);  /* the last layer's MLP output joins here */
         TICK(OTHER);
-        matmul_q(m->wtype, m->qkv[l], q8, B, dim, qkv, qkv_n);
+        matmul_m(&m->qkv[l], q8, B, dim, qkv);
+        add_bias(qkv, LAYER_PTR(m, qkv_bias, l), B, qkv_n);
         TICK(MATMUL);
 
         float *kl = c->k + l * B * row_stride, *vl = c->v + l * B * row_stride;
@@ -724,7 +791,7 @@ int basecli_decode_step(const Model *m, int64_t B, const int64_t *tokens, const 
         for (int64_t b = 0; b < B; b++) {
             float *row = qkv + b * qkv_n;
             const float *cs = rope + b * hd, *sn = rope + b * hd + hd / 2;
-            for (int64_t head = 0; head < H + KV; head++) {  /* rotate q and k: x cos + rotate_half(x) sin */
+            for (int64_t head = 0; m->inv_freq && head < H + KV; head++) {  /* rotate q and k: x cos + rotate_half(x) sin */
                 float *v = row + head * hd;
                 for (int64_t i = 0; i < hd / 2; i++) {
                     float a = v[i], z = v[i + hd / 2];
@@ -761,24 +828,31 @@ int basecli_decode_step(const Model *m, int64_t B, const int64_t *tokens, const 
         TICK(ATTENTION);
         quantize_act(h, q8, B, H * hd);
         TICK(OTHER);
-        matmul_q(m->wtype, m->o[l], q8, B, H * hd, tmp, dim);
+        matmul_m(&m->o[l], q8, B, H * hd, tmp);
+        add_bias(tmp, LAYER_PTR(m, o_bias, l), B, dim);
         TICK(MATMUL);
-        add_norm_quantize(x, tmp, m->norm2[l], h, q8, B, dim, m->eps);
+        add_norm_quantize(x, tmp, m->norm2[l], LAYER_PTR(m, norm2_bias, l), h, q8, B, dim, m->eps);
         TICK(OTHER);
-        matmul_q(m->wtype, m->gate_up[l], q8, B, dim, gu, 2 * hid);
+        matmul_m(&m->gate_up[l], q8, B, dim, gu);  /* (B, 2 hid), or (B, hid) for GPT-2's up alone */
         TICK(MATMUL);
         #pragma omp parallel for schedule(static) if (B >= 8)
         for (int64_t b = 0; b < B; b++) {
-            silu_mul(gu + b * 2 * hid, gu + b * 2 * hid + hid, act + b * hid, hid);
-            quantize_act_row(act + b * hid, q8 + b * (hid / QK), hid);
+            float *a = act + b * hid;
+            if (m->gelu) {  /* gu holds up x alone: (B, hid) */
+                a = gu + b * hid;
+                add_bias(a, LAYER_PTR(m, up_bias, l), 1, hid);
+                gelu_tanh(a, hid);
+            } else silu_mul(gu + b * 2 * hid, gu + b * 2 * hid + hid, a, hid);
+            quantize_act_row(a, q8 + b * (hid / QK), hid);
         }
         TICK(OTHER);
-        matmul_q(m->wtype, m->down[l], q8, B, hid, tmp, dim);
+        matmul_m(&m->down[l], q8, B, hid, tmp);
+        add_bias(tmp, LAYER_PTR(m, down_bias, l), B, dim);
         TICK(MATMUL);
     }
-    add_norm_quantize(x, m->layers ? tmp : NULL, m->norm, h, q8, B, dim, m->eps);
+    add_norm_quantize(x, m->layers ? tmp : NULL, m->norm, m->norm_bias, h, q8, B, dim, m->eps);
     TICK(OTHER);
-    matmul_q(m->htype, m->head, q8, B, dim, logits, m->vocab);
+    matmul_m(m->head, q8, B, dim, logits);
     TICK(MATMUL);
 done:
     free(x); free(h); free(qkv); free(gu); free(act); free(tmp); free(scores); free(rope); free(q8); free(totals);

@@ -33,11 +33,13 @@ from basecli.config import NATIVE_MODES
 from basecli.errors import UsageError
 
 MODES = NATIVE_MODES
-Q4_1, Q8_0 = 0, 1
-FORMAT_NAMES = {Q4_1: "Q4_1", Q8_0: "Q8_0"}  # llama.cpp's names for the block formats
+F32_ROWS, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K = -1, 0, 1, 2, 3, 4  # native.c's block types
+FORMAT_NAMES = {Q4_1: "Q4_1", Q8_0: "Q8_0", Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K"}  # llama.cpp's names for them
 LAYER_TYPE = {"q4": Q4_1, "q8": Q8_0}
 BLOCK = 32
+ROW_MULTIPLE = {Q4_K: 256, Q5_K: 256, Q6_K: 256}  # a K-quant super-block is 256 weights of one row
 SOURCE = Path(__file__).with_name("native.c")
+SOURCES = (SOURCE, Path(__file__).with_name("kquants.c"))  # native.c includes kquants.c
 FLAG_SETS = (  # the first that compiles is used: OpenMP threads and this CPU's vector units where there are
     ["-O3", "-ffp-contract=off", "-march=native", "-fopenmp"],
     ["-O3", "-ffp-contract=off", "-march=native"],
@@ -105,7 +107,7 @@ def _cpu_key() -> str:
 
 def build(flag_sets=FLAG_SETS) -> Path:
     """The shared library of native.c built with the first of `flag_sets` that compiles, cached in BASECLI_HOME."""
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in SOURCES)
     compiler = os.environ.get("CC") or "cc"
     key = hashlib.sha256(source + compiler.encode() + _cpu_key().encode() + repr(flag_sets).encode()).hexdigest()[:16]
     folder = config.home() / "native"
@@ -136,23 +138,31 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.basecli_matrix_bytes.argtypes, lib.basecli_matrix_bytes.restype = [ctypes.c_int, i64, i64], i64
     lib.basecli_quantize.argtypes = [ctypes.c_int, p, p, i64, i64]
     lib.basecli_dequantize.argtypes = [ctypes.c_int, p, p, i64, i64]
-    lib.basecli_linear.argtypes = [ctypes.c_int, p, p, i64, i64, p, i64]
+    lib.basecli_linear.argtypes, lib.basecli_linear.restype = [ctypes.c_int, p, p, i64, i64, p, i64], ctypes.c_int
     lib.basecli_decode_step.argtypes = [ctypes.POINTER(ModelStruct), i64, p, p, p, ctypes.POINTER(CacheStruct), p]
     lib.basecli_decode_step.restype = ctypes.c_int
     lib.basecli_set_threads.argtypes = [ctypes.c_int]
     lib.basecli_profile.argtypes = [ctypes.POINTER(ctypes.c_double)]
-    for name in ("basecli_quantize", "basecli_dequantize", "basecli_linear", "basecli_set_threads", "basecli_profile"):
+    for name in ("basecli_quantize", "basecli_dequantize", "basecli_set_threads", "basecli_profile"):
         getattr(lib, name).restype = None
     return lib
 
 
+class MatrixStruct(ctypes.Structure):
+    """native.c's Matrix: up to three matrices stacked by rows, each in its own block type."""
+    _fields_ = [("w", ctypes.c_void_p * 3), ("rows", ctypes.c_int64 * 3), ("type", ctypes.c_int * 3), ("parts", ctypes.c_int)]
+
+
 class ModelStruct(ctypes.Structure):
     _fields_ = [(n, ctypes.c_int64) for n in ("dim", "hidden", "layers", "heads", "kv", "head_dim", "vocab")] + [
-        ("eps", ctypes.c_float), ("wtype", ctypes.c_int), ("htype", ctypes.c_int),
-        ("embed", ctypes.c_void_p), ("norm", ctypes.c_void_p), ("head", ctypes.c_void_p), ("inv_freq", ctypes.c_void_p),
+        ("eps", ctypes.c_float), ("etype", ctypes.c_int),
+        ("embed", ctypes.c_void_p), ("norm", ctypes.c_void_p), ("head", ctypes.POINTER(MatrixStruct)), ("inv_freq", ctypes.c_void_p),
         ("norm1", ctypes.POINTER(ctypes.c_void_p)), ("norm2", ctypes.POINTER(ctypes.c_void_p)),
-        ("qkv", ctypes.POINTER(ctypes.c_void_p)), ("o", ctypes.POINTER(ctypes.c_void_p)),
-        ("gate_up", ctypes.POINTER(ctypes.c_void_p)), ("down", ctypes.POINTER(ctypes.c_void_p)),
+        ("qkv", ctypes.POINTER(MatrixStruct)), ("o", ctypes.POINTER(MatrixStruct)),
+        ("gate_up", ctypes.POINTER(MatrixStruct)), ("down", ctypes.POINTER(MatrixStruct)),
+        ("pos_embed", ctypes.c_void_p), ("norm_bias", ctypes.c_void_p),
+        *((name, ctypes.POINTER(ctypes.c_void_p)) for name in ("norm1_bias", "norm2_bias", "qkv_bias", "o_bias", "up_bias", "down_bias")),
+        ("gelu", ctypes.c_int),
     ]
 
 
@@ -163,27 +173,48 @@ class CacheStruct(ctypes.Structure):
 
 
 class QuantizedMatrix:
-    """A (rows, cols) weight matrix in Q4_1 or Q8_0 blocks; `matrix(x)` is F.linear(x, weight) for fp32 x.
+    """A (rows, cols) weight matrix in one of native.c's block types; `matrix(x)` is F.linear(x, weight) for fp32 x.
 
-    Answers numel/element_size/data_ptr like a tensor, so memory accounting counts it (element_size
-    is bytes per weight, a fraction: 0.625 for Q4_1), and `format`, what `basecli info` shows for it.
+    Made by quantising an fp32 matrix (Q4_1, Q8_0), or from blocks already in that type (`from_blocks`:
+    a GGUF file's own, where they lie in the mapped file). Answers numel/element_size/data_ptr like a
+    tensor, so memory accounting counts it (element_size is bytes per weight, a fraction: 0.625 for
+    Q4_1), and `format`, what `basecli info` shows for it.
     """
 
-    def __init__(self, weight: torch.Tensor, kind: int, lib: ctypes.CDLL | None = None):
+    dtype = torch.float32  # of what it computes (inputs, outputs, rows looked up), as a tensor's dtype says it
+
+    def __init__(self, weight: torch.Tensor | None, kind: int, lib: ctypes.CDLL | None = None):
+        if weight is None:  # from_blocks fills it in
+            return
         rows, cols = weight.shape
-        if cols % BLOCK:
-            raise NativeUnavailable(f"a matrix of {cols} columns (the kernels need a multiple of {BLOCK})")
+        if kind in ROW_MULTIPLE:
+            raise NativeUnavailable(f"{FORMAT_NAMES[kind]} blocks are read from GGUF files, not made here")
+        check_columns(kind, cols)
         lib = lib or library()
         self.shape, self.kind, self.lib = (rows, cols), kind, lib
         self.blocks = torch.empty(lib.basecli_matrix_bytes(kind, rows, cols), dtype=torch.uint8)
         w = weight.float().contiguous()
         lib.basecli_quantize(kind, w.data_ptr(), self.blocks.data_ptr(), rows, cols)
 
+    @classmethod
+    def from_blocks(cls, blocks: torch.Tensor, kind: int, shape: tuple[int, int], lib: ctypes.CDLL | None = None):
+        """The matrix these bytes hold (uint8, contiguous; kept, not copied) in block type `kind`."""
+        rows, cols = shape
+        check_columns(kind, cols)
+        self = cls(None, kind)
+        self.shape, self.kind, self.lib = (rows, cols), kind, lib or library()
+        want = self.lib.basecli_matrix_bytes(kind, rows, cols)
+        if blocks.numel() != want or blocks.dtype != torch.uint8 or not blocks.is_contiguous():
+            raise ValueError(f"{FORMAT_NAMES.get(kind, kind)} matrix {rows}x{cols} needs {want} contiguous bytes, got {blocks.numel()}")
+        self.blocks = blocks
+        return self
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows, cols = self.shape
         flat = x.reshape(-1, cols).float().contiguous()
         out = torch.empty(flat.shape[0], rows)
-        self.lib.basecli_linear(self.kind, self.blocks.data_ptr(), flat.data_ptr(), flat.shape[0], cols, out.data_ptr(), rows)
+        if self.lib.basecli_linear(self.kind, self.blocks.data_ptr(), flat.data_ptr(), flat.shape[0], cols, out.data_ptr(), rows):
+            raise MemoryError("basecli's matmul could not allocate its activation blocks")
         return out.view(*x.shape[:-1], rows)
 
     def dequantize(self) -> torch.Tensor:
@@ -191,6 +222,18 @@ class QuantizedMatrix:
         out = torch.empty(self.shape)
         self.lib.basecli_dequantize(self.kind, self.blocks.data_ptr(), out.data_ptr(), *self.shape)
         return out
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """F.embedding(ids, weight): the rows `ids` dequantised, (*ids.shape, cols)."""
+        flat = ids.reshape(-1).tolist()
+        out = torch.empty(len(flat), self.shape[1])
+        row_bytes = self.blocks.numel() // self.shape[0]
+        for i, row in enumerate(flat):
+            self.lib.basecli_dequantize(self.kind, self.blocks.data_ptr() + row * row_bytes, out[i].data_ptr(), 1, self.shape[1])
+        return out.view(*ids.shape, self.shape[1])
+
+    def struct(self) -> MatrixStruct:
+        return MatrixStruct((ctypes.c_void_p * 3)(self.data_ptr()), (ctypes.c_int64 * 3)(self.shape[0]), (ctypes.c_int * 3)(self.kind), 1)
 
     @property
     def format(self) -> str:
@@ -206,24 +249,98 @@ class QuantizedMatrix:
         return self.blocks.data_ptr()
 
 
-class NativeDecoder:
-    """A LeanLlama's decode step as one call into native.c; built by `apply`, which owns the matrices."""
+class Stacked:
+    """Matrices of one input stacked by rows, each in its own block type (q, k, v of a GGUF file whose v is
+    Q6_K beside Q4_K q and k): `stacked(x)` is F.linear(x, the stacked weight). native.c runs each part in
+    its own type into adjacent output columns."""
 
-    def __init__(self, model, head_kind: int, lib: ctypes.CDLL | None = None):
+    dtype = torch.float32
+
+    def __init__(self, parts: list[QuantizedMatrix]):
+        if not 1 <= len(parts) <= 3 or len({p.shape[1] for p in parts}) != 1:
+            raise ValueError("one to three matrices of the same width are stacked")
+        self.parts = parts
+        self.shape = (sum(p.shape[0] for p in parts), parts[0].shape[1])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([p(x) for p in self.parts], dim=-1)
+
+    def dequantize(self) -> torch.Tensor:
+        return torch.cat([p.dequantize() for p in self.parts])
+
+    @property
+    def kind(self) -> int | None:
+        kinds = {p.kind for p in self.parts}
+        return kinds.pop() if len(kinds) == 1 else None
+
+    @property
+    def format(self) -> str:
+        return "+".join(dict.fromkeys(p.format for p in self.parts))  # each format once, in order
+
+    def struct(self) -> MatrixStruct:
+        n = len(self.parts)
+        return MatrixStruct((ctypes.c_void_p * 3)(*[p.data_ptr() for p in self.parts]), (ctypes.c_int64 * 3)(*[p.shape[0] for p in self.parts]),
+                            (ctypes.c_int * 3)(*[p.kind for p in self.parts]), n)
+
+    def numel(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    def element_size(self) -> float:
+        return sum(p.blocks.numel() for p in self.parts) / self.numel()
+
+    def data_ptr(self) -> int:
+        return self.parts[0].data_ptr()
+
+
+def check_columns(kind: int, cols: int) -> None:
+    multiple = ROW_MULTIPLE.get(kind, BLOCK)
+    if cols % multiple:
+        raise NativeUnavailable(f"a matrix of {cols} columns (the kernels need a multiple of {multiple} for {FORMAT_NAMES[kind]})")
+
+
+class NativeDecoder:
+    """A lean model's decode step as one call into native.c; built by `apply`, which owns the matrices.
+
+    LeanLlama (RMSNorm, rope, SiLU-gated MLP; Qwen2's q/k/v biases) and LeanGPT2 (learned positions,
+    LayerNorm, GELU MLP, biases everywhere) name their layer fields alike, so one reading serves both.
+    """
+
+    def __init__(self, model, lib: ctypes.CDLL | None = None):
         self.model, self.lib = model, lib or library()
         layers = model.layers
-        self.embed = model.embed.float().contiguous()
-        self.norms = [t.float().contiguous() for layer in layers for t in (layer.norm1, layer.norm2)] + [model.norm.float().contiguous()]
-        self.inv_freq = model.inv_freq.float().contiguous()
-        arr = lambda values: (ctypes.c_void_p * len(values))(*values)  # noqa: E731
-        self._arrays = [arr([self.norms[2 * i].data_ptr() for i in range(len(layers))]),
-                        arr([self.norms[2 * i + 1].data_ptr() for i in range(len(layers))])]
-        self._arrays += [arr([getattr(layer, name).data_ptr() for layer in layers]) for name in ("qkv", "o", "gate_up", "down")]
-        cfg = model.config
+        fp32 = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
+        if isinstance(model.embed, torch.Tensor):
+            self.embed, etype = fp32(model.embed), F32_ROWS
+        else:  # a GGUF file's own blocks: a row dequantised per token
+            self.embed, etype = model.embed, model.embed.kind
+        self.kept = {"norm": fp32(model.norm), "norm_bias": fp32(getattr(model, "norm_bias", None)),
+                     "inv_freq": fp32(getattr(model, "inv_freq", None)), "pos_embed": fp32(getattr(model, "positions", None))}
+        for name in ("norm1", "norm2", "norm1_bias", "norm2_bias", "qkv_bias", "o_bias", "up_bias", "down_bias"):
+            self.kept[name] = [fp32(getattr(layer, name, None)) for layer in layers]
+        gelu = hasattr(layers[0], "up")  # GPT-2: one MLP input matrix, GELU
+        ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+
+        def arr(values):
+            """A C array of per-layer pointers, or NULL when no layer has one."""
+            return None if all(v is None for v in values) else (ctypes.c_void_p * len(values))(*values)
+
+        def structs(matrices):
+            """A C array of native.c's Matrix, one per layer (a matrix stacked from parts keeps its parts)."""
+            return (MatrixStruct * len(matrices))(*[m.struct() for m in matrices])
+
+        self._matrices = {name: structs([getattr(layer, name) for layer in layers]) for name in ("qkv", "o", "down")}
+        self._matrices["gate_up"] = structs([layer.up if gelu else layer.gate_up for layer in layers])
+        per_layer = {name: [ptr(t) for t in self.kept[name]] for name in ("norm1", "norm2", "norm1_bias", "norm2_bias", "qkv_bias",
+                                                                         "o_bias", "up_bias", "down_bias")}
+        self._arrays = {name: arr(values) for name, values in per_layer.items()}
+        self._head = model.head.struct()
         self.struct = ModelStruct(
-            model.dim, cfg.intermediate_size, len(layers), model.n_heads, model.n_kv, model.head_dim, model.head.shape[0],
-            model.eps, layers[0].qkv.kind, head_kind, self.embed.data_ptr(), self.norms[-1].data_ptr(),
-            model.head.data_ptr(), self.inv_freq.data_ptr(), *self._arrays)
+            model.dim, layers[0].down.shape[1], len(layers), model.n_heads, model.n_kv, model.head_dim, model.head.shape[0],
+            model.eps, etype, self.embed.data_ptr(), ptr(self.kept["norm"]),
+            ctypes.pointer(self._head), ptr(self.kept["inv_freq"]),
+            self._arrays["norm1"], self._arrays["norm2"], *(self._matrices[n] for n in ("qkv", "o", "gate_up", "down")),
+            ptr(self.kept["pos_embed"]), ptr(self.kept["norm_bias"]),
+            *(self._arrays[n] for n in ("norm1_bias", "norm2_bias", "qkv_bias", "o_bias", "up_bias", "down_bias")), int(gelu))
 
     def step(self, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
         """Logits (B, vocab) of one new token per row (tokens (B, 1), mask (B, length + 1), positions (B, 1)),
@@ -264,7 +381,7 @@ def check_model(mode: str, model, device: str) -> None:
     if device != "cpu":
         raise UsageError(f"--quantize {mode} runs on the CPU only; use --device cpu, or leave --quantize (BASECLI_QUANTIZE) unset")
     if not hasattr(model, "layers"):
-        raise UsageError(f"--quantize {mode} needs basecli's lean engine, which runs Llama-architecture models only; this one runs on transformers' code (leave --quantize unset, and BASECLI_ENGINE unset or lean)")
+        raise UsageError(f"--quantize {mode} needs basecli's lean engine (Llama, Qwen2 and GPT-2 models); this one runs on transformers' code (leave --quantize unset, and BASECLI_ENGINE unset or lean)")
     if model.embed.dtype != torch.float32:
         raise UsageError(f"--quantize {mode} needs float32 activations: use --dtype float32")
 
@@ -279,7 +396,7 @@ def check(mode: str, model, device: str) -> None:
 
 
 def converter(mode: str):
-    """`convert(matrix, role)` for lean.load: each matrix quantised as it is read (role "head": Q8_0)."""
+    """`convert(matrix, role)` for forwards.load: each matrix quantised as it is read (role "head": Q8_0)."""
     try:
         library()  # fails here, before any weight is read, when the kernels cannot be built
     except NativeUnavailable as e:
@@ -296,7 +413,7 @@ def converter(mode: str):
 
 
 def apply(model, mode: str, threads: int | None = None) -> None:
-    """Quantise every matrix of a LeanLlama but the embedding lookup, in place (those `converter` did at
+    """Quantise every matrix of a lean model (engine/lean.py, engine/gpt2.py) but the embedding lookup, in place (those `converter` did at
     load are kept), and give it the one-call decode step."""
     check(mode, model, model.device.type)
     lib = library()
@@ -313,17 +430,14 @@ def apply(model, mode: str, threads: int | None = None) -> None:
 
     try:
         for i, layer in enumerate(model.layers):
-            p = f"model.layers.{i}."
-            layer.qkv = convert(layer.qkv, kind)  # fused at load: already a copy, its pages released then
-            layer.o = convert(layer.o, kind, p + "self_attn.o_proj.weight")
-            layer.gate_up = convert(layer.gate_up, kind)
-            layer.down = convert(layer.down, kind, p + "mlp.down_proj.weight")
+            for field in model.MATRICES:  # a matrix fused at load is a copy whose pages went then; releasing again is harmless
+                setattr(layer, field, convert(getattr(layer, field), kind, *model.source_names(field, i)))
         model.head_tied = getattr(model, "head_tied", False) or model.head is model.embed
         # the embedding is read a row per token from here on: its pages come back as rows are looked up
-        model.head = convert(model.head, Q8_0, "lm_head.weight", "model.embed_tokens.weight")
+        model.head = convert(model.head, Q8_0, *model.source_names("head"))
     except NativeUnavailable as e:
         raise UsageError(f"--quantize {mode} cannot run this model: {e}") from None
-    if {m.kind for layer in model.layers for m in (layer.qkv, layer.o, layer.gate_up, layer.down)} != {kind}:
+    if {getattr(layer, field).kind for layer in model.layers for field in model.MATRICES} != {kind}:
         raise UsageError(f"this model was loaded with other quantised weights than --quantize {mode}")
-    model.native = NativeDecoder(model, Q8_0)
+    model.native = NativeDecoder(model)
     model.quantized = mode

@@ -28,6 +28,7 @@ class RowParams:
         self.use_penalty = any(p.repetition_penalty != 1.0 for p in params)
         self.use_temperature = any(p.temperature not in (0.0, 1.0) for p in params)
         self.use_top_k = any(p.top_k > 0 for p in params)
+        self.kmax = max(p.top_k for p in params)  # known on the host: top-k without reading k back (engine/static_loop.py)
         self.use_top_p = any(p.top_p < 1.0 for p in params)
         self.use_min_p = any(p.min_p > 0 for p in params)
 
@@ -50,9 +51,11 @@ def temperature(logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return logits / t[:, None]
 
 
-def top_k(logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Keep the k highest logits of each row (ties at the k-th value are kept); k = 0 keeps all."""
-    kmax = min(int(k.max()), logits.shape[-1])
+def top_k(logits: torch.Tensor, k: torch.Tensor, kmax: int | None = None) -> torch.Tensor:
+    """Keep the k highest logits of each row (ties at the k-th value are kept); k = 0 keeps all.
+
+    kmax: at least k.max(), when known without reading k back from the device."""
+    kmax = min(int(k.max()) if kmax is None else kmax, logits.shape[-1])
     if kmax == 0:  # the rows that used top-k have left the batch
         return logits
     top = torch.topk(logits, kmax, dim=-1).values  # (B, kmax), descending
@@ -61,15 +64,15 @@ def top_k(logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(logits < kth, -float("inf"))
 
 
-def top_p(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+def top_p(logits: torch.Tensor, p: torch.Tensor, candidates: int | None = None) -> torch.Tensor:
     """Nucleus sampling: keep the smallest set of most likely tokens whose mass reaches p.
 
     Only the TOP_P_CANDIDATES most likely tokens are sorted when they already hold mass p in
     every row (sorting the whole vocabulary of every row each step costs far more: bench/README.md);
-    otherwise the whole vocabulary is sorted.
+    otherwise the whole vocabulary is sorted. candidates=0 sorts it all at once (no host round-trip).
     """
     probs = logits.softmax(-1)
-    k = min(TOP_P_CANDIDATES, logits.shape[-1])
+    k = min(TOP_P_CANDIDATES if candidates is None else candidates or logits.shape[-1], logits.shape[-1])
     top, order = probs.topk(k, dim=-1)  # descending
     cum = top.cumsum(-1)
     if k < logits.shape[-1] and bool((cum[:, -1] < p).any()):  # some nucleus reaches past the candidates
@@ -92,16 +95,18 @@ def min_p(logits: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(probs < threshold, -float("inf"))
 
 
-def process(logits: torch.Tensor, rows: RowParams, seen: torch.Tensor | None) -> torch.Tensor:
-    """All processors in order. Greedy rows go through them too: argmax is unchanged by them."""
+def process(logits: torch.Tensor, rows: RowParams, seen: torch.Tensor | None, *, on_device: bool = False) -> torch.Tensor:
+    """All processors in order. Greedy rows go through them too: argmax is unchanged by them.
+
+    on_device: read nothing back to the host (a CUDA graph cannot), at the price of sorting the whole vocabulary for top-p."""
     if rows.use_penalty and seen is not None:
         logits = repetition_penalty(logits, seen, rows.penalty)
     if rows.use_temperature:
         logits = temperature(logits, rows.temperature)
     if rows.use_top_k:
-        logits = top_k(logits, rows.top_k)
+        logits = top_k(logits, rows.top_k, rows.kmax if on_device else None)
     if rows.use_top_p:
-        logits = top_p(logits, rows.top_p)
+        logits = top_p(logits, rows.top_p, 0 if on_device else None)
     if rows.use_min_p:
         logits = min_p(logits, rows.min_p)
     return logits
@@ -117,12 +122,17 @@ def sample(logits: torch.Tensor, greedy: torch.Tensor, generators: Sequence[torc
     """
     if bool(greedy.all()):
         return logits.argmax(-1)
-    cdf = logits.softmax(-1).cumsum_(-1)  # (B, V), non-decreasing
     u = torch.cat([torch.rand(1, generator=g, device=logits.device) for g in generators])
-    total = cdf[:, -1]
-    # strictly below the total, so the first column past it always has probability > 0
-    target = torch.minimum(u * total, total.nextafter(torch.zeros_like(total)))
-    sampled = torch.searchsorted(cdf, target[:, None], right=True)[:, 0]
+    sampled = invert_cdf(logits, u)
     if not bool(greedy.any()):
         return sampled
     return torch.where(greedy, logits.argmax(-1), sampled)
+
+
+def invert_cdf(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The token of each row whose cumulative probability under softmax(logits) first exceeds u (B,) in [0, 1)."""
+    cdf = logits.softmax(-1).cumsum_(-1)  # (B, V), non-decreasing
+    total = cdf[:, -1]
+    # strictly below the total, so the first column past it always has probability > 0
+    target = torch.minimum(u * total, total.nextafter(torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target[:, None], right=True)[:, 0]

@@ -123,14 +123,14 @@ def check(mode: str, model, device: str) -> None:
 
 
 def apply(model, mode: str) -> None:
-    """Replace every matrix of a LeanLlama except the embedding lookup by its Packed form, in place."""
+    """Replace every matrix of a lean model except the embedding lookup by its Packed form, in place."""
     if mode in NATIVE_MODES:
         from basecli.engine import native
 
         return native.apply(model, mode)
     check(mode, model, model.device.type)
     for layer in model.layers:
-        for name in ("qkv", "o", "gate_up", "down"):
+        for name in model.MATRICES:
             setattr(layer, name, Packed(getattr(layer, name), mode))
     model.head_tied = getattr(model, "head_tied", False) or model.head is model.embed  # still one matrix for counting (info), though now two objects
     model.head = Packed(model.head, mode)

@@ -1,10 +1,11 @@
-"""GGUF -> safetensors + config.json + tokenizer.json for Llama and Qwen2 GGUFs, without transformers.
+"""GGUF -> safetensors + config.json + tokenizer.json for Llama, Qwen2 and GPT-2 GGUFs, without transformers.
 
 transformers' own GGUF loading is slow (most of it building the tokenizer in Python, and importing
 itself; figures in bench/README.md); this does the same conversion several times faster:
 
 - weights: dequantised in numpy (gguf_reader), llama.cpp's q/k row permutation undone exactly as
-  transformers' LlamaTensorProcessor does, renamed to the Hugging Face names, and streamed into a
+  transformers' LlamaTensorProcessor does (GPT-2's matrices transposed back to its Conv1D layout, as
+  its GPT2TensorProcessor does), renamed to the Hugging Face names, and streamed into a
   float32 safetensors file laid out as `safetensors.save_file` lays it out (tensors sorted by
   name), by a few threads each writing its tensors at their offsets;
 - config.json: the fields transformers' GGUF config mapping reads for llama, plus the class
@@ -66,26 +67,33 @@ _LAYER_NAMES = {
     "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
 }
 _TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+# llama.cpp's gpt2 tensors; GPT-2 stores its matrices (in, out), llama.cpp (out, in)
+_GPT2_LAYER_NAMES = {"attn_norm": "ln_1", "attn_qkv": "attn.c_attn", "attn_output": "attn.c_proj", "ffn_norm": "ln_2",
+                     "ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"}
+_GPT2_TOP_NAMES = {"token_embd": "transformer.wte", "position_embd": "transformer.wpe", "output_norm": "transformer.ln_f",
+                   "output": "lm_head"}
+_GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 _BLOCK = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 # GGUF architecture -> the transformers class its conversion loads
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "gpt2": "GPT2LMHeadModel"}
 # transformers' llama model has no parameter for llama.cpp's precomputed rope frequencies and drops them
 _DROPPED = {"rope_freqs.weight"}
 
 
-def hf_name(gguf_name: str) -> str | None:
-    """The Hugging Face parameter name of a llama/qwen2 GGUF tensor; None for one transformers drops too."""
+def hf_name(gguf_name: str, arch: str = "llama") -> str | None:
+    """The Hugging Face parameter name of a llama/qwen2/gpt2 GGUF tensor; None for one transformers drops too."""
     if gguf_name in _DROPPED:
         return None
+    layers, top, prefix = (_GPT2_LAYER_NAMES, _GPT2_TOP_NAMES, "transformer.h") if arch == "gpt2" else (_LAYER_NAMES, _TOP_NAMES, "model.layers")
     if m := _BLOCK.fullmatch(gguf_name):
         layer, part, kind = m.groups()
-        if part in _LAYER_NAMES:
-            return f"model.layers.{layer}.{_LAYER_NAMES[part]}.{kind}"
+        if part in layers:
+            return f"{prefix}.{layer}.{layers[part]}.{kind}"
     else:
         stem, _, kind = gguf_name.rpartition(".")
-        if stem in _TOP_NAMES and kind in ("weight", "bias"):
-            return f"{_TOP_NAMES[stem]}.{kind}"
-    raise Unsupported(f"tensor {gguf_name} has no llama counterpart")
+        if stem in top and kind in ("weight", "bias"):
+            return f"{top[stem]}.{kind}"
+    raise Unsupported(f"tensor {gguf_name} has no {'gpt2' if arch == 'gpt2' else 'llama'} counterpart")
 
 
 def check_supported(gguf: GGUFFile) -> None:
@@ -98,7 +106,7 @@ def check_supported(gguf: GGUFFile) -> None:
     if meta.get("tokenizer.ggml.model") != "gpt2":
         raise Unsupported(f"tokenizer {meta.get('tokenizer.ggml.model')!r} (only byte-level BPE is converted here)")
     for info in gguf.tensors:
-        hf_name(info.name)
+        hf_name(info.name, arch)
 
 
 # --- config.json ---------------------------------------------------------------------------------
@@ -117,6 +125,9 @@ def model_config(gguf: GGUFFile) -> dict:
     def token_id(name: str, default):
         value = meta.get(f"tokenizer.ggml.{name}")
         return default if value is None else int(value)
+
+    if arch == "gpt2":
+        return gpt2_config(gguf, key, token_id, "output.weight" not in names)
 
     layers = key("block_count")
     shape = {
@@ -161,6 +172,19 @@ def model_config(gguf: GGUFFile) -> dict:
     if missing:
         raise Unsupported(f"metadata lacks {', '.join(missing)}")
     return cfg
+
+
+def gpt2_config(gguf: GGUFFile, key, token_id, tied: bool) -> dict:
+    """config.json of a gpt2 GGUF: GPT2Config's fields, the shape and tokens from the file (the rest are GPT-2's own)."""
+    shape = {"vocab_size": key("vocab_size") or len(gguf.metadata["tokenizer.ggml.tokens"]), "n_positions": key("context_length"),
+             "n_embd": key("embedding_length"), "n_layer": key("block_count"), "n_head": key("attention.head_count"),
+             "n_inner": key("feed_forward_length"), "layer_norm_epsilon": key("attention.layer_norm_epsilon", 1e-5)}
+    missing = [k for k, v in shape.items() if v is None]
+    if missing:
+        raise Unsupported(f"metadata lacks {', '.join(missing)}")
+    return {"architectures": [ARCHITECTURES["gpt2"]], "model_type": "gpt2", **shape, "activation_function": "gelu_new",
+            "bos_token_id": token_id("bos_token_id", 50256), "eos_token_id": token_id("eos_token_id", 50256),
+            "tie_word_embeddings": tied, "torch_dtype": "float32", "_model_name_or_path": gguf.metadata.get("general.name")}
 
 
 # --- tokenizer.json ------------------------------------------------------------------------------
@@ -249,22 +273,25 @@ def reverse_permute(w: np.ndarray, heads: int) -> np.ndarray:
 def write_safetensors(gguf: GGUFFile, path: Path, cfg: dict, *, threads: int, on_tensor: Callable[[int, int], None]) -> None:
     """float32 safetensors of every tensor, header and order as safetensors.save_file writes them."""
     chosen: dict[str, TensorInfo] = {}
+    arch = cfg["model_type"]
     for info in gguf.tensors:
-        name = hf_name(info.name)
+        name = hf_name(info.name, arch)
         if name is not None and not (name == "lm_head.weight" and cfg["tie_word_embeddings"]):
             chosen[name] = info
+    transposed = {name for name in chosen if arch == "gpt2" and name.endswith(_GPT2_CONV1D)}
     header: dict = {"__metadata__": {"format": "pt"}}
     at = 0
     for name in sorted(chosen):
         size = int(np.prod(chosen[name].shape)) * 4
-        header[name] = {"dtype": "F32", "shape": list(chosen[name].shape), "data_offsets": [at, at + size]}
+        shape = list(chosen[name].shape)[:: -1 if name in transposed else 1]
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [at, at + size]}
         at += size
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # safetensors pads the header to 8 bytes
     base = 8 + len(blob)
-    heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    heads, kv_heads = cfg.get("num_attention_heads"), cfg.get("num_key_value_heads")
     # llama.cpp permutes q and k rows for llama only (its Qwen2 converter writes them as they are)
-    permuted = cfg["model_type"] == "llama"
+    permuted = arch == "llama"
 
     def one(name: str) -> None:
         info = chosen[name]
@@ -273,6 +300,8 @@ def write_safetensors(gguf: GGUFFile, path: Path, cfg: dict, *, threads: int, on
             w = reverse_permute(w, heads)
         elif permuted and ".self_attn.k_proj." in name:
             w = reverse_permute(w, kv_heads)
+        elif name in transposed:
+            w = w.T
         data = memoryview(np.ascontiguousarray(w, dtype="<f4")).cast("B")
         offset = base + header[name]["data_offsets"][0]
         while data:  # pwrite may write less than asked
@@ -313,9 +342,11 @@ class Progress:
             self.line(f"{label} {done}/{total}")
 
 
-def convert(gguf_path: Path, out: Path, *, progress: Progress | None = None, threads: int | None = None) -> dict:
+def convert(gguf_path: Path, out: Path, *, progress: Progress | None = None, threads: int | None = None,
+            weights: bool = True) -> dict:
     """Write model.safetensors, config.json, tokenizer.json (+ tokenizer_config.json, chat_template.jinja)
-    into `out`; return seconds per stage. Raises Unsupported before writing anything."""
+    into `out`; return seconds per stage. Raises Unsupported before writing anything. weights=False leaves
+    out model.safetensors (a file whose blocks run in place: weights/gguf_blocks.py)."""
     progress = progress or Progress()
     times = {}
     t = time.perf_counter()
@@ -325,7 +356,7 @@ def convert(gguf_path: Path, out: Path, *, progress: Progress | None = None, thr
     times["read_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    progress.line("[1/2] building the tokenizer")
+    progress.line("[1/2] building the tokenizer" if weights else "building the tokenizer")
     tok, tok_config = build_tokenizer(gguf.metadata)
     tok.save(str(out / "tokenizer.json"))
     (out / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")
@@ -333,6 +364,8 @@ def convert(gguf_path: Path, out: Path, *, progress: Progress | None = None, thr
         (out / "chat_template.jinja").write_text(template)
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     times["tokenizer_s"] = time.perf_counter() - t
+    if not weights:
+        return {k: round(v, 2) for k, v in times.items()}
 
     t = time.perf_counter()
     threads = threads or min(4, os.cpu_count() or 1)

@@ -5,9 +5,10 @@ view for every one of the ~100k vocabulary and merge strings, which takes second
 a tenth of one. Tensor data stays in the map until a tensor is dequantised.
 
 Dequantisation is vectorised numpy for the block types small models ship in (Q4_0, Q4_1,
-Q8_0) and the float types, computing exactly what `gguf.quants.dequantize` computes
-(`d * q + m` in float32, same order), so the values are bit-identical to transformers'
-conversion; other block types go through `gguf.quants.dequantize` itself.
+Q8_0), the K-quants of the files people download (Q4_K, Q5_K, Q6_K: the blocks of Q4_K_M and
+Q5_K_M files; layouts in engine/kquants.c) and the float types, computing exactly what
+`gguf.quants.dequantize` computes (`d * q + m` in float32, same order), so the values are
+bit-identical to transformers' conversion; other block types go through `gguf.quants.dequantize`.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-F32, F16, Q4_0, Q4_1, Q8_0, BF16 = 0, 1, 2, 3, 8, 30
+F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 3, 8, 12, 13, 14, 30
 FLOATS = {F32: np.float32, F16: np.float16}
-BLOCKS = {Q4_0: (32, 18), Q4_1: (32, 20), Q8_0: (32, 34)}  # type -> (values per block, bytes per block)
+# type -> (values per block, bytes per block)
+BLOCKS = {Q4_0: (32, 18), Q4_1: (32, 20), Q8_0: (32, 34), Q4_K: (256, 144), Q5_K: (256, 176), Q6_K: (256, 210)}
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?", 10: "<u8", 11: "<i8", 12: "<f8"}
@@ -146,7 +148,7 @@ def dequantize(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> np.nd
     blocks = raw.reshape(-1, nbytes)
     out = np.empty((blocks.shape[0], per_block), dtype=np.float32)
     # Rows in slices of ~1 MB of output, so the temporaries stay in cache.
-    step = 8192
+    step = 8192 * 32 // per_block
     for at in range(0, blocks.shape[0], step):
         _BLOCK_FNS[ggml_type](blocks[at : at + step], out[at : at + step])
     return out.reshape(shape)
@@ -177,4 +179,42 @@ def _q4_1(blocks: np.ndarray, out: np.ndarray) -> None:
     out += m
 
 
-_BLOCK_FNS = {Q8_0: _q8_0, Q4_0: _q4_0, Q4_1: _q4_1}
+def _k_scales(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K/Q5_K: d * sc and dmin * m per sub-block of 32, float32 (n, 8, 1); the 6-bit packing is in engine/kquants.c."""
+    s = blocks[:, 4:16]
+    low, high, mixed = s[:, 0:4], s[:, 4:8], s[:, 8:12]
+    sc = np.concatenate([low & 63, (mixed & 15) | ((low >> 6) << 4)], axis=1).astype(np.float32)
+    m = np.concatenate([high & 63, (mixed >> 4) | ((high >> 6) << 4)], axis=1).astype(np.float32)
+    return (_half(blocks[:, 0:2]) * sc)[:, :, None], (_half(blocks[:, 2:4]) * m)[:, :, None]
+
+
+def _nibbles(qs: np.ndarray) -> np.ndarray:
+    """128 bytes of 4-bit values -> (n, 8, 32): per 32 bytes, their low nibbles, then their high nibbles."""
+    chunks = qs.reshape(-1, 4, 1, 32)
+    return np.concatenate([chunks & 15, chunks >> 4], axis=2).reshape(-1, 8, 32)
+
+
+def _q4_k(blocks: np.ndarray, out: np.ndarray) -> None:
+    d, dm = _k_scales(blocks)
+    q = _nibbles(blocks[:, 16:144]).astype(np.float32)
+    np.subtract(d * q, dm, out=out.reshape(-1, 8, 32))
+
+
+def _q5_k(blocks: np.ndarray, out: np.ndarray) -> None:
+    d, dm = _k_scales(blocks)
+    qh = blocks[:, 16:48]  # bit j of byte l: the fifth bit of value l of sub-block j
+    high = (qh[:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1
+    q = (_nibbles(blocks[:, 48:176]) | (high << 4)).astype(np.float32)
+    np.subtract(d * q, dm, out=out.reshape(-1, 8, 32))
+
+
+def _q6_k(blocks: np.ndarray, out: np.ndarray) -> None:
+    ql, qh = blocks[:, 0:128].reshape(-1, 2, 1, 64), blocks[:, 128:192].reshape(-1, 2, 1, 32)
+    low = np.concatenate([ql & 15, ql >> 4], axis=2).reshape(-1, 2, 4, 32)  # per half of 128: 4 groups of 32
+    high = (qh >> np.array([0, 2, 4, 6], dtype=np.uint8)[None, None, :, None]) & 3
+    q = ((low | (high << 4)).astype(np.int8) - np.int8(32)).reshape(-1, 16, 16).astype(np.float32)
+    d = _half(blocks[:, 208:210]) * blocks[:, 192:208].view(np.int8).astype(np.float32)  # (n, 16)
+    np.multiply(d[:, :, None], q, out=out.reshape(-1, 16, 16))
+
+
+_BLOCK_FNS = {Q8_0: _q8_0, Q4_0: _q4_0, Q4_1: _q4_1, Q4_K: _q4_k, Q5_K: _q5_k, Q6_K: _q6_k}

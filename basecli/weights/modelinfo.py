@@ -58,8 +58,9 @@ def weight_formats(model) -> dict[str, str]:
     for name, w in list(model.named_parameters()) + [("lm_head.weight", h) for h in _tied_head(model)]:
         fmt = getattr(w, "format", None) or str(w.dtype).removeprefix("torch.")
         formats = found.setdefault(component(name), [])
-        if fmt not in formats:
-            formats.append(fmt)
+        for part in fmt.split("+"):  # matrices stacked from parts in different formats (engine/native.py's Stacked)
+            if part not in formats:
+                formats.append(part)
     return {c: ", ".join(found[c]) for c in COMPONENTS if c in found}
 
 
@@ -100,7 +101,8 @@ def provenance(source: models.ModelSource, folder: Path) -> dict:
                  "licence": source.licence or models.LICENCES.get(source.location)}
     if source.kind in ("embedded", "gguf"):
         man = models.manifest(folder)
-        out.update(file=man.get("source"), sha256=man.get("sha256"), format="GGUF, dequantised to float32 safetensors once")
+        how = "its own blocks, used in place" if man.get("format") == "gguf-noweights" else "dequantised to float32 safetensors once"
+        out.update(file=man.get("source"), sha256=man.get("sha256"), format=f"GGUF, {how}")
         if source.kind == "embedded":
             out["package"] = models.EMBEDDED_WHEEL
     else:

@@ -102,14 +102,17 @@ def resolve(name: str | None) -> ModelSource:
     raise UsageError(f"unknown model {name!r}: use an alias ({known}), a hub id (org/name), a directory or a .gguf file")
 
 
-def model_dir(source: ModelSource, *, allow_pickle: bool = False) -> Path:
-    """A local directory with config.json, weights and a tokenizer, fetching or converting as needed."""
+def model_dir(source: ModelSource, *, allow_pickle: bool = False, weights: bool = True) -> Path:
+    """A local directory with config.json, weights and a tokenizer, fetching or converting as needed.
+
+    weights=False: for a GGUF whose own blocks will run (weights/gguf_blocks.py), config.json and the
+    tokenizer are enough; the float32 weights are not written (they would be 4-7x the file)."""
     if source.kind == "dir":
         return Path(source.location)
     if source.kind == "hub":
         return _download(source.location, allow_pickle=allow_pickle)
     gguf = embedded_gguf() if source.kind == "embedded" else Path(source.location)
-    return converted_gguf(gguf)
+    return converted_gguf(gguf, weights=weights)
 
 
 # --- the embedded model ---------------------------------------------------------------------
@@ -166,15 +169,19 @@ def sha256_file(path: Path) -> str:
 # --- GGUF -> safetensors, once ---------------------------------------------------------------
 
 
-def converted_gguf(gguf: Path) -> Path:
+def converted_gguf(gguf: Path, *, weights: bool = True) -> Path:
     digest = cached_sha256(gguf)
     target = converted_dir(digest)
     if is_complete(target):
         return target
+    if not weights:  # a directory of its own, so a full conversion later never finds one without weights
+        target = target.with_name(target.name + "-noweights")
+        if is_complete(target):
+            return target
     if target.exists():
         progress(f"basecli: the converted cache at {target} is incomplete or corrupt; rebuilding it")
         shutil.rmtree(target, ignore_errors=True)
-    _convert(gguf, digest, target)
+    _convert(gguf, digest, target, weights=weights)
     return target
 
 
@@ -230,17 +237,18 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _convert(gguf: Path, digest: str, target: Path) -> None:
+def _convert(gguf: Path, digest: str, target: Path, *, weights: bool = True) -> None:
     import time
 
     from basecli.weights import gguf_convert
     t0 = time.perf_counter()
-    progress(f"basecli: converting {gguf.name} to safetensors once...")
+    progress(f"basecli: converting {gguf.name} to safetensors once..." if weights else
+             f"basecli: reading {gguf.name}'s configuration and tokenizer once...")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + ".tmp-"))
     try:
         try:
-            stages = gguf_convert.convert(gguf, tmp)
+            stages = gguf_convert.convert(gguf, tmp, weights=weights)
             converter = "basecli"
         except gguf_convert.Unsupported as e:
             progress(f"basecli: note: basecli's own converter does not handle this GGUF ({e}); "
@@ -250,7 +258,8 @@ def _convert(gguf: Path, digest: str, target: Path) -> None:
         if not (tmp / "tokenizer.json").is_file():
             raise BasecliError(f"{gguf.name}: the conversion produced no tokenizer.json; cannot use this GGUF")
         files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
-        info = {"source": str(gguf), "sha256": digest, "files": files, "format": "gguf", "cache_format": CACHE_FORMAT,
+        info = {"source": str(gguf), "sha256": digest, "files": files, "format": "gguf" if weights else "gguf-noweights",
+                "cache_format": CACHE_FORMAT,
                 "converter": converter, "converted_s": round(time.perf_counter() - t0, 1), **stages}
         (tmp / MANIFEST).write_text(json.dumps(info, indent=2))
         try:
