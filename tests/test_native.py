@@ -28,9 +28,8 @@ Tolerances, measured here (AMD EPYC, AVX2, gcc 12, 2 cores) and set with a margi
   0.0185 nats, the others at most 5.8e-5.
   Set: every row-step within 0.05 nats, and at least 75% of them within 1e-3.
   A row of a batch equals that prompt alone (a left-padded batch, resample's shared prefix):
-  the same tokens, log-probs by the same two rules (measured: q8 0 to 7e-7, q4 up to 0.008 where
-  padding sends the prefill through other torch kernels, 0 with a shared prefix; the kernels
-  of later versions, which tile rows, differed by 2e-5 there).
+  the same tokens, log-probs by the same two rules (measured: 0 since a padded prefill attends
+  row by row, tests/test_batch_independence.py; before, q4 differed by up to 0.008 there).
 - q4/q8 vs fp32 (tiny Llama, 8x head: a harsh case): the fp32 top token's log-prob within
   0.1 (q8; measured 0.023) and 0.35 nats (q4; 0.112), |difference| averaged under the fp32
   distribution within 0.03 (q8; 0.0084) and 0.2 (q4; 0.068).
