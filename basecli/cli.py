@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Annotated, Optional
@@ -61,7 +62,9 @@ def build_app(only: str | None = None) -> typer.Typer:
         name="basecli",
         help="A playground for base language models: tokenize, complete, resample, sweep, few-shot, chat, score.",
         no_args_is_help=True,
-        add_completion=False,
+        # --install-completion / --show-completion: typer.main has imported the machinery already,
+        # so the two options cost a fraction of a millisecond
+        add_completion=True,
         # Plain click help: rich help formatting imports rich.markdown and pygments (~0.15 s),
         # most of what `basecli --help` would cost.
         rich_markup_mode=None,
@@ -75,6 +78,8 @@ def build_app(only: str | None = None) -> typer.Typer:
             continue
         target = getattr(importlib.import_module(module), attribute)
         if isinstance(target, typer.Typer):
+            for info in target.registered_commands:  # `models list | head` ends quietly too
+                info.callback = _pipe_safe(info.callback)
             app.add_typer(target, name=name)
         else:
             app.command(name)(_pipe_safe(target))
@@ -86,8 +91,12 @@ def _listed_only():
 
 
 def _pipe_safe(fn):
-    """A closed stdout pipe inside a command becomes PipeClosed, which main() ends quietly."""
+    """A closed stdout pipe inside a command becomes PipeClosed, which main() ends quietly
+    (click itself would exit 1 on it)."""
     import functools
+
+    if getattr(fn, "pipe_safe", False):
+        return fn
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
@@ -98,6 +107,7 @@ def _pipe_safe(fn):
         except BrokenPipeError:
             raise PipeClosed() from None
 
+    run.pipe_safe = True
     return run
 
 
@@ -105,6 +115,19 @@ def __getattr__(name: str):
     if name == "app":  # the whole CLI, for typer's CliRunner in tests
         return build_app()
     raise AttributeError(name)
+
+
+def _completing() -> list[str] | None:
+    """The words after `basecli` when a shell asks for completions (typer's protocol), else None."""
+    if not os.environ.get("_BASECLI_COMPLETE"):
+        return None
+    import shlex
+
+    words = os.environ.get("COMP_WORDS") or os.environ.get("_TYPER_COMPLETE_ARGS", "")
+    try:
+        return shlex.split(words)[1:]
+    except ValueError:  # an open quote in the word being typed
+        return words.split()[1:]
 
 
 def _command_in(argv: list[str]) -> str | None:
@@ -116,8 +139,11 @@ def _command_in(argv: list[str]) -> str | None:
 
 
 def main() -> None:
-    """Entry point: one clear line on stderr for anything the user can fix, never a traceback."""
-    from basecli.errors import BasecliError, PipeClosed
+    """Entry point: one clear line on stderr for anything the user can fix, never a traceback.
+
+    Exit codes are listed in basecli/errors.py and docs/errors.md.
+    """
+    from basecli import errors
 
     # typer >= 0.17 vendors click as typer._click, whose usage errors are not click's classes;
     # older typer uses click itself (not imported otherwise: it costs 40 ms of start-up)
@@ -127,27 +153,109 @@ def main() -> None:
     except ImportError:
         from click.exceptions import Abort, ClickException
 
-    usage_errors, aborts = [ClickException], [Abort]
+    errors.take_dropped(), errors.take_interrupted()  # a fresh run (tests run several in one process)
     try:
-        app = build_app(only=_command_in(sys.argv[1:]) or "")
-        code = app(standalone_mode=False)
-    except BasecliError as e:
+        _check_arguments(sys.argv[1:])
+        # a shell asking for completions names the command in its own variables, not in argv
+        typed = _completing()
+        app = build_app(only=_command_in(sys.argv[1:] if typed is None else typed) or "")
+        # "basecli" however it was started (python -m basecli too): usage lines and completion scripts name it
+        code = app(standalone_mode=False, prog_name="basecli")
+    except errors.BasecliError as e:
         _say(f"basecli: error: {e}")
         code = e.exit_code
-    except tuple(usage_errors) as e:
-        e.show()
+    except ClickException as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `basecli`: the help is the answer
+            e.show()
+        else:
+            _say(f"basecli: error: {_click_line(e)}")
         code = e.exit_code
-    except (KeyboardInterrupt, *aborts):
-        code = 130
-    except (BrokenPipeError, PipeClosed):
+    except (KeyboardInterrupt, Abort):
+        code = errors.INTERRUPTED
+    except (BrokenPipeError, errors.PipeClosed):
         code = 0
-    if code == 130:  # typer turns Ctrl-C into Exit(130); what was printed stays printed
+    except Exception as e:  # not an error basecli raised itself
+        code = _unexpected(e)
+    if errors.take_interrupted() and code in (0, None):  # the records so far were printed
+        code = errors.INTERRUPTED
+    if code == errors.INTERRUPTED:  # typer turns Ctrl-C into Exit(130); what was printed stays printed
         _say("\nbasecli: interrupted")
+    if errors.take_dropped() and code in (0, None):
+        code = errors.DROPPED
     if code == 0 or code is None:
         _close_stdout()
         sys.exit(0)
     _close_stdout()
     sys.exit(code if isinstance(code, int) else 1)
+
+
+def _check_arguments(argv: list[str]) -> None:
+    """Every argument must be UTF-8 text (Python keeps bytes it could not decode as lone
+    surrogates, which break later, far from here), except the name of a file that exists."""
+    from basecli.errors import UsageError
+
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as e:
+            path = arg[1:] if arg.startswith("@") else arg.partition("=")[2] or arg
+            if os.path.exists(path.lstrip("@")):
+                continue
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise UsageError(f"the argument {shown!r} is not valid UTF-8 (character {e.start}); "
+                             f"use a UTF-8 locale, or put the text in a UTF-8 file and pass @FILE") from None
+
+
+def _unexpected(e: Exception) -> int:
+    """A refused file or memory is said in one line; anything else is a bug, said as one, with
+    the traceback only under BASECLI_DEBUG=1."""
+    from basecli import errors
+
+    if os.environ.get("BASECLI_DEBUG") not in (None, "", "0"):
+        raise e
+    if isinstance(e, OSError) and getattr(e, "filename", None) is not None:
+        _say(errors.redact(f"basecli: error: {_os_error_line(e)}"))
+        return errors.USAGE
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG):
+        _say(f"basecli: error: cannot write the output: {e.strerror}")  # a full disk behind `> file`
+        return errors.INTERNAL
+    if isinstance(e, MemoryError):
+        _say("basecli: error: out of memory; try a smaller input, --max-tokens, -N or --batch-size")
+        return errors.INTERNAL
+    _say(errors.redact(f"basecli: internal error: {_where(e)}. This is a bug in basecli; please report it to "
+                       f"{errors.REPORT_TO} (BASECLI_DEBUG=1 shows the traceback)"))
+    return errors.INTERNAL
+
+
+def _os_error_line(e: OSError) -> str:
+    from pathlib import Path
+
+    from basecli.config import home
+
+    path = Path(e.filename)
+    line = f"cannot use {path}: {e.strerror or e}"
+    root = home()
+    if path == root or root in path.parents:
+        line += f"; BASECLI_HOME ({root}) must be a writable directory: point BASECLI_HOME at one"
+    return line
+
+
+def _click_line(e) -> str:
+    """click's usage error as one line, with where to find help (click prints a usage block instead)."""
+    ctx = getattr(e, "ctx", None)
+    hint = f" (see `{ctx.command_path} -h`)" if ctx is not None else ""
+    return " ".join(e.format_message().split()).rstrip(".") + hint
+
+
+def _where(e: BaseException) -> str:
+    """`Type: message in file.py:line` of the innermost frame inside basecli."""
+    import traceback
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename.startswith(package)] or traceback.extract_tb(e.__traceback__)
+    at = f" in {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
+    text = " ".join(str(e).split())[:200]
+    return f"{type(e).__name__}{': ' + text if text else ''}{at}"
 
 
 def _say(line: str) -> None:

@@ -18,6 +18,42 @@ FILE_MODE = "gguf"  # a GGUF file's own blocks (K-quants too) on the same kernel
 QUANTIZE_MODES = ("fp16", "int8", *NATIVE_MODES, FILE_MODE)
 
 
+# The range of every numeric setting: (lowest, highest, lowest excluded, highest excluded). The
+# command-line options (basecli/options.py) and template front matter are checked against these.
+# Seeds stop at 2**63 - 1 so that resample's S+i still fits the 64-bit generator.
+RANGES = {
+    "max_tokens": (1, 1_000_000, False, False),
+    "temperature": (0.0, 100.0, False, False),
+    "top_k": (0, 1_000_000, False, False),  # beyond the vocabulary it keeps every token
+    "top_p": (0.0, 1.0, True, False),
+    "min_p": (0.0, 1.0, False, True),
+    "repetition_penalty": (0.01, 10000.0, False, False),  # below 0.01, logits / p overflow float32
+    "seed": (0, 2**63 - 1, False, False),
+}
+FLAGS = {"max_tokens": "--max-tokens", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p",
+         "min_p": "--min-p", "repetition_penalty": "--repetition-penalty", "seed": "--seed"}
+
+
+def describe_range(name: str) -> str:
+    lo, hi, open_lo, open_hi = RANGES[name]
+    if isinstance(lo, int) and not open_lo and not open_hi:
+        return f"a whole number from {lo} to {hi}"
+    return f"in {'(' if open_lo else '['}{lo:g}, {hi:g}{')' if open_hi else ']'}"
+
+
+def out_of_range(name: str, value) -> str | None:
+    """What is wrong with `value` for setting `name`, or None when it is inside its range."""
+    lo, hi, open_lo, open_hi = RANGES[name]
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    if ok and isinstance(lo, int) and not isinstance(value, int):
+        ok = False
+    if ok:
+        ok = (lo < value if open_lo else lo <= value) and (value < hi if open_hi else value <= hi)
+    if ok:
+        return None
+    return f"{FLAGS[name]} must be {describe_range(name)}, got {value!r}"
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How one row is sampled. Neutral values switch a control off."""
@@ -33,18 +69,15 @@ class SamplingParams:
     ignore_eos: bool = False  # keep going past end-of-text
 
     def __post_init__(self):
-        checks = [
-            (self.max_tokens >= 1, f"--max-tokens must be at least 1, got {self.max_tokens}"),
-            (self.temperature >= 0, f"--temperature must be >= 0, got {self.temperature}"),
-            (self.top_k >= 0, f"--top-k must be >= 0 (0 turns it off), got {self.top_k}"),
-            (0 < self.top_p <= 1, f"--top-p must be in (0, 1], got {self.top_p}"),
-            (0 <= self.min_p < 1, f"--min-p must be in [0, 1), got {self.min_p}"),
-            (self.repetition_penalty > 0, f"--repetition-penalty must be > 0, got {self.repetition_penalty}"),
-            (all(self.stop), "--stop strings must not be empty"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(message)
+        for name in ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed"):
+            value = getattr(self, name)
+            if name == "seed" and value is None:
+                continue
+            problem = out_of_range(name, value)
+            if problem:
+                raise UsageError(problem)
+        if not all(self.stop):
+            raise UsageError("--stop strings must not be empty")
         if isinstance(self.stop, list):
             object.__setattr__(self, "stop", tuple(self.stop))
 
@@ -67,6 +100,34 @@ def quantize_mode(mode: str | None, where: str = "--quantize") -> str | None:
     if mode is not None and mode not in (*QUANTIZE_MODES, "none"):
         raise UsageError(f"unknown quantisation {mode!r} ({where}); choose one of: {', '.join(QUANTIZE_MODES)}, none")
     return mode
+
+
+# BASECLI_* numbers: (type, lowest, highest, default, what). Read with env_number(), which says
+# in one line what is wrong with a value outside its range (docs/errors.md lists them).
+ENV_NUMBERS = {
+    "BASECLI_RETRIES": (int, 0, 20, 4, "retries of a failed request"),
+    "BASECLI_TIMEOUT": (float, 0.1, 86400.0, 300.0, "seconds to wait for a server's next bytes"),
+    "BASECLI_CONNECT_TIMEOUT": (float, 0.1, 3600.0, 10.0, "seconds to wait for a connection"),
+    "BASECLI_DOWNLOAD_TIMEOUT": (float, 0.1, 86400.0, None, "seconds to wait for a download"),
+    "BASECLI_THREADS": (int, 1, 4096, None, "CPU threads"),
+    "BASECLI_MAX_INPUT_MB": (float, 0.001, 4096.0, 32.0, "MiB of text read from a file, stdin or a template"),
+}
+
+
+def env_number(name: str):
+    """BASECLI_<name> as a number inside its range; its default when unset or empty."""
+    kind, lo, hi, default, what = ENV_NUMBERS[name]
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or value != value or not lo <= value <= hi:
+        kind_name = "a whole number" if kind is int else "a number"
+        raise UsageError(f"{name} ({what}) must be {kind_name} from {lo:g} to {hi:g}, got {raw!r}")
+    return value
 
 
 def home() -> Path:

@@ -35,7 +35,7 @@ def _text_argument(what: str):
 PromptArg = _text_argument("The prompt text")
 TextArg = _text_argument("The text")
 Truncate = Annotated[bool, typer.Option("--truncate", help="Cut a prompt longer than the context window from the left instead of failing.")]
-Json = Annotated[bool, typer.Option("--json", help="Print one JSON record (see README) instead of text.")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON record (see docs/json.md) instead of text.")]
 
 
 # --- the model choice ---------------------------------------------------------------------
@@ -105,11 +105,37 @@ SAMPLING_TYPES = {"max_tokens": int, "temperature": float, "top_k": int, "top_p"
                   "repetition_penalty": float, "seed": int, "stop": List[str], "ignore_eos": bool}
 
 
+def at_most_one(**given) -> None:
+    """Flags that each choose the output are refused together (`--json --show-probs` used to ignore one).
+    Keyword names are the flags without their dashes, underscores for dashes."""
+    from basecli.errors import UsageError
+
+    chosen = ["--" + name.replace("_", "-") for name, on in given.items() if on]
+    if len(chosen) > 1:
+        raise UsageError(f"{' and '.join(chosen)} each choose what is printed; give one of them")
+
+
+def _in_range(ctx: typer.Context, param: typer.CallbackParam, value):
+    """A sampling value outside its range (config.RANGES, listed in docs/errors.md) is refused while the
+    flags are parsed, before anything loads."""
+    from basecli.config import RANGES, out_of_range
+    from basecli.errors import UsageError
+
+    if value is None:
+        return value
+    if param.name == "stop":
+        if not all(value):
+            raise UsageError("--stop strings must not be empty")
+    elif param.name in RANGES and (problem := out_of_range(param.name, value)):
+        raise UsageError(problem)
+    return value
+
+
 def _sampling_option(name: str, help: str, optional: bool):
     kind = SAMPLING_TYPES[name]
     flags = SAMPLING_FLAGS.get(name, ("--" + name.replace("_", "-"),))
     return Annotated[Optional[kind] if optional or name in ("seed", "stop") else kind,
-                     typer.Option(*flags, help=help, rich_help_panel="Sampling")]
+                     typer.Option(*flags, help=help, rich_help_panel="Sampling", callback=_in_range)]
 
 
 def unescape(s: str) -> str:

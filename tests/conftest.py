@@ -167,10 +167,11 @@ class Result:
         return iter((self.returncode, self.stdout, self.stderr))
 
 
-def invoke(*args, input: str | None = None, env: dict | None = None, backend=None) -> Result:
+def invoke(*args, input: str | bytes | None = None, env: dict | None = None, backend=None) -> Result:
     """Run the CLI in this process (fast: torch is imported once), as `main()` would for a user: the one
     in-process runner of the tests. stdout has a byte buffer, as a real one does (tokenize --decode writes bytes);
-    `env` is set for the run only; `backend`, if given, stands in for whatever the flags would open."""
+    `env` is set for the run only; `backend`, if given, stands in for whatever the flags would open.
+    `input` is stdin: text, or bytes as they are (invalid UTF-8, NUL bytes)."""
     import contextlib
     import io
     import sys
@@ -182,7 +183,7 @@ def invoke(*args, input: str | None = None, env: dict | None = None, backend=Non
         return io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="", write_through=True)
 
     out, err = stream(), stream()
-    stdin = io.TextIOWrapper(io.BytesIO((input or "").encode()))
+    stdin = io.TextIOWrapper(io.BytesIO(input if isinstance(input, bytes) else (input or "").encode()))
     old_argv, old_stdin, old_env, old_open = sys.argv, sys.stdin, dict(os.environ), basecli.backends.open_backend
     sys.argv, sys.stdin = ["basecli", *map(str, args)], stdin
     os.environ.update(env or {})

@@ -2,6 +2,11 @@
 
 Each route answers from a queue of scripted replies (the last one repeats). It stops by itself
 after `lifetime` seconds so a failing test can never leave it running.
+
+It can misbehave in every way a real server has: any status with any headers (500, 429 with
+Retry-After), bodies of the wrong shape or not JSON at all (`raw`), a reply that hangs before or
+in the middle of a stream (`delay`, `hang`), a stream cut mid-event (`cut`), and, with the text
+ECHO_KEY anywhere in a body or event, the request's own Authorization header written back.
 """
 
 from __future__ import annotations
@@ -12,13 +17,23 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-def sse(*chunks, done: bool = True) -> dict:
-    """A streamed reply: each chunk a dict (sent as JSON) or a raw string (sent as is)."""
-    return {"sse": list(chunks), "done": done}
+ECHO_KEY = "<<ECHO-AUTHORIZATION>>"  # replaced by the request's Authorization header, as a leaky server would
+
+
+def sse(*chunks, done: bool = True, hang: float = 0.0, cut: str | None = None) -> dict:
+    """A streamed reply: each chunk a dict (sent as JSON) or a raw string (sent as is); then, with
+    `hang`, that many seconds of silence; with `cut`, these raw bytes and the connection closed."""
+    return {"sse": list(chunks), "done": done, "hang": hang, "cut": cut}
 
 
 def reply(status: int = 200, body=None, headers: dict | None = None, delay: float = 0.0) -> dict:
+    """A whole answer: `body` as JSON (any shape), or bytes sent as they are."""
     return {"status": status, "body": body if body is not None else {}, "headers": headers or {}, "delay": delay}
+
+
+def raw(text: str | bytes, status: int = 200) -> dict:
+    """A body that is not JSON (an HTML error page, a proxy's text)."""
+    return reply(status, text.encode() if isinstance(text, str) else text)
 
 
 def choice(text: str, *, index: int = 0, logprob: float | None = -0.5, top: dict | None = None, finish=None, tokens=None, **extra) -> dict:
@@ -88,14 +103,19 @@ class FakeServer:
         if not queue:
             return self._send(h, reply(404, {"error": {"message": f"no route {h.path}"}}))
         r = queue.pop(0) if len(queue) > 1 else queue[0]
-        if "sse" in r:
-            return self._stream(h, r)
-        self._send(h, r)
+        auth = (h.headers.get("authorization") or "").encode()
+        try:
+            if "sse" in r:
+                return self._stream(h, r, auth)
+            self._send(h, r, auth)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up on a hanging reply
+            pass
 
-    def _send(self, h, r: dict) -> None:
+    def _send(self, h, r: dict, auth: bytes = b"") -> None:
         if r.get("delay"):
             time.sleep(r["delay"])
         data = r["body"] if isinstance(r["body"], bytes) else json.dumps(r["body"]).encode()
+        data = data.replace(ECHO_KEY.encode(), auth)
         h.send_response(r["status"])
         h.send_header("Content-Type", "application/json")
         h.send_header("Content-Length", str(len(data)))
@@ -104,7 +124,7 @@ class FakeServer:
         h.end_headers()
         h.wfile.write(data)
 
-    def _stream(self, h, r: dict) -> None:
+    def _stream(self, h, r: dict, auth: bytes = b"") -> None:
         # no Content-Length: the body ends when the connection closes, as a dropped stream does
         h.send_response(200)
         h.send_header("Content-Type", "text/event-stream")
@@ -112,8 +132,15 @@ class FakeServer:
         h.end_headers()
         for c in r["sse"]:
             line = c if isinstance(c, str) else f"data: {json.dumps(c)}\n\n"
-            h.wfile.write(line.encode())
+            h.wfile.write(line.encode().replace(ECHO_KEY.encode(), auth))
             h.wfile.flush()
+        if r.get("hang"):
+            time.sleep(r["hang"])
+        if r.get("cut") is not None:
+            h.wfile.write(r["cut"].encode())
+            h.wfile.flush()
+            h.close_connection = True
+            return
         if r["done"]:
             h.wfile.write(b"data: [DONE]\n\n")
         h.wfile.flush()

@@ -228,3 +228,28 @@ def test_chat_flags_override_the_template_which_overrides_defaults(tmp_path, tok
     p = b.calls[-1][1]
     assert (p.max_tokens, p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty) == (4, 0.2, 5, 0.5, 0.1, 1.2)
     assert b.calls[-1][2] == [9] and "###" in p.stop and "\nHuman:" in p.stop
+
+
+def test_a_bad_slash_command_is_a_message_and_the_session_goes_on(tmp_path, tok):
+    """/save to a missing folder or to a directory, a seed past 64 bits: each says so; the next message is answered."""
+    folder = tmp_path / "a-dir"
+    folder.mkdir()
+    keys = (f"/save {tmp_path}/missing/dir/x.txt\r/save {folder}\r/seed 1180591620717411303424\r/max 1e3\r"
+            "/temp nan\rhello\r/quit\r")
+    chat, out, _ = run_repl(tmp_path, Scripted(tok, ["still here"]), keys)
+    assert "error: cannot write" in out and "No such file or directory" in out
+    assert "that is a directory" in out
+    assert "--seed must be a whole number from 0 to" in out and "/max needs a number" in out and "--temperature" in out
+    assert "Assistant: still here" in out and chat.turns == [("hello", "still here")]
+    assert chat.params.seed is None and "Traceback" not in out
+
+
+def test_transcripts_and_the_history_are_private(tmp_path, tok):
+    from basecli.chat.repl import history_path
+
+    _, _, path = run_repl(tmp_path, Scripted(tok, ["a"]), "secret plans\r\x04")
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
+    assert history_path().stat().st_mode & 0o777 == 0o600
+    os.chmod(history_path(), 0o644)  # an older basecli left it readable: the next session closes it
+    run_repl(tmp_path, Scripted(tok, ["b"]), "more\r\x04")
+    assert history_path().stat().st_mode & 0o777 == 0o600

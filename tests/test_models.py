@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import subprocess
 import zipfile
 from pathlib import Path
@@ -105,22 +106,27 @@ def test_embedded_fetch_extracts_a_verified_file(tmp_path, monkeypatch):
     assert path.read_bytes() == payload and path.parent == config.home() / "embedded"
 
 
+EMPTY_GGUF = b"GGUF" + struct.pack("<IQQ", 3, 0, 0)  # a whole GGUF file with no tensors and no metadata
+
+
 def test_conversion_cache_is_reused_and_rebuilt_when_corrupt(tmp_path, monkeypatch):
     gguf = tmp_path / "x.gguf"
-    gguf.write_bytes(b"GGUF-bytes")
+    gguf.write_bytes(EMPTY_GGUF)
     calls = []
+    weights = struct.pack("<Q", 2) + b"{}"  # a safetensors file without tensors: a header that parses
 
     def fake_convert(src, digest, target, **_):
         calls.append(target)
         target.mkdir(parents=True)
-        (target / "model.safetensors").write_bytes(b"0" * 100)
+        (target / "model.safetensors").write_bytes(weights)
         (target / "config.json").write_text("{}")
-        (target / models.MANIFEST).write_text(json.dumps({"cache_format": models.CACHE_FORMAT, "files": {"model.safetensors": 100, "config.json": 2}}))
+        (target / models.MANIFEST).write_text(json.dumps({"cache_format": models.CACHE_FORMAT,
+                                                         "files": {"model.safetensors": len(weights), "config.json": 2}}))
 
     monkeypatch.setattr(models, "_convert", fake_convert)
     first = models.converted_gguf(gguf)
     assert models.converted_gguf(gguf) == first and len(calls) == 1  # cached
-    (first / "model.safetensors").write_bytes(b"0" * 10)  # a partial write
+    (first / "model.safetensors").write_bytes(weights[:5])  # a partial write
     assert not models.is_complete(first)
     assert models.converted_gguf(gguf) == first and len(calls) == 2  # detected and rebuilt
     (first / models.MANIFEST).unlink()  # killed before the manifest was written
@@ -130,9 +136,9 @@ def test_conversion_cache_is_reused_and_rebuilt_when_corrupt(tmp_path, monkeypat
 
 def test_sha256_is_computed_once_per_file_version(tmp_path):
     f = tmp_path / "a.gguf"
-    f.write_bytes(b"abc")
+    f.write_bytes(EMPTY_GGUF)
     import hashlib
 
-    assert models.cached_sha256(f) == hashlib.sha256(b"abc").hexdigest()
+    assert models.cached_sha256(f) == hashlib.sha256(EMPTY_GGUF).hexdigest()
     index = json.loads((config.home() / "sha256-index.json").read_text())
-    assert list(index.values()) == [hashlib.sha256(b"abc").hexdigest()]
+    assert list(index.values()) == [hashlib.sha256(EMPTY_GGUF).hexdigest()]

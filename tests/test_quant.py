@@ -3,7 +3,7 @@
 fp16 weights compute in fp32 from weights rounded to fp16: the same greedy tokens, log-probs
 within 2e-3 nats. int8 rounds weights and inputs to 8 bits; on the tiny Llama (32 dimensions,
 a head scaled 8x: a harsh case) the top token's log-prob moves by up to 0.75 nats, 0.1 on
-average under the model's distribution. The embedded model's cost, in bits per byte, is in README.md.
+average under the model's distribution. The embedded model's cost, in bits per byte, is in bench/README.md.
 """
 
 from __future__ import annotations

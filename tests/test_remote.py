@@ -239,7 +239,7 @@ def test_cli_complete_through_base_url_prints_partial_text_of_a_dropped_stream()
     with FakeServer() as s:
         s.on("POST", "/v1/completions", sse(choice("Hello"), choice(" wor"), done=False))
         r = run_cli("complete", "Say", "--base-url", s.url, "-t", "0")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 3, r.stderr  # the partial text is kept; the exit status tells scripts (docs/errors.md)
     assert r.stdout == "Hello wor\n"
     assert "stopped early" in r.stderr
 

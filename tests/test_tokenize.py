@@ -143,10 +143,17 @@ def test_ids_count_and_json_agree_with_tiktoken(enc, cli):
 ROUND_TRIP = ["hello world", KOREAN_EMOJI + "\r\n", "tabs\tand\n\nnewlines  \n", "<|endoftext|> x", ""]
 
 
+def line(text):
+    """--decode prints the text byte for byte, as a line: a final newline unless it ends with one (issue 15)."""
+    if isinstance(text, bytes):
+        return text if text.endswith(b"\n") else text + b"\n"
+    return text if text.endswith("\n") else text + "\n"
+
+
 @pytest.mark.parametrize("text", ROUND_TRIP)
 def test_ids_decode_round_trip(text, cli):
     ids = ok(cli("-e", "cl100k_base", "--ids", "-", input=text))
-    assert ok(cli("-e", "cl100k_base", "--decode", "-", input=ids)) == text
+    assert ok(cli("-e", "cl100k_base", "--decode", "-", input=ids)) == line(text)
 
 
 def test_ids_decode_round_trip_through_a_pipe_byte_for_byte():
@@ -155,12 +162,12 @@ def test_ids_decode_round_trip_through_a_pipe_byte_for_byte():
     text = "".join(ROUND_TRIP).encode("utf-8")
     cli = [sys.executable, "-m", "basecli", "tokenize", "-e", "cl100k_base"]
     ids = subprocess.run([*cli, "--ids", "-"], input=text, capture_output=True, check=True).stdout
-    assert subprocess.run([*cli, "--decode", "-"], input=ids, capture_output=True, check=True).stdout == text
+    assert subprocess.run([*cli, "--decode", "-"], input=ids, capture_output=True, check=True).stdout == line(text)
 
 
 def test_decode_accepts_any_separators_and_arguments(cli):
     for given_ids in (["[15339, 1917]"], ["15339", "1917"], ["15339;1917"], ["15339\n1917"]):
-        assert ok(cli("-e", "cl100k_base", "--decode", *given_ids)) == "hello world"
+        assert ok(cli("-e", "cl100k_base", "--decode", *given_ids)) == "hello world\n"
     rec = json.loads(ok(cli("-e", "cl100k_base", "--decode", "--json", "15339 1917")))
     assert rec["text"] == "hello world" and [t["start"] for t in rec["tokens"]] == [0, 5]
 
@@ -255,7 +262,7 @@ def test_special_tokens_are_text_unless_allowed(enc, cli):
 def test_model_tokenizer_ids_decode_round_trip(tok_dir, cli):
     text = "Hello 안녕하세요 😀\n\tdef add(a, b)"
     ids = ok(cli("-m", str(tok_dir), "--ids", text))
-    assert ok(cli("-m", str(tok_dir), "--decode", ids)) == text
+    assert ok(cli("-m", str(tok_dir), "--decode", ids)) == line(text)
     usage_error(cli("-m", str(tok_dir), "--decode", "400"), "out of range")
 
 

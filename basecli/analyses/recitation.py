@@ -124,18 +124,29 @@ def recite(backend, text: str, *, prefix_tokens: int | None, params, samples: in
     """Continue the start of `text` as many tokens as the rest has (greedily, or `samples` draws in one batch) and compare."""
     tok = backend.tokenizer
     prefix, rest = split_prefix(tok, text, prefix_tokens)
-    scored = backend.score(rest, context=prefix) if len(tok.encode(rest)) >= 2 else []
-    ref_ids = tok.encode(rest)
-    ref_lps = [s.logprob for s in scored] if scored else [math.nan] * len(ref_ids)
-    room = backend.context_length - len(backend.encode(prefix))
-    truncated = len(ref_ids) > room
-    if truncated:
-        ref_ids, ref_lps = ref_ids[:room], ref_lps[:room]
-        rest = tok.decode(ref_ids)
+    # only what fits after the prefix is recited, so only that is tokenized and scored: a 2 MB
+    # reference costs what its first window costs (a token is rarely longer than CHARS_PER_TOKEN)
+    room = max(1, backend.context_length - len(backend.encode(prefix)))
+    head = rest[: room * CHARS_PER_TOKEN]
+    ref_ids = tok.encode(head)
+    truncated = len(ref_ids) > room or len(head) < len(rest)
+    if len(ref_ids) > room:
+        ref_ids = ref_ids[:room]
+        head = tok.decode(ref_ids)
+    rest = head
+    _note(f"reciting {len(ref_ids)} tokens" + (f" (the reference was cut to what fits the {backend.context_length}-token "
+                                                f"context window)" if truncated else ""), len(ref_ids) >= LONG)
+    scored = backend.score(rest, context=prefix) if len(ref_ids) >= 2 else []
+    ref_lps = ([s.logprob for s in scored] + [math.nan] * len(ref_ids))[: len(ref_ids)] if scored else [math.nan] * len(ref_ids)
     params = params.with_(max_tokens=max(1, len(ref_ids)))
     rows: dict[int, list] = {i: [] for i in range(samples)}
+    shown = _Progress(len(ref_ids) * samples) if len(ref_ids) >= LONG else None
     for ev in backend.stream([prefix] * samples, [params] * samples, seeds=seeds):
         rows[ev.row].append(ev)
+        if shown:
+            shown.tick()
+    if shown:
+        shown.close()
     out = []
     # a server may name generated tokens by their text only (negative ids): the reference's token with the same bytes is that token
     by_bytes = None
@@ -154,6 +165,41 @@ def recite(backend, text: str, *, prefix_tokens: int | None, params, samples: in
         out.append(Sample(cont, ids, [e.logprob for e in kept], events[-1].finish_reason if events else None, ov, ref_lp,
                           own.token_id if own else None, own.logprob if own else None))
     return Recitation(prefix, rest, ref_ids, ref_lps, out, truncated)
+
+
+CHARS_PER_TOKEN = 64
+LONG = 256  # tokens to recite from which progress is shown
+
+
+def _note(line: str, show: bool) -> None:
+    if show:
+        import sys
+
+        print(f"basecli: {line}", file=sys.stderr, flush=True)
+
+
+class _Progress:
+    """'recited k/N tokens' rewritten in place on a terminal's stderr; nothing in a pipe."""
+
+    def __init__(self, total: int):
+        import sys
+
+        self.total, self.done, self.tty = total, 0, sys.stderr.isatty()
+
+    def tick(self) -> None:
+        self.done += 1
+        if self.tty and (self.done % 16 == 0 or self.done == self.total):
+            import sys
+
+            sys.stderr.write(f"\rrecited {self.done}/{self.total} tokens")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            import sys
+
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
 
 
 # --- figures over samples, and the JSON shape -------------------------------------------------

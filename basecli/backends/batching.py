@@ -67,7 +67,8 @@ class Sample:
 
 def seeded(params: Sequence[SamplingParams], seed: int, *, repeat: int | None = None) -> list[SamplingParams]:
     """Row i gets seed + i; with `repeat`, the seed cycles so sample j of every cell uses seed + j."""
-    return [p.with_(seed=seed + (i % repeat if repeat else i)) for i, p in enumerate(params)]
+    # past the largest seed (2**63 - 1) the row seeds wrap around to 0, so every --seed is usable with any -N
+    return [p.with_(seed=(seed + (i % repeat if repeat else i)) % 2**63) for i, p in enumerate(params)]
 
 
 def bytes_per_row(model, prompt_tokens: int, max_tokens: int) -> int:
@@ -173,10 +174,20 @@ def note_chunks(parts: list[range]) -> None:
 
 
 def collect(samples: Sequence[Sample], events, on_event: Callable | None = None) -> list[Sample]:
-    """Append each event to its row's Sample, calling on_event(sample, event) as they come."""
-    for ev in events:
-        s = samples[ev.row]
-        s.events.append(ev)
-        if on_event is not None:
-            on_event(s, ev)
+    """Append each event to its row's Sample, calling on_event(sample, event) as they come.
+
+    Ctrl-C ends the collection, not the command: the rows keep what arrived (see errors.interrupted)."""
+    from basecli.errors import interrupted
+
+    try:
+        for ev in events:
+            s = samples[ev.row]
+            s.events.append(ev)
+            if on_event is not None:
+                on_event(s, ev)
+    except KeyboardInterrupt:
+        interrupted()
+        for s in samples:
+            if s.events and s.events[-1].finish_reason is None:
+                s.events[-1].finish_reason = "interrupted"
     return list(samples)

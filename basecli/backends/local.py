@@ -10,7 +10,8 @@ from typing import Iterator, Sequence
 
 from basecli.backends import Backend
 from basecli.weights import models
-from basecli.config import FILE_MODE, NATIVE_MODES, SamplingParams, quantize_mode
+from basecli.weights.integrity import cache_hint, check_folder
+from basecli.config import FILE_MODE, NATIVE_MODES, SamplingParams, env_number, quantize_mode
 from basecli.errors import UsageError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -63,10 +64,7 @@ def pick_threads() -> int | None:
     a basecli run that ended seconds ago, and so would give the next run too few threads.
     """
     if os.environ.get("BASECLI_THREADS"):
-        try:
-            return max(1, int(os.environ["BASECLI_THREADS"]))
-        except ValueError:
-            raise UsageError(f"BASECLI_THREADS must be a whole number, got {os.environ['BASECLI_THREADS']!r}") from None
+        return env_number("BASECLI_THREADS")
     if os.environ.get("OMP_NUM_THREADS"):
         return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -129,6 +127,7 @@ class LocalBackend(Backend):
         # a K-quant GGUF (Q4_K_M, Q5_K_M...) runs in its own blocks (weights/gguf_blocks.py) unless told otherwise
         in_file = in_file_format(self.source, self.quantize, device, dtype, engine)
         self.folder = models.model_dir(self.source, allow_pickle=allow_pickle, weights=not in_file)
+        check_folder(self.folder)
         self.name = self.source.name
         self.tokenizer = models.tokenizer_for(self.folder, self.name)
         return_free_memory()  # before the weights arrive, or the peak is already set
@@ -212,11 +211,26 @@ class LocalBackend(Backend):
         from basecli.engine.static_loop import pick_generate
 
         generate = pick_generate(self.model)
-        encoded = [self.encode(p, truncate=truncate) for p in prompts]
+        # --truncate cuts a long prompt so that --max-tokens still fits after it (at most half the window)
+        encoded = [self.encode(pr, truncate=truncate, reserve=min(p.max_tokens, self.context_length // 2) if truncate else 1)
+                   for pr, p in zip(prompts, params)]
         # a row never runs past the context window: it ends with finish_reason "length" there
-        params = [p.with_(max_tokens=max(1, min(p.max_tokens, self.context_length - len(ids)))) for p, ids in zip(params, encoded)]
-        return generate(self.model, self.tokenizer, encoded, params, alternatives=alternatives, entropy=entropy, seeds=seeds,
-                        prefix_cache=self.prefix_cache)
+        fitted = [p.with_(max_tokens=max(1, min(p.max_tokens, self.context_length - len(ids)))) for p, ids in zip(params, encoded)]
+        cut = [(p.max_tokens, f.max_tokens) for p, f in zip(params, fitted) if f.max_tokens < p.max_tokens]
+        if cut:
+            print(f"basecli: warning: the prompt leaves room for {cut[0][1]} of the {cut[0][0]} new tokens asked for "
+                  f"({self.name}'s context window is {self.context_length})", file=sys.stderr)
+        return self._checked(generate(self.model, self.tokenizer, encoded, fitted, alternatives=alternatives, entropy=entropy,
+                                      seeds=seeds, prefix_cache=self.prefix_cache))
+
+    def _checked(self, events):
+        """The events; damaged weights (NaN logits) named with the directory they came from."""
+        from basecli.engine.loop import NonFinite
+
+        try:
+            yield from events
+        except NonFinite as e:
+            raise UsageError(f"{e} ({self.folder}){cache_hint(self.folder) or '; replace the damaged files'}") from None
 
     def score(self, text: str, *, context: str | None = None, alternatives: int = 0, stride: int | None = None,
               window: int | None = None, progress=None) -> list:
@@ -339,4 +353,12 @@ def load_weights(folder, dtype, device: str, trust_remote_code: bool, allow_pick
         msg = str(e).splitlines()[0]
         hint = " (pass --allow-pickle to load .bin weights)" if not allow_pickle else ""
         raise UsageError(f"cannot load the model in {folder}: {msg[:200]}{hint}") from None
+    except Exception as e:
+        import pickle
+
+        # torch's weights-only loader refuses a pickle that would run code or build other objects
+        if isinstance(e, pickle.UnpicklingError) or "weights only load failed" in str(e).lower():
+            raise UsageError(f"refused the pickle weights in {folder}: they hold more than tensors (code or other objects), "
+                             f"which basecli never runs; get safetensors weights for this model") from None
+        raise
     return model.to(device).eval()

@@ -15,11 +15,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
-from basecli.backends import Backend
+from basecli.backends import Backend, shapes
 from basecli.backends.remote_tokenizer import RemoteTokenizer, local_tokenizer, token_bytes
 from basecli.backends.transport import RemoteError, StreamBroken, Transport, json_events, note
 from basecli.config import SamplingParams, fresh_seed
-from basecli.errors import UsageError
+from basecli.errors import UsageError, redact, stream_dropped
 from basecli.events import Event, ScoredToken
 
 DEFAULT_CONTEXT = 4096  # when the server does not say and the profile does not either
@@ -110,6 +110,8 @@ class RemoteBackend(Backend):
         self.name = name or model
         info = next((m for m in listed if m.get("id") == model), {})
         served = info.get("max_model_len") or self._llamacpp_context()
+        if context_length is not None and not (isinstance(context_length, int) and context_length > 1):
+            raise UsageError(f"the context length of {self.name} must be a whole number above 1, got {context_length!r}")
         # "assumed" where neither the profile nor the server says (llama-cpp-python does not): info reports it
         self.context_source = "profile" if context_length else "server" if served else "assumed"
         assumed = LLAMA_CPP_PYTHON_CONTEXT if self.kind == "llama-cpp-python" else DEFAULT_CONTEXT
@@ -125,10 +127,10 @@ class RemoteBackend(Backend):
         try:
             data = self.transport.get_json("/models")
         except RemoteError as e:
-            if "404" in str(e):  # some providers have no model list; --model then names it
+            if e.status == 404:  # some providers have no model list; --model then names it (not "404" in a port number)
                 return []
             raise
-        return [m for m in data.get("data", []) if isinstance(m, dict) and m.get("id")]
+        return shapes.listed_models(data, f"{self.base_url}/models")
 
     def _llamacpp_context(self) -> int | None:
         if self.kind != "llamacpp":
@@ -137,7 +139,11 @@ class RemoteBackend(Backend):
             props = self.transport.get_json("/props", root=True, retry_on=())
         except RemoteError:
             return None
-        return props.get("n_ctx") or (props.get("default_generation_settings") or {}).get("n_ctx")
+        where = f"{self.transport.root}/props"
+        settings = props.get("default_generation_settings")
+        n = props.get("n_ctx") or (settings.get("n_ctx") if isinstance(settings, dict) else None)
+        n = shapes.whole_number(n, where, "'n_ctx'")
+        return n if n and n > 1 else None
 
     def _note_once(self, key: str, line: str) -> None:
         if key not in self._noted:
@@ -280,16 +286,26 @@ class RemoteBackend(Backend):
             if "text/event-stream" in resp.headers.get("content-type", "text/event-stream"):
                 chunks = json_events(resp)
             else:  # a whole completion at once: asked for (llama-cpp-python), or a server that does not stream
-                resp.read()
-                chunks = iter([{"choices": [c for whole in resp.json().get("choices") or [] for c in split_whole(whole)]}])
+                chunks = iter([{"choices": [c for whole in shapes.choices(self.transport.json(resp), url)
+                                            for c in split_whole(whole)]}])
             for chunk in chunks:
-                for choice in chunk.get("choices") or []:
-                    index = choice.get("index", 0)
+                for choice in shapes.choices(chunk, url):
+                    index = choice["index"]
                     if not 0 <= index < len(job.rows):
                         continue
                     yield from self._choice(rows[job.rows[index]], choice, job, alternatives, entropy)
+        except shapes.Surprise as e:
+            if not any(r.step or r.finished for r in rows.values()):
+                raise  # nothing arrived to keep: an error, not a partial answer
+            broken = str(e)
         except StreamBroken as e:
             broken = str(e)
+        except KeyboardInterrupt:  # the tokens held back for the closing chunk are the user's too
+            for r in rows.values():
+                if r.held is not None:
+                    held, r.held = r.held, None
+                    yield held
+            raise
         finally:
             resp.close()
         left = [r for r in rows.values() if not r.finished]
@@ -297,7 +313,8 @@ class RemoteBackend(Backend):
             got = sum(r.step for r in left)
             why = broken or f"it gave {len(job.rows) - len(left)} of {len(job.rows)} completions"
             note(f"warning: the stream from {url} stopped early: {why}; keeping the {got} tokens that arrived "
-                 f"(finish_reason 'dropped')")
+                 f"(finish_reason 'dropped', exit status 3)")
+            stream_dropped(why)
             for r in left:
                 yield from r.finish("dropped")
 
@@ -306,7 +323,7 @@ class RemoteBackend(Backend):
         if row.finished:
             return []
         out: list[Event] = []
-        text = choice.get("text") or ""
+        text = redact(choice["text"])
         lp = choice.get("logprobs") or {}
         tokens = lp.get("tokens") or []
         if not tokens and text and not choice.get("finish_reason"):
@@ -320,7 +337,7 @@ class RemoteBackend(Backend):
             top = tops[i] if i < len(tops) and tops[i] else {}
             alts = self._alternatives(top, tok, alternatives, asked)
             ent = _entropy(top, p) if entropy else None
-            ev = Event(row.row, row.step, self.tokenizer.id_for_text(piece), piece.decode("utf-8", errors="replace"),
+            ev = Event(row.row, row.step, self.tokenizer.id_for_text(piece), redact(piece.decode("utf-8", errors="replace")),
                        text if i == len(tokens) - 1 else "", logprob, alts, None, ent)
             out += row.push(ev)
         reason = choice.get("finish_reason")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from basecli.backends import shapes
 from basecli.backends.remote_tokenizer import token_bytes
 from basecli.backends.transport import RemoteError
 from basecli.events import ScoredToken
@@ -29,12 +30,14 @@ def score(backend, text: str, *, context: str | None = None, alternatives: int =
         if e.exit_code == 2 and ("echo" in said or "logprob" in said):
             raise RemoteError(f"{cannot}: it refused echo with logprobs ({e})", exit_code=2) from None
         raise
-    choice = (data.get("choices") or [{}])[0]
+    where = f"{backend.base_url}/completions"
+    choice = (shapes.choices(data, where) or [{}])[0]
     lp = choice.get("logprobs") or {}
     tokens = lp.get("tokens") or []
-    usage = data.get("usage") or {}
+    usage = shapes.obj(data.get("usage") or {}, where, "'usage'")
+    prompt_tokens = shapes.whole_number(usage.get("prompt_tokens"), where, "'usage.prompt_tokens'")
     # llama-cpp-python echoes no generated token, vLLM one; a token past the prompt's text is dropped below
-    n_prompt = max(0, min(usage.get("prompt_tokens", len(tokens) - 1), len(tokens)))
+    n_prompt = max(0, min(len(tokens) - 1 if prompt_tokens is None else prompt_tokens, len(tokens)))
     token_lps = list(lp.get("token_logprobs") or [])[:n_prompt]
     if not tokens or (n_prompt > 1 and all(v is None for v in token_lps)):
         raise RemoteError(f"{cannot}: it returns no log-probabilities for the prompt with echo")
@@ -99,7 +102,8 @@ def _unshift(backend, tokens: list[str], tops: list, n: int):
     if n > 1 and not tops[0]:  # it blanks entry 0, which holds token 1's distribution: ask for that one
         body = {"model": backend.model, "prompt": tokens[0], "max_tokens": 1, "temperature": 0, "logprobs": UNSHIFT_TOP,
                 "top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0, "stream": False}
-        first = (backend.transport.post_json("/completions", body).get("choices") or [{}])[0]
+        where = f"{backend.base_url}/completions"
+        first = (shapes.choices(backend.transport.post_json("/completions", body), where) or [{}])[0]
         given = (first.get("logprobs") or {}).get("top_logprobs") or [None]
         tops = [given[0]] + tops[1:]
     for i in range(1, n):

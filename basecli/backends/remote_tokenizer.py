@@ -56,14 +56,14 @@ class RemoteTokenizer:
         if self._local is not None:
             return self._local.encode(text, allow_special=allow_special)
         if self._kind == "vllm":
-            return list(self._post("/tokenize", {"model": self._model, "prompt": text, "add_special_tokens": False})["tokens"])
+            return self._ids("/tokenize", {"model": self._model, "prompt": text, "add_special_tokens": False})
         if self._kind == "llamacpp":
             body = {"content": text, "add_special": False, "parse_special": allow_special}
-            return list(self._post("/tokenize", body)["tokens"])
+            return self._ids("/tokenize", body)
         if self._kind == "llama-cpp-python":
             # it always adds the model's BOS (if it has one) and parses special tokens; take the BOS off
             self.server_adds_bos()
-            ids = list(self._post("/extras/tokenize", {"model": self._model, "input": text})["tokens"])
+            ids = self._ids("/extras/tokenize", {"model": self._model, "input": text})
             n = len(self._bos_prefix)
             return ids[n:] if n and ids[:n] == self._bos_prefix else ids
         raise self._no_tokenizer()
@@ -71,7 +71,7 @@ class RemoteTokenizer:
     def server_adds_bos(self) -> bool:
         """Whether llama-cpp-python puts a BOS token before every prompt (tokenizing "" says)."""
         if self._bos_prefix is None:
-            self._bos_prefix = list(self._post("/extras/tokenize", {"model": self._model, "input": ""})["tokens"])
+            self._bos_prefix = self._ids("/extras/tokenize", {"model": self._model, "input": ""})
         return bool(self._bos_prefix)
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -95,17 +95,27 @@ class RemoteTokenizer:
 
     def _detokenize(self, ids: list[int]) -> str:
         if self._kind == "vllm":
-            return self._post("/detokenize", {"model": self._model, "tokens": ids})["prompt"]
+            return self._text("/detokenize", {"model": self._model, "tokens": ids}, "prompt")
         if self._kind == "llamacpp":
-            return self._post("/detokenize", {"tokens": ids})["content"]
+            return self._text("/detokenize", {"tokens": ids}, "content")
         if self._kind == "llama-cpp-python":
             try:
-                return self._post("/extras/detokenize", {"model": self._model, "tokens": ids})["text"]
+                return self._text("/extras/detokenize", {"model": self._model, "tokens": ids}, "text")
             except UsageError:
                 raise
             except Exception:  # it fails with 500 on part of a UTF-8 character
                 return "\ufffd"
         raise self._no_tokenizer()
+
+    def _ids(self, path: str, body: dict) -> list[int]:
+        from basecli.backends import shapes
+
+        return shapes.token_ids(self._post(path, body), self._t.root + path)
+
+    def _text(self, path: str, body: dict, key: str) -> str:
+        from basecli.backends import shapes
+
+        return shapes.text_field(self._post(path, body), self._t.root + path, key)
 
     def _post(self, path: str, body: dict) -> dict:
         # tokenizing is cheap: retry only when the server says it is busy
@@ -141,10 +151,13 @@ def local_tokenizer(spec: str):
 
 
 def token_bytes(tok: str) -> bytes:
-    """A token as the server wrote it; vLLM writes undecodable ones as 'bytes:\\xe4\\xbd'."""
+    """A token as the server wrote it; vLLM writes undecodable ones as 'bytes:\\xe4\\xbd'. A credential
+    a server wrote back into a token is redacted here, before ids and records are made of it."""
+    from basecli.errors import redact
+
     if tok.startswith("bytes:"):
         try:
             return tok[6:].encode("latin-1").decode("unicode_escape").encode("latin-1")
         except (UnicodeError, ValueError):
             pass
-    return tok.encode("utf-8")
+    return redact(tok).encode("utf-8", errors="replace")

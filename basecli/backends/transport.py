@@ -15,28 +15,28 @@ import sys
 import time
 from typing import Iterable, Iterator
 
-from basecli.errors import BasecliError
+from basecli.errors import BasecliError, redact, secret
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+MAX_BODY = 256 << 20  # a JSON answer larger than this is not one basecli asked for
 
 
 class RemoteError(BasecliError):
-    """The server refused or could not be reached. 4xx (the request itself) exits 2, the rest 1."""
+    """The server refused or could not be reached. 4xx (the request itself) exits 2, the rest 1.
+    `status` is the HTTP status the server answered, None when it did not answer."""
+
+    status: int | None = None
 
 
 class StreamBroken(Exception):
     """A stream that started and then broke: the caller keeps what arrived."""
 
-
-def _env_float(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name) or default)
-    except ValueError:
-        return default
+    def __init__(self, message: str):
+        super().__init__(redact(message))
 
 
 def note(line: str) -> None:
-    print(f"basecli: {line}", file=sys.stderr, flush=True)
+    print(f"basecli: {redact(line)}", file=sys.stderr, flush=True)
 
 
 class Transport:
@@ -45,38 +45,56 @@ class Transport:
                  max_wait: float = 60.0):
         import httpx
 
+        from basecli.config import env_number
+
         self.base_url = base_url.rstrip("/")
         # vLLM and llama.cpp serve /tokenize beside /v1, not under it
         self.root = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
-        self._key = api_key
-        self.connect_timeout = connect_timeout if connect_timeout is not None else _env_float("BASECLI_CONNECT_TIMEOUT", 10)
-        self.read_timeout = read_timeout if read_timeout is not None else _env_float("BASECLI_TIMEOUT", 300)
-        self.retries = retries if retries is not None else int(_env_float("BASECLI_RETRIES", 4))
+        secret(api_key)  # a server that echoes the Authorization header must not get it shown
+        self.connect_timeout = connect_timeout if connect_timeout is not None else env_number("BASECLI_CONNECT_TIMEOUT")
+        self.read_timeout = read_timeout if read_timeout is not None else env_number("BASECLI_TIMEOUT")
+        self.retries = retries if retries is not None else env_number("BASECLI_RETRIES")
         self.backoff = backoff
         self.max_wait = max_wait
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         timeout = httpx.Timeout(self.read_timeout, connect=self.connect_timeout)
         self.client = httpx.Client(timeout=timeout, headers=headers, limits=httpx.Limits(max_connections=16))
 
-    def redact(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key else text
-
     def get_json(self, path: str, *, root: bool = False, retry_on=RETRY_STATUSES) -> dict:
         resp = self.send("GET", self._url(path, root), retry_on=retry_on)
-        return self._json(resp)
+        return self.json(resp)
 
     def post_json(self, path: str, body: dict, *, root: bool = False, retry_on=RETRY_STATUSES) -> dict:
         resp = self.send("POST", self._url(path, root), body=body, retry_on=retry_on)
-        return self._json(resp)
+        return self.json(resp)
 
     def _url(self, path: str, root: bool) -> str:
         return (self.root if root else self.base_url) + path
 
-    def _json(self, resp) -> dict:
+    def json(self, resp) -> dict:
+        """The answer's JSON object (read at most MAX_BODY bytes of it); a RemoteError for anything else."""
+        import httpx
+
+        body = b""
         try:
-            return resp.json()
+            for part in resp.iter_bytes():
+                body += part
+                if len(body) > MAX_BODY:
+                    resp.close()
+                    raise RemoteError(f"{resp.url} answered with more than {MAX_BODY >> 20} MiB; that is not a completion")
+        except httpx.TimeoutException:
+            raise RemoteError(f"{resp.url} stopped sending its answer for {self.read_timeout:g} s "
+                              f"(BASECLI_TIMEOUT sets how long to wait)") from None
+        except httpx.HTTPError as e:
+            raise RemoteError(f"{resp.url}: the answer broke off ({_reason(e)})") from None
+        try:
+            data = json.loads(body)
         except ValueError:
-            raise RemoteError(f"{resp.url} answered with something that is not JSON: {self.redact(resp.text[:120])!r}") from None
+            raise RemoteError(f"{resp.url} answered with something that is not JSON: {body[:120]!r}") from None
+        if not isinstance(data, dict):
+            raise RemoteError(f"{resp.url} answered with a JSON {type(data).__name__} where an object was expected: "
+                              f"{body[:120]!r}")
+        return data
 
     def send(self, method: str, url: str, *, body: dict | None = None, stream: bool = False, retry_on=RETRY_STATUSES):
         """The response to a request, after retries; a RemoteError with the server's own words otherwise."""
@@ -101,7 +119,7 @@ class Transport:
                 return resp
             if stream:
                 resp.read()
-            message = self.redact(server_message(resp))
+            message = redact(server_message(resp))
             status = f"{resp.status_code} {resp.reason_phrase}".strip()
             resp.close()
             if resp.status_code in retry_on and not last:
@@ -116,8 +134,10 @@ class Transport:
             elif resp.status_code == 404:
                 hint = " (check --base-url, which usually ends in /v1, and --model)"
             code = 2 if 400 <= resp.status_code < 500 and resp.status_code != 429 else 1
-            raise RemoteError(f"{url} answered {status}: {message}{hint}", exit_code=code)
-        raise AssertionError("unreachable")
+            error = RemoteError(f"{url} answered {status}: {message}{hint}", exit_code=code)
+            error.status = resp.status_code
+            raise error
+        raise RemoteError(f"{url}: no answer after {self.retries} retries")
 
     def _backoff(self, attempt: int) -> float:
         return self.backoff * (2**attempt) * (0.8 + 0.4 * random.random())

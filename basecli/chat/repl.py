@@ -37,7 +37,9 @@ def make_session(input=None, output=None):
     from prompt_toolkit.history import FileHistory
     from prompt_toolkit.key_binding import KeyBindings
 
-    history_path().parent.mkdir(parents=True, exist_ok=True)
+    from basecli.chat.transcripts import private_file
+
+    private_file(history_path())  # what was typed is the user's alone: mode 600 before the first line
     keys = KeyBindings()
 
     @keys.add("enter")
@@ -101,6 +103,8 @@ class Repl:
                 self.answer(lambda on_text: self.chat.ask(text, on_text))
         except BasecliError as e:  # bad values and full context windows are messages here, never an exit
             self.say(self.paint(f"error: {e}", "31"))
+        except OSError as e:  # /save to a missing folder, a directory, a read-only file
+            self.say(self.paint(f"error: cannot write {e.filename or 'the file'}: {e.strerror or e}", "31"))
 
     def answer(self, call) -> None:
         """Stream an answer after the assistant label; a note (interrupted) gets its own line."""
@@ -135,7 +139,7 @@ class Repl:
                 return
             try:
                 value = parse(arg)
-            except ValueError:
+            except (ValueError, OverflowError):
                 raise UsageError(f"{name} needs a number, got {arg!r}") from None
             self.chat.params = self.chat.params.with_(**{field: value})  # SamplingParams validates the range
             self.say(f"{field.replace('_', '-')} = {value}")
@@ -154,7 +158,10 @@ class Repl:
         elif name == "/save":
             if not arg:
                 raise UsageError("/save needs a file name: /save chat.txt")
-            Path(arg).expanduser().write_text(save_text(self.chat), encoding="utf-8")
+            target = Path(arg).expanduser()
+            if target.is_dir():
+                raise UsageError(f"/save {arg}: that is a directory; give a file name, e.g. /save {target / 'chat.txt'}")
+            target.write_text(save_text(self.chat), encoding="utf-8")
             self.say(f"(saved to {arg}; `basecli chat {arg}` continues from it)")
         elif name == "/help":
             self.say(HELP)

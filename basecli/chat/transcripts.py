@@ -23,10 +23,20 @@ def folder() -> Path:
     return home() / "transcripts"
 
 
+def private_file(path: Path) -> Path:
+    """`path` created (or kept) readable by its owner only, in a folder only the owner can list:
+    conversations are nobody else's business."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)
+    return path
+
+
 class Transcript:
     def __init__(self, path: Path):
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(path)
         self._f = open(path, "a", encoding="utf-8")
 
     @classmethod
@@ -71,7 +81,9 @@ def replay(path: Path) -> tuple[dict, list[tuple[str, str]]]:
     header: dict = {}
     turns: list[tuple[str, str]] = []
     pending: str | None = None
-    lines = path.read_text(encoding="utf-8").splitlines()
+    from basecli.text.inputs import read_file
+
+    lines = read_file(path).splitlines()
     for n, line in enumerate(lines, 1):
         try:
             rec = json.loads(line)
@@ -80,13 +92,16 @@ def replay(path: Path) -> tuple[dict, list[tuple[str, str]]]:
                 print(f"basecli: warning: {path} line {n} was cut short by a crash; ignored", file=sys.stderr)
                 continue
             raise UsageError(f"{path} line {n} is not JSON; is this a basecli transcript?") from None
-        kind = rec.get("type")
+        kind = rec.get("type") if isinstance(rec, dict) else None
+        text = rec.get("text") if isinstance(rec, dict) else None
+        if kind in ("user", "assistant") and not isinstance(text, str):
+            raise UsageError(f"{path} line {n} is a {kind} record without text; is this a basecli transcript?")
         if kind == "start":
             header = rec
         elif kind == "user":
-            pending = rec["text"]
+            pending = text
         elif kind == "assistant" and pending is not None:
-            turns.append((pending, rec["text"]))
+            turns.append((pending, text))
             pending = None
         elif kind == "undo" and turns:
             turns.pop()

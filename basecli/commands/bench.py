@@ -44,6 +44,9 @@ def bench(
         raise UsageError(f"--batch takes comma-separated whole numbers like 1,8,32, got {batch!r}") from None
     if not batches or min(batches) < 1:
         raise UsageError(f"--batch sizes must be at least 1, got {batch!r}")
+    from basecli.weights.models import resolve
+
+    resolve(model.model)  # a model that does not exist is said now, not by the fresh processes timed below
     say = (lambda s: print(f"basecli bench: {s}", file=sys.stderr, flush=True))
     report = benchmark.run(model.model, batches=batches, prompt_tokens=prompt_tokens, new_tokens=new_tokens, device=model.device,
                            dtype=model.dtype, engine=engine, quantize=model.quantize, threads=threads, startup=startup, progress=say)

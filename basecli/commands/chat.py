@@ -13,7 +13,7 @@ from basecli import options as o
 @o.grouped
 def chat(
     template: Annotated[Optional[str], typer.Argument(help="A chat template (default: prompts/assistant.txt).")] = None,
-    message: Annotated[Optional[str], typer.Option("--message", "-M", help="Send one message, print the answer, exit.")] = None,
+    message: Annotated[Optional[str], typer.Option("--message", "-M", help="Send one message (@FILE sends a file), print the answer, exit.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the last transcript (or the one --transcript names).")] = False,
     transcript: Annotated[Optional[str], typer.Option("--transcript", help="Name (or path) of the transcript to write, or to continue with --resume.")] = None,
     model: o.ModelChoice = o.model_choice(),
@@ -35,7 +35,10 @@ def chat(
     from basecli.chat import transcripts
     from basecli.chat.conversation import Chat
     from basecli.errors import UsageError
+    from basecli.text.inputs import read_lines, read_text
 
+    if message is not None:
+        message = read_text(message, what="--message")  # @FILE sends the file, as everywhere else
     if message is not None and not message.strip():
         raise UsageError("--message is empty; give the text to send, e.g. --message \"What is 2+2?\"")
     turns: list = []
@@ -43,6 +46,8 @@ def chat(
     if resume:
         path = transcripts.find(transcript)
         header, turns = transcripts.replay(path)
+        if not isinstance(header.get("template", ""), str):
+            raise UsageError(f"{path}: its start record names no template; is this a basecli transcript?")
         template = template or header.get("template")
     tpl = templates.load(template or templates.prompts_dir() / "assistant.txt")
     params = sampling.resolve(tpl.settings)
@@ -61,7 +66,7 @@ def chat(
         if message is not None:
             print(session.ask(message), flush=True)
         elif not sys.stdin.isatty():
-            for line in sys.stdin:
+            for line in read_lines(sys.stdin.buffer):
                 if line.strip():
                     print(session.ask(line), flush=True)
         else:

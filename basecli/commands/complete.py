@@ -30,8 +30,10 @@ def complete(
       echo "Once upon a time" | basecli complete - --json | jq .completion
     """
     from basecli.text.inputs import read_text
-    from basecli.views.records import Timer, completion_record
+    from basecli.views.records import Timer, completion_record, gather
     from basecli.views import render
+
+    o.at_most_one(json=json_out, show_probs=show_probs)
     text = read_text(prompt)
     backend = model.open()
     timer = Timer(backend.load_seconds)
@@ -39,7 +41,7 @@ def complete(
 
     events = timer.timed(backend.stream([text], [params], alternatives=k, truncate=truncate))
     if json_out:
-        events = list(events)  # timings are read once generation is over
+        events = gather(events)  # timings are read once generation is over; Ctrl-C keeps what came
         record = completion_record(model=backend.name, prompt=text, events=events, params=params,
                                    tokenizer=backend.tokenizer, timings=timer.as_dict())
         write_json(record)

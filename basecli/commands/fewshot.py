@@ -49,6 +49,7 @@ def fewshot(
     from basecli.text.inputs import read_text
     from basecli.views import fewshot as view
 
+    o.at_most_one(json=json_out, jsonl=jsonl)
     args = list(args or [])
     if examples is None and not args:
         raise UsageError("give a TEMPLATE (e.g. prompts/en_ko.txt) or --examples pairs.tsv")
@@ -58,6 +59,13 @@ def fewshot(
     values = {name: read_text(value, what=f"--var {name}") if value.startswith("@") else value
               for name, value in (v.split("=", 1) for v in var or [] if _is_var(v))}
 
+    if not inputs and (tpl is None or "input" in tpl.variables) and sys.stdin is not None and not sys.stdin.isatty():
+        inputs = _stdin_lines()  # piped inputs, as complete reads a piped prompt; none: the template's default
+    unknown = [name for name in values if tpl is None or name not in tpl.variables]
+    if unknown:
+        where = f"{tpl.source} has no {{{{{unknown[0]}}}}}; its variables: {', '.join(tpl.variables) or 'none'}" if tpl \
+            else "--examples builds its prompt from the table, which has no variables"
+        raise UsageError(f"--var {unknown[0]}: {where}")
     if tpl is not None:
         for f in templates.check(tpl):
             print(f"basecli: warning: {tpl.source} {f}", file=sys.stderr)
@@ -87,15 +95,14 @@ def fewshot(
         view.show_prompts(tokenizer, prompts, spans)
         return
 
-    from basecli.views.records import Timer, completion_record
+    from basecli.views.records import Timer, completion_record, gather
 
     backend = model.open()
     timer = Timer(backend.load_seconds)
     rows: list[list] = [[] for _ in prompts]
     # one batch, one row per input; every row gets the same seed so a batch equals the single runs
-    for ev in backend.stream(prompts, [params] * len(prompts), alternatives=5 if (json_out or jsonl) else 0,
-                             seeds=[params.seed] * len(prompts), truncate=truncate):
-        timer.tick()
+    for ev in gather(timer.timed(backend.stream(prompts, [params] * len(prompts), alternatives=5 if (json_out or jsonl) else 0,
+                                                seeds=[params.seed] * len(prompts), truncate=truncate))):
         rows[ev.row].append(ev)
     answers = [templates.trim_answer("".join(ev.text for ev in evs)) for evs in rows]
     if json_out or jsonl:
@@ -115,9 +122,7 @@ def _inputs(raw: list[str]) -> list[str]:
     out = []
     for x in raw:
         if x == "-":
-            from basecli.text.inputs import read_text
-
-            lines = [line.strip() for line in read_text("-", what="inputs").splitlines() if line.strip()]
+            lines = _stdin_lines()
             if not lines:
                 from basecli.errors import UsageError
 
@@ -126,6 +131,12 @@ def _inputs(raw: list[str]) -> list[str]:
         else:
             out.append(x)
     return out
+
+
+def _stdin_lines() -> list[str]:
+    from basecli.text.inputs import read_text
+
+    return [line.strip() for line in read_text("-", what="inputs").splitlines() if line.strip()]
 
 
 def _is_var(v: str) -> bool:

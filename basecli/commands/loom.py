@@ -72,17 +72,19 @@ def loom(
         raise UsageError("--print, --json and --path read a tree: give a TREE.json")
     if depth != 1 and expand is None:
         raise UsageError("--depth goes with --expand N (how many levels to grow)")
+    if expand is not None and (expand < 1 or depth < 1):  # before a tree file is made for nothing
+        raise UsageError(f"--expand and --depth must be at least 1, got {expand} and {depth}")
     if out is not None and opening:
         raise UsageError(f"--out names the file of a new tree; {target} is saved where it is")
     if expand is None and not reading and not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UsageError("the loom's screen needs a terminal; in a pipeline use --print, --json, --path or --expand")
-    s = session.open_tree(target, out=out, template=chat, settings=settings)
-
     def backend():
         return model.open(prefix_cache=True)
 
+    grower = backend() if expand is not None else None  # a model that cannot load leaves no tree file behind
+    s = session.open_tree(target, out=out, template=chat, settings=settings)
     if expand is not None:
-        session.expand(s, backend(), expand, depth, jsonl=jsonl)
+        session.expand(s, grower, expand, depth, jsonl=jsonl)
         if not jsonl:
             session.print_modes(s, print_=not (json_out or path), json_=json_out, path=path)
         return

@@ -45,7 +45,7 @@ def recite(
     backend = model.open()
     t0 = time.perf_counter()
     rec = recitation.recite(backend, text, prefix_tokens=prefix_tokens, params=params, samples=samples,
-                            seeds=[params.seed + i for i in range(samples)])
+                            seeds=[(params.seed + i) % 2**63 for i in range(samples)])
     total_s = time.perf_counter() - t0
     stats = recitation.aggregate(rec.samples)
     tok = backend.tokenizer

@@ -18,6 +18,9 @@ Jsonl = Annotated[bool, typer.Option("--jsonl", help="One JSON record per sample
 BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Rows per batch (default: as many as fit in memory); results do not change.")]
 
 
+MAX_SAMPLES = 10_000  # rows of one resample (run in batches); more is a memory error, not a sample
+
+
 @o.grouped
 def resample(
     prompt: o.PromptArg = None,
@@ -47,8 +50,9 @@ def resample(
     from basecli.views.records import Timer, completion_record
     from basecli.views import resample as view
 
-    if samples < 1:
-        raise UsageError(f"-N/--samples must be at least 1, got {samples}")
+    o.at_most_one(tree=tree, jsonl=jsonl)
+    if not 1 <= samples <= MAX_SAMPLES:
+        raise UsageError(f"-N/--samples must be at least 1 and at most {MAX_SAMPLES}, got {samples}")
     if best is not None and not 1 <= best <= samples:
         raise UsageError(f"--best must be between 1 and -N ({samples}), got {best}")
     if batch_size is not None and batch_size < 1:

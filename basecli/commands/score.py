@@ -19,8 +19,8 @@ def score(
     context: Annotated[Optional[str], typer.Option("--context", help="Condition the first token on this text instead of the model's start token (@FILE works).")] = None,
     alternatives: Annotated[int, typer.Option("--alternatives", help="At the most surprising positions (or --at), show the K tokens the model expected.", min=0, max=20)] = 0,
     at: Annotated[Optional[List[int]], typer.Option("--at", help="Token position to show alternatives for (repeatable; 0 = first token).")] = None,
-    stride: Annotated[Optional[int], typer.Option("--stride", help="For text longer than the window: tokens each next window moves on. Default: half the window.")] = None,
-    window: Annotated[Optional[int], typer.Option("--window", help="Tokens per forward pass. Default: the model's context window.")] = None,
+    stride: Annotated[Optional[int], typer.Option("--stride", min=1, help="For text longer than the window: tokens each next window moves on. Default: half the window.")] = None,
+    window: Annotated[Optional[int], typer.Option("--window", min=2, help="Tokens per forward pass. Default: the model's context window.")] = None,
     json_out: o.Json = False,
 ):
     """Teacher-forced log-probabilities of every token of TEXT, and its size in bits next to gzip, bz2 and xz.
@@ -59,8 +59,8 @@ def score(
     scored_text = tok.decode([t.token_id for t in scored if t.logprob is not None]) if unscored else body
     s = summarize([t.logprob for t in scored], scored_text)
     comp = compression_table(scored_text, s.bits)
-    size = window or backend.context_length
-    step = stride or max(1, size // 2)
+    size = window if window is not None else backend.context_length
+    step = stride if stride is not None else max(1, size // 2)
     n = len(start_ids(tok, ctx)) + len(scored)
     n_start = n - len(scored)
     windows = {"size": size, "stride": step, "passes": len(plan_windows(n, size, step)), "min_context": size - step,

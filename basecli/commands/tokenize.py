@@ -29,7 +29,7 @@ def tokenize(
     ids_out: Annotated[bool, typer.Option("--ids", help="Print only the ids, space separated.")] = False,
     count: Annotated[bool, typer.Option("--count", help="Print only the number of tokens.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print per token id, text, bytes (hex) and start/end offsets, plus the counts.")] = False,
-    decode: Annotated[bool, typer.Option("--decode", "-d", help="Turn ids (arguments or stdin, any separators) back into text, byte for byte.")] = False,
+    decode: Annotated[bool, typer.Option("--decode", "-d", help="Turn ids (arguments or stdin, any separators) back into text, byte for byte, ended by a newline unless it has one (--json for the exact text).")] = False,
     allow_special: Annotated[bool, typer.Option("--allow-special", help="Parse special tokens such as <|endoftext|> (default: plain text).")] = False,
     whitespace: Annotated[bool, typer.Option("--whitespace/--no-whitespace", help="Show spaces as ·, newlines as ↵, tabs as →.")] = True,
     limit: Annotated[int, typer.Option("--limit", min=0, help="Show at most this many tokens in the terminal view (0 = all); --ids, --json and --count are never cut.")] = DEFAULT_LIMIT,
@@ -53,6 +53,9 @@ def tokenize(
         model = None  # BASECLI_MODEL is a default; a tokenizer named on the command line wins
     if sum((ids_out, count, json_out)) > 1:
         raise UsageError("--ids, --count and --json each choose the output; give at most one")
+    for flag, value in (("--encoding", encoding), ("--compare", compare), ("--model", model)):
+        if value is not None and not value.strip():  # "" used to mean the default tokenizer, silently
+            raise UsageError(f"{flag} is empty; name a tokenizer (e.g. cl100k_base), or leave {flag} out for the default model's")
     if compare and (encoding or model):
         raise UsageError("--compare names its own tokenizers; drop --encoding/--model or put them in the list (model:NAME)")
     if encoding and model:
@@ -219,7 +222,6 @@ def _decode(tok, ids: list[int], json_out: bool) -> None:
         text = data.decode("utf-8", errors="replace")
         write_json(record(tok.name, text, ids, pieces, char_spans(pieces)))
         return
-    sys.stdout.buffer.write(data)
-    if sys.stdout.isatty() and not data.endswith(b"\n"):
-        sys.stdout.buffer.write(b"\n")
     sys.stdout.flush()
+    sys.stdout.buffer.write(data if data.endswith(b"\n") else data + b"\n")  # a line, like every other output
+    sys.stdout.buffer.flush()

@@ -16,8 +16,13 @@ from typing import Iterator, Sequence
 import torch
 
 from basecli.config import SamplingParams, fresh_seed
+from basecli.errors import BasecliError
 from basecli.engine.processors import RowParams, process, sample
 from basecli.events import Event
+
+
+class NonFinite(BasecliError):
+    """Logits no sampler can use: the weights are damaged (a cache the caller names)."""
 
 
 class TextStream:
@@ -215,6 +220,8 @@ def generate(
         cache, logits = prefix_cache.prefill(model, prompts[0], len(prompts))
     else:
         logits = prefill(model, cache, kw, ids, mask, positions, shared)
+    if bool((logits.isnan() | logits.isposinf()).any()):
+        raise NonFinite("the model's first step gave NaN or infinite logits: its weights are damaged")
     next_pos = positions[:, -1:] + 1
     for step in range(max(p.max_tokens for p in params)):
         tokens, d = draw(logits, rows_cfg, seen, generators, alternatives=alternatives, entropy=entropy)

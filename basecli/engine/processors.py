@@ -14,12 +14,17 @@ import torch
 from basecli.config import SamplingParams
 
 
+MIN_TEMPERATURE = 1e-20
+
+
 class RowParams:
     """The sampling settings of every row as tensors on the model's device."""
 
     def __init__(self, params: Sequence[SamplingParams], device):
         f = lambda xs: torch.tensor(xs, dtype=torch.float32, device=device)  # noqa: E731
-        self.temperature = f([p.temperature if p.temperature > 0 else 1.0 for p in params])
+        # below MIN_TEMPERATURE, logits / t overflows float32 to inf (and softmax to NaN); the
+        # distribution is one-hot long before that, so nothing is lost by stopping there
+        self.temperature = f([max(p.temperature, MIN_TEMPERATURE) if p.temperature > 0 else 1.0 for p in params])
         self.greedy = torch.tensor([p.greedy for p in params], device=device)
         self.top_k = torch.tensor([p.top_k for p in params], dtype=torch.long, device=device)
         self.top_p = f([p.top_p for p in params])

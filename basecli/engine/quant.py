@@ -9,7 +9,7 @@ than fp32 on an AVX2 CPU (their fast kernels need AVX-512), so they are not (fig
 - fp16: weights stored in fp16, products and sums in fp32. Within fp16 rounding of fp32.
 - int8: weights per output channel in int8, and every input row quantised to 8 bits on its own
   scale (per_row), so no row depends on the others in its batch. Its cost in bits per byte is
-  in README.md.
+  in bench/README.md.
 
 The token embedding stays in the model's dtype: a lookup reads one row, not the matrix.
 """

@@ -102,8 +102,9 @@ def score_text(model, tokenizer, context_length: int, text: str, *, context: str
     """Every token of `text` with its teacher-forced log-probability, rank and top alternatives."""
     if not text:
         raise UsageError("the text to score is empty; give some text, '-' for stdin or @FILE")
-    window = window or context_length
-    stride = stride or max(1, window // 2)
+    # None means the default; 0 is a value, refused by check_window (it used to mean the default silently)
+    window = context_length if window is None else window
+    stride = max(1, window // 2) if stride is None else stride
     check_window(window, stride, context_length)
     start = start_ids(tokenizer, context)
     ids = tokenizer.encode(text)

@@ -147,10 +147,10 @@ def available_offline() -> list[str]:
 
 
 def timeout_s() -> float:
-    try:
-        return float(os.environ.get("BASECLI_DOWNLOAD_TIMEOUT") or TIMEOUT_S)
-    except ValueError:
-        raise UsageError(f"BASECLI_DOWNLOAD_TIMEOUT must be a number of seconds, got {os.environ['BASECLI_DOWNLOAD_TIMEOUT']!r}") from None
+    from basecli.config import env_number
+
+    value = env_number("BASECLI_DOWNLOAD_TIMEOUT")
+    return TIMEOUT_S if value is None else value
 
 
 @contextmanager

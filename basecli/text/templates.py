@@ -232,6 +232,14 @@ def check(tpl: Template) -> list[Finding]:
     findings: list[Finding] = []
     lines = tpl.body.split("\n")
     first = tpl.body_line
+    if not tpl.body.strip():
+        return [Finding(first, "the template body is empty; the model would get no prompt")]
+    for i, line in enumerate(lines):
+        left = VAR.sub("", line)
+        if "{{" in left or "}}" in left:
+            bad = left.find("{{") if "{{" in left else left.find("}}")
+            findings.append(Finding(first + i, f"{left[bad:bad + 20]!r} is not a {{{{variable}}}}: a slot is {{{{name}}}} "
+                                               f"(letters, digits, _), opened and closed on one line"))
     last = len(lines) - 1
     for i, line in enumerate(lines):
         n = first + i

@@ -122,7 +122,9 @@ class HFTokenizer:
         try:
             backend = tokenizers.Tokenizer.from_file(str(path))
         except Exception as e:  # the library raises a bare Exception on malformed files
-            raise UsageError(f"cannot read tokenizer {path}: {e}") from None
+            from basecli.weights.integrity import cache_hint
+
+            raise UsageError(f"cannot read tokenizer {path}: {' '.join(str(e).split())[:160]}{cache_hint(Path(path).parent)}") from None
         return cls(backend, name, **kw)
 
     def encode(self, text: str, *, allow_special: bool = False) -> list[int]:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from basecli.errors import UsageError
+
 F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 3, 8, 12, 13, 14, 30
 FLOATS = {F32: np.float32, F16: np.float16}
 # type -> (values per block, bytes per block)
@@ -29,6 +31,17 @@ BLOCKS = {Q4_0: (32, 18), Q4_1: (32, 20), Q8_0: (32, 34), Q4_K: (256, 144), Q5_K
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?", 10: "<u8", 11: "<i8", 12: "<f8"}
 _STRING, _ARRAY = 8, 9
+
+
+class BrokenGGUF(UsageError):
+    """A file that cannot be read as GGUF: the user gave it, so exit 2 with what is wrong."""
+
+
+def _why(e: Exception) -> str:
+    if isinstance(e, struct.error):
+        return "its header runs past the end of the file"
+    text = " ".join(str(e).split())[:100]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 @dataclass(frozen=True)
@@ -44,16 +57,28 @@ class GGUFFile:
     """A GGUF file's metadata (`.metadata`, plain Python values) and tensors (`.tensors`, in file order)."""
 
     def __init__(self, path: str | Path):
+        """Raises BrokenGGUF (a usage error) for a file that is not a whole GGUF: truncated, too short, not GGUF."""
         self.path = Path(path)
+        try:
+            self._read()
+        except BrokenGGUF:
+            raise
+        except (struct.error, ValueError, IndexError, OverflowError, MemoryError, UnicodeError) as e:
+            raise BrokenGGUF(f"{self.path} is not a readable GGUF file ({_why(e)}); it may be truncated or corrupt: "
+                             f"download it again") from None
+
+    def _read(self) -> None:
+        if self.path.stat().st_size < 24:
+            raise BrokenGGUF(f"{self.path} is {self.path.stat().st_size} bytes, too short to be a GGUF file")
         with open(self.path, "rb") as f:
             # mmap slices are bytes, which parse ~10x faster than numpy memmap slices
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self.blob = np.frombuffer(self._map, dtype=np.uint8)
         if self._map[:4] != b"GGUF":
-            raise ValueError(f"{self.path} is not a GGUF file (no GGUF magic bytes)")
+            raise BrokenGGUF(f"{self.path} is not a GGUF file (it does not start with the GGUF magic bytes)")
         version, n_tensors, n_kv = struct.unpack_from("<IQQ", self._map, 4)
         if version not in (2, 3):
-            raise ValueError(f"{self.path} is GGUF version {version}; only versions 2 and 3 are read")
+            raise BrokenGGUF(f"{self.path} is GGUF version {version}; only versions 2 and 3 are read")
         pos = 24
         self.metadata: dict = {}
         for _ in range(n_kv):
@@ -71,6 +96,10 @@ class GGUFFile:
         align = int(self.metadata.get("general.alignment", 32))
         data = (pos + align - 1) // align * align
         self.tensors = [TensorInfo(n, s, t, data + off, byte_count(t, prod(s))) for n, s, t, off in table]
+        end = max((t.start + t.nbytes for t in self.tensors), default=0)
+        if end > len(self._map):
+            raise BrokenGGUF(f"{self.path} is truncated: its tensors need {end} bytes but the file has {len(self._map)}; "
+                             f"download it again")
 
     def _string(self, pos: int) -> tuple[str, int]:
         (n,) = struct.unpack_from("<Q", self._map, pos)

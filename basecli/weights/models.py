@@ -173,6 +173,14 @@ def converted_gguf(gguf: Path, *, weights: bool = True) -> Path:
     digest = cached_sha256(gguf)
     target = converted_dir(digest)
     if is_complete(target):
+        from basecli.weights.integrity import damage
+
+        problem = damage(target)
+        if problem is None:
+            return target
+        progress(f"basecli: the converted cache at {target} is damaged ({problem}); rebuilding it")
+        shutil.rmtree(target, ignore_errors=True)
+        _convert(gguf, digest, target)
         return target
     if not weights:  # a directory of its own, so a full conversion later never finds one without weights
         target = target.with_name(target.name + "-noweights")
@@ -222,6 +230,9 @@ def cached_sha256(path: Path) -> str:
     except (OSError, ValueError):
         index = {}
     if key not in index:
+        from basecli.weights.gguf_reader import GGUFFile
+
+        GGUFFile(path)  # a broken file is refused before anything about it is written to the cache
         index[key] = sha256_file(path)
         _atomic_write(index_path, json.dumps(index))
     return index[key]
