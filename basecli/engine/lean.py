@@ -314,6 +314,11 @@ def attend(cache: KVCache, layer: int, q: torch.Tensor, k: torch.Tensor, v: torc
     cache.v[layer, :, :, col:held] = v.transpose(1, 2)
     if cache.shared:
         return shared_prefix_attention(q[:, 0], cache, layer, held).view(batch, 1, heads * hd)
+    # a left-padded prompt: the last query sees every real key, so its row of the mask is the padding
+    starts = left_padding(mask[:, 0, -1]) if mask is not None and steps > 1 and start == 0 else None
+    if starts is not None:
+        o = rows_attention(q.transpose(1, 2), cache.k[layer, :, :, :end], cache.v[layer, :, :, :end], starts, k.shape[2] != heads)
+        return o.transpose(1, 2).reshape(batch, steps, heads * hd)
     o = F.scaled_dot_product_attention(q.transpose(1, 2), cache.k[layer, :, :, :end], cache.v[layer, :, :, :end], attn_mask=mask,
                                        is_causal=mask is None and steps > 1, enable_gqa=k.shape[2] != heads)
     return o.transpose(1, 2).reshape(batch, steps, heads * hd)  # (B, heads, T, hd) -> (B, T, heads * hd)
@@ -339,6 +344,30 @@ def shared_prefix_attention(q: torch.Tensor, cache: KVCache, layer: int, held: i
     # (bf16 outputs times fp32 weights made an fp32 tensor, which crashed the bf16 o_proj matmul)
     o = o1.float() * (lse1 - lse).exp_()[..., None] + o2.float() * (lse2 - lse).exp_()[..., None]
     return o.to(q.dtype).reshape(batch, heads * hd)
+
+
+def left_padding(keys: torch.Tensor) -> list[int] | None:
+    """Each row's first real column when every row of `keys` (B, L) is zeros then ones (basecli's left padding), else None."""
+    keys = keys.long()
+    first = keys.argmax(-1)
+    if not bool((keys.sum(-1) == keys.shape[1] - first).all()):
+        return None
+    return first.tolist()
+
+
+def rows_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, starts: list[int], gqa: bool) -> torch.Tensor:
+    """A left-padded prompt's causal attention (B, heads, T, hd), row by row over its real tokens only.
+
+    One call with a padding mask gives a row other bits than the same prompt alone: the kernel's blocks of
+    keys start at the padding, so its sums split elsewhere. In basecli's 4/8-bit path a difference of one
+    rounding can move an activation across an int8 rounding edge, and a row's tokens then depended on
+    its batch. Alone, each row is the very call its prompt makes by itself; padding queries get zeros.
+    """
+    out = q.new_zeros(q.shape)
+    for b, first in enumerate(starts):
+        out[b, :, first:] = F.scaled_dot_product_attention(q[b : b + 1, :, first:], k[b : b + 1, :, first:], v[b : b + 1, :, first:],
+                                                           is_causal=True, enable_gqa=gqa)[0]
+    return out
 
 
 def attention_bias(keys: torch.Tensor, steps: int) -> torch.Tensor | None:

@@ -13,12 +13,21 @@
  * Everything else (norms, rope, attention, softmax, silu) is fp32.
  *
  * Built once per machine by basecli/engine/native.py with the system C compiler
- * (-O3 -march=native -fopenmp); without AVX2 the plain C loops below are used instead.
+ * (-O3 -ffp-contract=off -march=native -fopenmp); without AVX2 the plain C loops below are used instead.
+ *
+ * Every build gives the same bits (tests/test_native_builds.py): the plain C loops add in the SIMD
+ * loops' order, 8 lanes of partial sums reduced by the same tree (hsum8, pair_sum8 below), with fmaf
+ * wherever the SIMD code fuses a multiply-add and a plain multiply and add wherever it does not, and
+ * exp is one polynomial (exp8, exp1), not libm's, whose results vary with the CPU's code path.
+ * -ffp-contract=off keeps the compiler from fusing on its own; no fast-math may reassociate.
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __FAST_MATH__
+#error "no -ffast-math: every build of native.c must add in the written order"
+#endif
 /* -DBASECLI_PORTABLE (BASECLI_NATIVE_BUILD=portable) keeps the plain C loops on any CPU, so tests compare them with the SIMD ones */
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(BASECLI_PORTABLE)
 #include <immintrin.h>
@@ -107,6 +116,16 @@ static inline uint16_t float_to_half(float f) {
 #endif
 }
 
+/* ---- the order of every sum: the plain C loops keep 8 lanes as the SIMD ones do, and reduce them alike ---- */
+
+static inline float hsum8(const float *v) {  /* hsum's tree: halves, then quarters, then the last pair */
+    return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+}
+
+static inline float pair_sum8(const float *v) {  /* score_keys' tree (two hadds, then the halves) */
+    return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+}
+
 #ifdef BASECLI_AVX2
 static inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -115,6 +134,26 @@ static inline float hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 #endif
+
+/* exp(x), one float, in exactly exp8's operations (below), for the plain C loops and the SIMD loops' tails */
+static inline float exp1(float x) {
+    x = x > -87.3f ? x : -87.3f;  /* max_ps, then min_ps, as exp8 */
+    x = x < 88.7f ? x : 88.7f;
+    float n = nearbyintf(x * 1.44269504088896341f);  /* to nearest even, as round_ps */
+    float r = fmaf(-n, 0.693359375f, x);
+    r = fmaf(-n, -2.12194440e-4f, r);
+    float p = 1.9875691500e-4f;
+    p = fmaf(p, r, 1.3981999507e-3f);
+    p = fmaf(p, r, 8.3334519073e-3f);
+    p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f);
+    p = fmaf(p, r, 5.0000001201e-1f);
+    p = fmaf(p, r * r, r + 1.0f);
+    int32_t e = ((int32_t)n + 127) << 23;
+    float two_n;
+    memcpy(&two_n, &e, 4);
+    return p * two_n;
+}
 
 #ifdef BASECLI_AVX2
 /* exp(x) for 8 floats: Cody-Waite reduction x = n ln2 + r and Cephes' expf polynomial (about 1 ulp);
@@ -249,13 +288,18 @@ static float dot_q4_1(const void *wv, const block_act *a, int64_t nb) {
     }
     return hsum(acc) + mins;
 #else
-    float sum = 0;
+    /* lane l of the SIMD code holds elements 4l..4l+3 (the low nibbles are elements 0-15, the high ones 16-31) */
+    float acc[8] = {0}, mins = 0;
     for (int64_t i = 0; i < nb; i++) {
-        int s = 0;
-        for (int j = 0; j < QK / 2; j++) s += (w[i].qs[j] & 15) * a[i].qs[j] + (w[i].qs[j] >> 4) * a[i].qs[j + QK / 2];
-        sum += half_to_float(w[i].d) * a[i].d * s + half_to_float(w[i].m) * a[i].s;
+        float dd = half_to_float(w[i].d) * a[i].d;
+        for (int l = 0; l < 8; l++) {
+            int p = 0;
+            for (int j = 4 * l; j < 4 * l + 4; j++) p += (j < QK / 2 ? w[i].qs[j] & 15 : w[i].qs[j - QK / 2] >> 4) * a[i].qs[j];
+            acc[l] = fmaf(dd, (float)p, acc[l]);
+        }
+        mins = fmaf(half_to_float(w[i].m), a[i].s, mins);
     }
-    return sum;
+    return hsum8(acc) + mins;
 #endif
 }
 
@@ -273,13 +317,16 @@ static float dot_q8_0(const void *wv, const block_act *a, int64_t nb) {
     }
     return hsum(acc);
 #else
-    float sum = 0;
+    float acc[8] = {0};  /* lanes as in dot_q4_1 */
     for (int64_t i = 0; i < nb; i++) {
-        int s = 0;
-        for (int j = 0; j < QK; j++) s += w[i].qs[j] * a[i].qs[j];
-        sum += half_to_float(w[i].d) * a[i].d * s;
+        float dd = half_to_float(w[i].d) * a[i].d;
+        for (int l = 0; l < 8; l++) {
+            int p = 0;
+            for (int j = 4 * l; j < 4 * l + 4; j++) p += w[i].qs[j] * a[i].qs[j];
+            acc[l] = fmaf(dd, (float)p, acc[l]);
+        }
     }
-    return sum;
+    return hsum8(acc);
 #endif
 }
 
@@ -397,38 +444,42 @@ int basecli_linear(int type, const void *W, const float *x, int64_t M, int64_t K
 /* ---- fp32 helpers ---- */
 
 static inline float dot_f32(const float *a, const float *b, int64_t n) {
+    int64_t i = 0;
 #ifdef BASECLI_AVX2
     __m256 acc = _mm256_setzero_ps();
-    int64_t i = 0;
     for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
     float s = hsum(acc);
+#else
+    float acc[8] = {0};
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) acc[l] = fmaf(a[i + l], b[i + l], acc[l]);
+    float s = hsum8(acc);
+#endif
     for (; i < n; i++) s += a[i] * b[i];
     return s;
-#else
-    float s = 0;
-    for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
-#endif
 }
 
-static inline void axpy(float *y, float a, const float *x, int64_t n) {  /* y += a x */
+static inline void axpy(float *y, float a, const float *x, int64_t n) {  /* y += a x, fused element by element */
+    int64_t i = 0;
 #ifdef BASECLI_AVX2
     __m256 va = _mm256_set1_ps(a);
-    int64_t i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-    for (; i < n; i++) y[i] += a * x[i];
-#else
-    for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
 #endif
+    for (; i < n; i++) y[i] = fmaf(a, x[i], y[i]);
 }
 
 static void rms_norm(const float *x, const float *w, float *out, int64_t n, float eps) {
-    float ss = 0;  /* in fp32 over 8 (or 1) lanes, then added up, as torch's vectorised reduction does */
+    float ss;  /* in fp32 over 8 lanes, then added up, as torch's vectorised reduction does */
     int64_t i = 0;
 #ifdef BASECLI_AVX2
     __m256 acc = _mm256_setzero_ps();
     for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(x + i), acc);
     ss = hsum(acc);
+#else
+    float acc[8] = {0};
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) acc[l] = fmaf(x[i + l], x[i + l], acc[l]);
+    ss = hsum8(acc);
 #endif
     for (; i < n; i++) ss += x[i] * x[i];
     float r = 1.0f / sqrtf(ss / n + eps);
@@ -458,7 +509,10 @@ static void gelu_tanh(float *x, int64_t n) {
         _mm256_storeu_ps(x + i, _mm256_mul_ps(v, sig));
     }
 #endif
-    for (; i < n; i++) x[i] = x[i] / (1.0f + expf(-c * (x[i] + 0.044715f * x[i] * x[i] * x[i])));
+    for (; i < n; i++) {  /* as the 8 lanes above */
+        float v = x[i], y = c * (v + 0.044715f * (v * (v * v)));
+        x[i] = v * (1.0f / (1.0f + exp1(0.0f - y)));
+    }
 }
 
 static void add_bias(float *y, const float *b, int64_t B, int64_t n) {  /* each of B rows of y += b (no bias: nothing) */
@@ -476,7 +530,7 @@ static void silu_mul(const float *gate, const float *up, float *out, int64_t n) 
         _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(g, sig), _mm256_loadu_ps(up + i)));
     }
 #endif
-    for (; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+    for (; i < n; i++) out[i] = gate[i] * (1.0f / (1.0f + exp1(0.0f - gate[i]))) * up[i];  /* as the 8 lanes above */
 }
 
 /* s[j] = scale * (q . K[j]) for n keys stored one after another (hd floats each). Four keys at a time,
@@ -527,6 +581,14 @@ static void score_keys(const float *q, const float *K, int64_t n, int64_t hd, fl
             __m128 r = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
             s[j] = _mm_cvtss_f32(_mm_mul_ps(r, _mm_set1_ps(scale)));
         }
+#else
+    if (hd % 8 == 0)  /* each key's 8 lanes reduced by the SIMD loops' tree */
+        for (; j < n; j++) {
+            float a[8] = {0};
+            for (int64_t d = 0; d < hd; d += 8)
+                for (int l = 0; l < 8; l++) a[l] = fmaf(q[d + l], K[j * hd + d + l], a[l]);
+            s[j] = pair_sum8(a) * scale;
+        }
 #endif
     for (; j < n; j++) s[j] = dot_f32(q, K + j * hd, hd) * scale;
 }
@@ -561,8 +623,13 @@ static float exp_sum(float *s, int64_t n, float top) {  /* s = exp(s - top) in p
         acc = _mm256_add_ps(acc, e);
     }
     total = hsum(acc);
+#else
+    float acc[8] = {0};
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) { s[i + l] = exp1(s[i + l] - top); acc[l] += s[i + l]; }
+    total = hsum8(acc);
 #endif
-    for (; i < n; i++) { s[i] = expf(s[i] - top); total += s[i]; }
+    for (; i < n; i++) { s[i] = exp1(s[i] - top); total += s[i]; }
     return total;
 }
 
@@ -706,10 +773,10 @@ int basecli_decode_step(const Model *m, int64_t B, const int64_t *tokens, const 
         basecli_dequantize(m->etype, (const char *)m->embed + tokens[b] * basecli_matrix_bytes(m->etype, 1, dim), x + b * dim, 1, dim);
         if (m->pos_embed)
             for (int64_t i = 0; i < dim; i++) x[b * dim + i] += m->pos_embed[positions[b] * dim + i];
-        for (int64_t i = 0; m->inv_freq && i < hd / 2; i++) {  /* cos, then sin, of position * inv_freq, in fp32 as torch computes them */
+        for (int64_t i = 0; m->inv_freq && i < hd / 2; i++) {  /* cos, then sin, of position * inv_freq (an fp32 product, as torch computes it) */
             float f = (float)positions[b] * m->inv_freq[i];
-            rope[b * hd + i] = cosf(f);
-            rope[b * hd + hd / 2 + i] = sinf(f);
+            rope[b * hd + i] = (float)cos((double)f);  /* in double, then rounded: libm's cosf/sinf may take */
+            rope[b * hd + hd / 2 + i] = (float)sin((double)f);  /* another code path on another CPU */
         }
     }
     TICK_START;
