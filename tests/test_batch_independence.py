@@ -66,5 +66,8 @@ def test_a_padded_row_is_its_prompt_alone_to_the_bit(tiny_dirs, mode, one_thread
 
 
 @pytest.mark.slow
-def test_a_padded_row_is_its_prompt_alone_on_the_embedded_model(real_model, one_thread):
+def test_a_padded_row_is_its_prompt_alone_on_the_embedded_model(real_model, one_thread, monkeypatch):
+    # One thread, pinned: the backend otherwise takes the cores that are idle when it loads, and at two threads a
+    # padded row was seen 2e-6 off its prompt alone in log-prob (a fresh CI run; not yet traced to its op).
+    monkeypatch.setenv("BASECLI_THREADS", "1")
     assert_rows_are_alone(LocalBackend(None, device="cpu", quantize="q4"), 12)
