@@ -113,6 +113,14 @@ def reference():
     return load
 
 
+def pytest_xdist_auto_num_workers(config):
+    """Workers for `-n auto` (pyproject's addopts): one per CPU this process may run on (a container's share, not
+    the host's), at most 8: each worker imports torch and loads the models its tests use (the embedded one
+    ~0.6 GB), and past 8 the start-up outweighs what is left to share out."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cpus, 8))
+
+
 def pytest_collection_modifyitems(items):
     """A test that takes `real_model` loads the embedded model, so it is `slow` even where its mark was forgotten."""
     for item in items:
@@ -121,6 +129,30 @@ def pytest_collection_modifyitems(items):
 
 
 REAL_HOME = Path(os.environ.get("BASECLI_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "basecli")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_kernels(tmp_path_factory):
+    """One folder of compiled kernel libraries for the whole run (for every xdist worker too: their temp
+    folders share a parent). A fresh BASECLI_HOME would otherwise compile native.c again, 1-3 s a time, in
+    every test that runs a quantised model in a new process; what is compiled is the same either way, as
+    native.build keys its file by the source, the compiler, the flags and the CPU, and writes it atomically."""
+    base = tmp_path_factory.getbasetemp()
+    kernels = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-kernels"
+    kernels.mkdir(parents=True, exist_ok=True)
+    os.environ["BASECLI_TEST_KERNELS"] = str(kernels)  # not a module global: conftest is imported under two names
+    return kernels
+
+
+def share_kernels(home: Path) -> Path:
+    """Give a new BASECLI_HOME the session's compiled kernels (a link: what it builds is shared as well). run_cli
+    does it for the home its process will use; in this process native.library() compiles once anyway. A home
+    that already exists is left as it is, so a test can see what a cold home builds."""
+    kernels = os.environ.get("BASECLI_TEST_KERNELS")
+    if kernels and not home.exists():
+        home.mkdir(parents=True)
+        (home / "native").symlink_to(kernels, target_is_directory=True)
+    return home
 
 
 @pytest.fixture(autouse=True)
@@ -153,6 +185,8 @@ def run_cli(*args: str, input: str | None = None, env: dict | None = None, timeo
 
     full_env = dict(os.environ)
     full_env.update(env or {})
+    if full_env.get("BASECLI_HOME"):
+        share_kernels(Path(full_env["BASECLI_HOME"]))
     return subprocess.run([sys.executable, "-m", "basecli", *args], input=input, capture_output=True, text=True,
                           env=full_env, timeout=timeout)
 

@@ -6,9 +6,12 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # the whole script, torch.compile included: ~6 s
 def test_gpu_bench_dry_run_prints_every_row_and_the_greedy_check():
     out = subprocess.run([str(ROOT / "bench" / "gpu.sh"), "--dry-run", "--batches", "2", "--compile-batches", "2", "--new-tokens", "4"],
                          capture_output=True, text=True, timeout=300)

@@ -18,14 +18,21 @@ _spec.loader.exec_module(outputs)
 SHOWN = [item for path in outputs.documents() for item in outputs.parse(path)]
 
 
-@pytest.fixture
-def real_home(monkeypatch):
+@pytest.fixture(scope="module")
+def warmed_real_home():
     """The shown outputs are of the embedded model as README's set-up leaves it: the real cache, warmed
-    (a first run notes on stderr that it builds the tokenizer, which no shown output includes)."""
+    once (a first run notes on stderr that it builds the tokenizer, which no shown output includes)."""
     from conftest import REAL_HOME
 
-    monkeypatch.setenv("BASECLI_HOME", str(REAL_HOME))
-    outputs.run("basecli tokenize --count warm")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BASECLI_HOME", str(REAL_HOME))
+        outputs.run("basecli tokenize --count warm")
+    return REAL_HOME
+
+
+@pytest.fixture
+def real_home(warmed_real_home, monkeypatch):
+    monkeypatch.setenv("BASECLI_HOME", str(warmed_real_home))
 
 
 def _id(item) -> str:

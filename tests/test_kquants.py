@@ -33,7 +33,7 @@ import torch
 
 from basecli.engine import native
 from basecli.weights import gguf_reader
-from tests.conftest import run_cli
+from tests.conftest import invoke, run_cli, share_kernels
 
 KTYPES = {"Q4_K": (12, native.Q4_K, 144), "Q5_K": (13, native.Q5_K, 176), "Q6_K": (14, native.Q6_K, 210)}
 FILES = ("Q4_K_M", "Q5_K_M", "Q6_K")
@@ -76,7 +76,7 @@ def rounded(x: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def portable(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BASECLI_HOME", str(tmp_path_factory.mktemp("kq-portable")))
+        mp.setenv("BASECLI_HOME", str(share_kernels(tmp_path_factory.mktemp("kq-portable") / "home")))
         lib = native.load(native.build(native.flag_sets("portable")))
         assert not lib.basecli_has_avx2()
         return lib
@@ -86,7 +86,7 @@ def portable(tmp_path_factory):
 def avx2(tmp_path_factory):
     """The AVX2 build (no VNNI: its tiles take maddubs where this CPU's native build may take dpbusd), or None."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BASECLI_HOME", str(tmp_path_factory.mktemp("kq-avx2")))
+        mp.setenv("BASECLI_HOME", str(share_kernels(tmp_path_factory.mktemp("kq-avx2") / "home")))
         try:
             return native.load(native.build(native.flag_sets("avx2")))
         except native.NativeUnavailable:  # a compiler without AVX2: the native and portable builds are still compared
@@ -202,7 +202,7 @@ def loaded(files, tmp_path_factory):
     from basecli.weights import gguf_blocks, models
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BASECLI_HOME", str(tmp_path_factory.mktemp("kq-home")))
+        mp.setenv("BASECLI_HOME", str(share_kernels(tmp_path_factory.mktemp("kq-home") / "home")))
         out = {}
         for ftype, path in files.items():
             folder = models.model_dir(models.resolve(str(path)))
@@ -270,7 +270,7 @@ def test_the_portable_decode_step_gives_the_same_bits(loaded, portable, ftype):
 
 def test_complete_runs_a_q4_k_m_file_in_its_own_format(files, tmp_path):
     env = {"BASECLI_HOME": str(tmp_path / "home")}
-    r = run_cli("info", "-m", str(files["Q4_K_M"]), "--json", env=env)
+    r = invoke("info", "-m", str(files["Q4_K_M"]), "--json", env=env)
     assert r.returncode == 0, r.stderr
     runtime = json.loads(r.stdout)["runtime"]
     assert runtime["quantize"] == "gguf"
@@ -278,21 +278,21 @@ def test_complete_runs_a_q4_k_m_file_in_its_own_format(files, tmp_path):
     assert runtime["weights"]["embeddings"] == "Q6_K"
     file_bytes = Path(files["Q4_K_M"]).stat().st_size
     assert runtime["memory_bytes"] < file_bytes  # the blocks, not an fp32 copy (4x bigger and more)
-    r = run_cli("complete", "-m", str(files["Q4_K_M"]), "Hello", "--max-tokens", "5", "--temperature", "0", env=env)
+    r = invoke("complete", "-m", str(files["Q4_K_M"]), "Hello", "--max-tokens", "5", "--temperature", "0", env=env)
     assert r.returncode == 0 and r.stdout.strip(), r.stderr
     assert not list((tmp_path / "home").rglob("*.safetensors"))  # no float32 copy, not even on disk
     # --quantize still asks for basecli's own formats instead
-    r = run_cli("info", "-m", str(files["Q4_K_M"]), "--json", "--quantize", "q8", env=env)
+    r = invoke("info", "-m", str(files["Q4_K_M"]), "--json", "--quantize", "q8", env=env)
     assert r.returncode == 0 and json.loads(r.stdout)["runtime"]["quantize"] == "q8", r.stderr
 
 
 def test_quantize_gguf_asks_for_the_files_blocks_and_says_when_it_cannot(files, tmp_path):
     env = {"BASECLI_HOME": str(tmp_path / "home")}
-    r = run_cli("info", "-m", str(files["Q6_K"]), "--json", "--quantize", "gguf", env=env)
+    r = invoke("info", "-m", str(files["Q6_K"]), "--json", "--quantize", "gguf", env=env)
     assert r.returncode == 0 and json.loads(r.stdout)["runtime"]["weights"]["attention"] == "Q6_K", r.stderr
     for args, says in ((["-m", str(Path(files["Q6_K"]).with_name("tiny-F16.gguf"))], "is not one: use q4 or q8"),
                        (["-m", str(files["Q6_K"]), "--dtype", "bfloat16"], "float32 activations")):
-        r = run_cli("complete", *args, "--quantize", "gguf", "hi", env=env)
+        r = invoke("complete", *args, "--quantize", "gguf", "hi", env=env)
         assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not list((tmp_path / "home").rglob("*.safetensors"))  # refused before any conversion, or never needed
 

@@ -30,11 +30,14 @@ class Driver:
             await self.settle()
 
     async def settle(self) -> None:
-        for _ in range(600):  # up to 30 s for a generation
-            await asyncio.sleep(0.05)
-            if not self.ui.busy:
+        """Until the app has been idle for 80 ms: no generation running and no redraw pending. 80 ms is more
+        than ttimeoutlen (50 ms), so an Esc on its own has been told from the start of an Esc sequence."""
+        quiet = 0
+        for _ in range(3000):  # up to 30 s for a generation
+            await asyncio.sleep(0.01)
+            quiet = quiet + 1 if not self.ui.busy and not self.ui.app.invalidated else 0
+            if quiet >= 8:
                 break
-        await asyncio.sleep(0.1)  # a redraw after the last change
 
     def screen(self) -> str:
         return screen_text(self.ui.app)

@@ -45,7 +45,7 @@ class Terminal:
 
     def keys(self, text: str) -> None:
         os.write(self.master, text.encode())
-        self.read(0.3)
+        self.read(0.05)  # keys reach the app in order; what they do is waited for with wait_for
 
     def wait_for(self, what, timeout: float = 60) -> None:
         end = time.monotonic() + timeout

@@ -54,6 +54,41 @@ def test_offline_hub_is_one_clear_error():
         models.model_dir(models.resolve("some-org/some-model"))
 
 
+def test_a_cached_hub_model_opens_without_touching_the_network(tmp_path, monkeypatch):
+    """huggingface_hub builds its headers even for a local_files_only call, and 2.x then fetches an agent
+    registry (3 s on a network that drops packets, once a run while it fails): basecli turns that off."""
+    import socket
+
+    from huggingface_hub import constants
+    from huggingface_hub.utils import build_hf_headers
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_HUB_DISABLE_TELEMETRY", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", False)
+    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "no-registry.json"), raising=False)
+    try:
+        from huggingface_hub.utils import _detect_agent
+
+        monkeypatch.setattr(_detect_agent, "_registry", None)
+    except ImportError:  # an older huggingface_hub: no registry to fetch
+        pass
+    calls = []
+
+    def no_network(address, *a, **k):
+        calls.append(address)
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+
+    def cached(local_files_only):
+        build_hf_headers()  # what hf_hub_download does first
+        return str(tmp_path)
+
+    assert models.from_hub(cached) == (tmp_path, None)
+    assert calls == []
+
+
 def test_embedded_found_in_installed_package_without_importing_it(tmp_path, monkeypatch):
     import importlib.machinery
     import importlib.util

@@ -49,7 +49,7 @@ from basecli.backends.local import LocalBackend
 from basecli.config import SamplingParams
 from basecli.engine import native
 from basecli.errors import UsageError
-from conftest import REAL_HOME, invoke, run_cli
+from conftest import REAL_HOME, invoke, run_cli, share_kernels
 
 pytestmark = [pytest.mark.skipif(shutil.which(os.environ.get("CC") or "cc") is None, reason="no C compiler to build native.c"),
               pytest.mark.usefixtures("one_thread")]
@@ -170,7 +170,7 @@ def weights(rows: int, cols: int, seed: int) -> np.ndarray:
 def module_home(tmp_path_factory):
     """A BASECLI_HOME for what the module's shared fixtures build (the kernels), outside the user's cache."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BASECLI_HOME", str(tmp_path_factory.mktemp("native-home")))
+        mp.setenv("BASECLI_HOME", str(share_kernels(tmp_path_factory.mktemp("native") / "home")))
         yield
 
 

@@ -19,7 +19,7 @@ import torch
 from basecli.backends.local import LocalBackend
 from basecli.config import SamplingParams
 from basecli.engine import native
-from conftest import run_cli
+from conftest import run_cli, share_kernels
 
 PROMPTS = ["The quick brown fox", "Hello world! 안녕", "def add(a, b):\n"]
 
@@ -36,7 +36,7 @@ def cpu_flags() -> set[str]:
 def builds(tmp_path_factory):
     """The library of every build this CPU can run, each compiled on its own."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BASECLI_HOME", str(tmp_path_factory.mktemp("builds-home")))
+        mp.setenv("BASECLI_HOME", str(share_kernels(tmp_path_factory.mktemp("builds") / "home")))
         out = {}
         for build in native.BUILDS:
             if build == "avx2" and not {"avx2", "fma", "f16c"} <= cpu_flags():
@@ -139,10 +139,12 @@ def test_every_build_gives_the_same_bits(builds, tiny_dirs, kind, mode, monkeypa
     assert_same_bits({name: backend_on(lib, tiny_dirs[kind], mode, monkeypatch) for name, lib in builds.items()}, PROMPTS, 12)
 
 
+@pytest.mark.slow  # compiles two builds in a cold home, by design: ~7 s
 def test_the_environment_variable_picks_the_build(tiny_dirs, tmp_path):
     """End to end: BASECLI_NATIVE_BUILD=portable, a fresh process, the same greedy completion as the default build."""
     args = ["complete", "The quick brown fox", "-m", str(tiny_dirs["llama"]), "--quantize", "q4", "-t", "0", "-n", "8",
             "--ignore-eos", "--json"]
+    (tmp_path / "home").mkdir()  # a cold home of its own (run_cli shares the session's kernels only with new ones)
     env = {"BASECLI_HOME": str(tmp_path / "home"), "BASECLI_THREADS": "1"}
     default = run_cli(*args, env=env)
     portable = run_cli(*args, env={**env, "BASECLI_NATIVE_BUILD": "portable"})

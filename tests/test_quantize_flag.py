@@ -12,7 +12,7 @@ import pytest
 
 from basecli import config
 from basecli.errors import UsageError
-from conftest import invoke, run_cli
+from conftest import invoke, run_cli, share_kernels
 
 # q4/q8 build basecli's kernels with the system C compiler on first use; without one these tests cannot run
 needs_cc = pytest.mark.skipif(shutil.which(os.environ.get("CC") or "cc") is None, reason="no C compiler to build native.c")
@@ -30,7 +30,7 @@ def quiet(monkeypatch):
 @pytest.fixture(scope="module")
 def shared_home(tmp_path_factory):
     """One BASECLI_HOME for this module's subprocesses, so basecli's kernels are compiled once, not per test."""
-    return str(tmp_path_factory.mktemp("quantize-home"))
+    return str(share_kernels(tmp_path_factory.mktemp("quantize") / "home"))
 
 
 def command(name: str):

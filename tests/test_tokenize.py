@@ -290,7 +290,7 @@ def test_one_megabyte_file(tmp_path, enc, cl100k, cli):
     text = ("The quick brown fox jumps over the lazy dog. 안녕하세요 😀\n" * 20000)[:1_000_000]
     t0 = time.perf_counter()
     parts = segment(cl100k, text)  # ids, bytes and offsets: everything the view and --json need
-    assert time.perf_counter() - t0 < 2.0
+    assert time.perf_counter() - t0 < 10  # linear: ~0.5 s here; a quadratic offset search takes minutes
     rec = record("cl100k_base", text, *parts)
     path = tmp_path / "big.txt"
     path.write_text(text)
@@ -393,7 +393,7 @@ def test_a_hanging_network_times_out(no_network, monkeypatch):
     t0 = time.perf_counter()
     with pytest.raises(Unavailable, match="TimeoutError"):
         get_encoding("o200k_base")
-    assert time.perf_counter() - t0 < 3
+    assert time.perf_counter() - t0 < 20  # the hang is 60 s; a loaded test machine may add seconds to 0.5
 
 
 def test_a_hanging_hub_times_out(monkeypatch):
@@ -405,7 +405,10 @@ def test_a_hanging_hub_times_out(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv("BASECLI_DOWNLOAD_TIMEOUT", "0.5")
 
+    waits = []
+
     def blackhole(address, timeout=None, *a, **k):  # packets dropped: no answer until the caller's timeout
+        waits.append(timeout)
         time.sleep(timeout or 60)
         raise socket.timeout("timed out")
 
@@ -413,7 +416,8 @@ def test_a_hanging_hub_times_out(monkeypatch):
     t0 = time.perf_counter()
     with pytest.raises(Unavailable, match="huggingface.co is unreachable: (TimeoutError|timeout)"):
         model_tokenizer("basecli-test/no-such-model")
-    assert time.perf_counter() - t0 < 3
+    assert waits and all(w == 0.5 for w in waits) and len(waits) <= 2, waits  # the timeout asked for, not retried on
+    assert time.perf_counter() - t0 < 20  # the hang is 60 s; importing huggingface_hub on a loaded machine takes seconds
 
 
 def test_cli_offline_one_line(tmp_path, cli):

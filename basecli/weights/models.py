@@ -315,6 +315,10 @@ def from_hub(get) -> tuple[Path | None, str | None]:
 
     from basecli.text.encodings import reachable
 
+    if "HF_HUB_DISABLE_TELEMETRY" not in os.environ:
+        # huggingface_hub (2.x) would fetch an "agent" registry for its user-agent before every first call, even
+        # a local_files_only one: 3 s more on a network that drops packets. The user's own setting is kept.
+        constants.HF_HUB_DISABLE_TELEMETRY = True
     try:
         return Path(get(local_files_only=True)), None
     except Exception:  # not cached (completely): go to the hub
