@@ -62,7 +62,7 @@ class ByteTokenizer:
 
 
 class StateWeights:
-    """engine/lean.py's Weights over a transformers model's own tensors: both engines compute with the same weights."""
+    """engine/mapped_weights.py's Weights over a transformers model's own tensors: both engines compute with the same weights."""
 
     def __init__(self, state: dict, drop=()):
         self.index = {k: v for k, v in state.items() if k not in drop}

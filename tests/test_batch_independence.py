@@ -6,7 +6,7 @@ whatever the batch, and a decode step reads a row's keys from its first real one
 the prompt's prefill: one attention call with a padding mask split a row's sums at other places than
 the same prompt alone, and where such a difference moved an activation across an int8 rounding edge the
 log-probs of a padded row differed by up to 0.15 nats on the embedded model (and greedy tokens could
-part). engine/lean.py now attends each padded row over its own tokens, the call its prompt makes alone.
+part). engine/attention.py now attends each padded row over its own tokens, the call its prompt makes alone.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from basecli.backends.local import LocalBackend
 from basecli.config import SamplingParams
-from basecli.engine import lean
+from basecli.engine import attention
 
 PROMPTS = ["The quick brown fox", "Hello world! 안녕", "def add(a, b):\n", "Once upon a time"]
 
@@ -41,7 +41,7 @@ def assert_rows_are_alone(backend, n: int) -> None:
 
 
 def test_padded_attention_gives_each_row_its_prompt_alone():
-    """engine/lean.py's attention of a left-padded prefill: row b is, to the bit, the causal attention of its own
+    """engine/attention.py's attention of a left-padded prefill: row b is, to the bit, the causal attention of its own
     tokens alone (the single masked call it replaces was ~1e-7 off, which 8-bit rounding sometimes turns into
     a different activation; in fp32 torch's matmuls also block by the batch, so only this part is exact there)."""
     torch.manual_seed(0)
@@ -49,14 +49,14 @@ def test_padded_attention_gives_each_row_its_prompt_alone():
     width = max(lengths)
     q, k, v = torch.randn(len(lengths), heads, width, hd), torch.randn(len(lengths), kv, width, hd), torch.randn(len(lengths), kv, width, hd)
     mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths])
-    starts = lean.left_padding(mask)
+    starts = attention.left_padding(mask)
     assert starts == [width - n for n in lengths]
-    out = lean.rows_attention(q, k, v, starts, gqa=True)
+    out = attention.rows_attention(q, k, v, starts, gqa=True)
     for b, first in enumerate(starts):
         alone = F.scaled_dot_product_attention(q[b:b + 1, :, first:].contiguous(), k[b:b + 1, :, first:].contiguous(),
                                                v[b:b + 1, :, first:].contiguous(), is_causal=True, enable_gqa=True)[0]
         assert torch.equal(out[b, :, first:], alone) and not out[b, :, :first].any()
-    assert lean.left_padding(torch.tensor([[1, 0, 1]])) is None  # a hole: not basecli's padding, the masked call
+    assert attention.left_padding(torch.tensor([[1, 0, 1]])) is None  # a hole: not basecli's padding, the masked call
 
 
 @pytest.mark.parametrize("mode", ["q4", "q8"])

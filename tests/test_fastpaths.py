@@ -12,7 +12,7 @@ import torch
 
 from basecli.backends.local import LocalBackend
 from basecli.config import SamplingParams
-from basecli.engine import forwards, lean
+from basecli.engine import attention, forwards, lean, mapped_weights
 from basecli.engine.loop import generate
 
 PROMPTS = ["The quick brown fox", "Hello world! 안녕", "def add(a, b):\n"]
@@ -79,7 +79,7 @@ def test_lean_logprobs_and_alternatives_match_plain(pair):
 def test_lean_cache_growth_keeps_results(pair, monkeypatch):
     """A cache that starts tiny must grow (copying what it holds) without changing a token."""
     plain, fast = pair
-    monkeypatch.setattr(fast.model, "new_cache", lambda: lean.KVCache(fast.model.n_layers, fast.model.n_kv,
+    monkeypatch.setattr(fast.model, "new_cache", lambda: attention.KVCache(fast.model.n_layers, fast.model.n_kv,
                                                                       fast.model.head_dim, torch.float32, "cpu", capacity=2))
     p = [SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)] * 2
     assert tokens(fast, PROMPTS[:2], p) == tokens(plain, PROMPTS[:2], p)
@@ -101,7 +101,7 @@ def test_shared_prompt_attention_equals_unshared(pair, monkeypatch):
     """The prompt's keys kept once for all rows (two-part attention) gives the logprobs of a per-row copy,
     through cache growth from a tiny capacity and rows leaving the batch."""
     plain, fast = pair
-    monkeypatch.setattr(fast.model, "new_cache", lambda: lean.KVCache(fast.model.n_layers, fast.model.n_kv,
+    monkeypatch.setattr(fast.model, "new_cache", lambda: attention.KVCache(fast.model.n_layers, fast.model.n_kv,
                                                                       fast.model.head_dim, torch.float32, "cpu", capacity=2))
     params = [SamplingParams(max_tokens=n, temperature=1.0, seed=s, ignore_eos=True) for s, n in [(1, 30), (2, 7), (3, 19)]]
     shared = list(fast.stream([PROMPTS[2]] * 3, params))
@@ -157,7 +157,7 @@ def test_weights_are_the_files_tensors(tiny_dirs):
 
     path = tiny_dirs["llama"] / "model.safetensors"
     want = load_file(str(path))
-    w = lean.Weights([path])
+    w = mapped_weights.Weights([path])
     a = "model.layers.1.self_attn."
     qkv = (a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight")
     assert torch.equal(w.read(qkv, torch.float32), torch.cat([want[n] for n in qkv]))

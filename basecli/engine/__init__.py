@@ -1,1 +1,1 @@
-"""The sampler: logits processors and the KV-cached decode loop. Imports torch."""
+"""The sampler and the forwards: processors, the decode loop, the lean forwards and their attention, the kernels. Imports torch."""

@@ -1,8 +1,8 @@
 """basecli's own forward passes, one module per architecture family, and the one that runs a model folder.
 
 Llama and Qwen2 run on engine/lean.py's LeanLlama, GPT-2 on engine/gpt2.py's LeanGPT2; both answer
-the call basecli's loop and scorer make, over lean.py's KV cache. Anything else raises
-lean.Unsupported saying why, and backends/local.py runs transformers' model code instead.
+the call basecli's loop and scorer make, over engine/attention.py's KV cache. Anything else raises
+Unsupported saying why, and backends/local.py runs transformers' model code instead.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from basecli.engine import gpt2, lean
-from basecli.engine.lean import Unsupported, Weights
+from basecli.engine.mapped_weights import Unsupported, Weights
 
 
 def forward_for(cfg: dict) -> type:

@@ -18,7 +18,9 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from basecli.engine.lean import KVCache, LeanModel, Unsupported, affine, attend
+from basecli.engine.attention import KVCache, attend
+from basecli.engine.lean import LeanModel, affine
+from basecli.engine.mapped_weights import Unsupported
 
 # activation_function values that are GELU with the tanh approximation, and the exact one
 GELU = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "none"}

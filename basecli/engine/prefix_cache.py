@@ -66,7 +66,7 @@ def _common(a: Sequence[int], b: Sequence[int], limit: int) -> int:
 
 def _copy(cache, length: int):
     """A single-row cache holding the first `length` positions of `cache`, sharing no memory with it."""
-    if hasattr(cache, "prefix_k"):  # engine/lean.py's KVCache (never shared right after a one-row prefill)
+    if hasattr(cache, "prefix_k"):  # engine/attention.py's KVCache (never shared right after a one-row prefill)
         out = copy.copy(cache)
         out.k = cache.k[:, :, :, :length].clone()
         out.v = cache.v[:, :, :, :length].clone()

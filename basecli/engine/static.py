@@ -1,8 +1,8 @@
 """A KV cache preallocated for the whole run, so that a decode step has the same shapes every time.
 
 The lean forwards (engine/lean.py's Llama and Qwen2, engine/gpt2.py's GPT-2) take it in place of
-the growing KVCache: LeanModel.forward and `attend` in engine/lean.py, which they all go through,
-hand over to it. Where the next column is
+the growing KVCache: LeanModel.forward (engine/lean.py) and `attend` (engine/attention.py), which they
+all go through, hand over to it. Where the next column is
 and which columns hold real keys live in device tensors (`col`, `keys`), never in Python
 numbers, so a decode step reads nothing back to the host and can be replayed as a CUDA graph
 (engine/static_loop.py). Attention covers the whole capacity every step, with the columns

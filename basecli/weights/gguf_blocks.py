@@ -56,17 +56,18 @@ def runs_in_place(path: str | Path, *, k_quants: bool = True) -> bool:
 
 
 class GGUFWeights:
-    """What lean.Weights answers (index, read, release), from a GGUF file, and `in_place(names)`: the
+    """What mapped_weights.Weights answers (index, read, release), from a GGUF file, and `in_place(names)`: the
     matrices `names` stacked, in the file's blocks, or None when a block type is not one the kernels take."""
 
     def __init__(self, path: str | Path, cfg: dict):
-        from basecli.engine import lean, native
+        from basecli.engine import native
+        from basecli.engine.mapped_weights import map_file
 
         self.file = GGUFFile(path)
         self.infos = {n: info for info in self.file.tensors if (n := hf_name(info.name))}
         self.index = self.infos
         with open(path, "rb") as f:
-            self.map = lean.map_file(f, populate=False)  # writable copy-on-write: torch views it without a warning
+            self.map = map_file(f, populate=False)  # writable copy-on-write: torch views it without a warning
         self.heads = cfg["num_attention_heads"]
         self.kv = cfg.get("num_key_value_heads") or self.heads
         self.lib = native.library()
