@@ -191,6 +191,15 @@ def run_cli(*args: str, input: str | None = None, env: dict | None = None, timeo
                           env=full_env, timeout=timeout)
 
 
+def sigint_default() -> None:
+    """Popen's preexec_fn for a child a test sends SIGINT: Ctrl-C's default action, as in a shell at a terminal. A
+    test run started in the background by a script (`cmd &` without job control) ignores SIGINT, children inherit
+    that, and Python then leaves it ignored (as it should for a background job): no KeyboardInterrupt to test."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Result:
     """What a run of the CLI left: like subprocess.CompletedProcess, and unpacks as (code, stdout, stderr)."""
 

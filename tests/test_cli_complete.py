@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import invoke, run_cli
+from conftest import invoke, run_cli, sigint_default
 
 
 def test_pipe_prints_only_the_continuation(tiny_dirs, tiny_backends, reference):
@@ -136,7 +136,8 @@ def test_closed_pipe_ends_quietly(tiny_dirs):
 
 def test_ctrl_c_keeps_what_was_printed(tiny_dirs):
     p = subprocess.Popen([sys.executable, "-m", "basecli", "complete", "Hello", "-m", str(tiny_dirs["gpt2"]), "-n", "100000",
-                          "--ignore-eos", "--truncate"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          "--ignore-eos", "--truncate"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=sigint_default)
     first = p.stdout.read(5)  # generation is under way
     p.send_signal(signal.SIGINT)
     rest, err = p.communicate(timeout=60)

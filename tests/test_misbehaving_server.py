@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import invoke  # noqa: E402
+from conftest import invoke, sigint_default  # noqa: E402
 from fake_openai import ECHO_KEY, FakeServer, choice, reply, sse  # noqa: E402
 
 KEY = "sk-live-0a1b2c3d4e5f6a7b8c9d"
@@ -188,7 +188,7 @@ def test_a_real_sigint_during_a_stream_prints_the_record_so_far(tmp_path):
         fake.on("POST", "/v1/completions", sse(choice("Hello"), choice(" wor"), hang=30, done=False))
         env = dict(os.environ, BASECLI_RETRIES="0", BASECLI_TIMEOUT="60", PYTHONPATH=str(Path(__file__).parents[1]))
         proc = subprocess.Popen([sys.executable, "-m", "basecli", "complete", "hi", "--json", "--base-url", fake.url],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=sigint_default)
         deadline = time.monotonic() + 30
         while not any(q["path"] == "/v1/completions" for q in fake.requests) and time.monotonic() < deadline:
             time.sleep(0.05)
