@@ -132,14 +132,19 @@ REAL_HOME = Path(os.environ.get("BASECLI_HOME") or Path(os.environ.get("XDG_CACH
 
 
 @pytest.fixture(scope="session", autouse=True)
-def shared_kernels(tmp_path_factory):
-    """One folder of compiled kernel libraries for the whole run (for every xdist worker too: their temp
-    folders share a parent). A fresh BASECLI_HOME would otherwise compile native.c again, 1-3 s a time, in
-    every test that runs a quantised model in a new process; what is compiled is the same either way, as
-    native.build keys its file by the source, the compiler, the flags and the CPU, and writes it atomically."""
-    base = tmp_path_factory.getbasetemp()
-    kernels = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-kernels"
-    kernels.mkdir(parents=True, exist_ok=True)
+def shared_kernels(request, tmp_path_factory):
+    """One folder of compiled kernel libraries for every fresh home of every run (pytest's cache folder, which the
+    xdist workers share; a temp folder with -p no:cacheprovider). A fresh BASECLI_HOME would otherwise compile
+    native.c again, 1-3 s a time, in every test that runs a quantised model in a new process. Sharing cannot hand
+    a test a stale build: native.build keys its file by the source, the compiler, the flags and the CPU, and
+    writes it atomically. Tests of compiling itself use homes of their own."""
+    cache = getattr(request.config, "cache", None)
+    if cache is not None:
+        kernels = cache.mkdir("basecli-kernels")
+    else:
+        base = tmp_path_factory.getbasetemp()
+        kernels = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-kernels"
+        kernels.mkdir(parents=True, exist_ok=True)
     os.environ["BASECLI_TEST_KERNELS"] = str(kernels)  # not a module global: conftest is imported under two names
     return kernels
 
