@@ -59,18 +59,18 @@ class DeviceDraw:
 
     def __call__(self, logits: torch.Tensor, seen: torch.Tensor | None, step: torch.Tensor) -> torch.Tensor:
         """The (B,) tokens drawn from (B, V) fp32 logits at `step` ((1,) int64 on the device)."""
-        norm = logits.logsumexp(-1, keepdim=True)
+        logp = logits.log_softmax(-1)  # a row at a time, as engine/loop.py's draw: a row's bits in any batch
         processed = process(logits, self.cfg, seen, on_device=True)
         if self.all_greedy:
             tokens = processed.argmax(-1)
         else:
             tokens = torch.where(self.cfg.greedy, processed.argmax(-1), invert_cdf(processed, uniform(self.seeds, step)))
         self.tokens.index_copy_(1, step, tokens[:, None])
-        self.logprobs.index_copy_(1, step, logits.gather(1, tokens[:, None]) - norm)
+        self.logprobs.index_copy_(1, step, logp.gather(1, tokens[:, None]))
         if self.alternatives:
-            top = torch.topk(logits, self.alternatives, dim=-1)
-            self.alt_ids.index_copy_(1, step, top.indices[:, None])
-            self.alt_logprobs.index_copy_(1, step, (top.values - norm)[:, None])
+            top = torch.topk(logits, self.alternatives, dim=-1).indices
+            self.alt_ids.index_copy_(1, step, top[:, None])
+            self.alt_logprobs.index_copy_(1, step, logp.gather(1, top)[:, None])
         if self.entropy:
             self.entropies.index_copy_(1, step, sampled_entropy(processed, self.cfg.greedy)[:, None])
         return tokens

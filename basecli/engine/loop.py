@@ -154,14 +154,16 @@ class Draw:
 
 def draw(logits, rows_cfg: RowParams, seen, generators, *, alternatives: int, entropy: bool) -> tuple[torch.Tensor, Draw]:
     """Process and sample one token per row; the tokens (on the device) and what the Events report (on the host)."""
-    norm = logits.logsumexp(-1, keepdim=True)  # log-probabilities are logits - norm; only the few read are formed
+    # log_softmax works a row at a time, so a row's log-probs are the same bits in any batch; logsumexp's
+    # reduction splits a lone row across threads (and on the CPU it takes twice as long)
+    logp = logits.log_softmax(-1)
     processed = process(logits, rows_cfg, seen)
     tokens = sample(processed, rows_cfg.greedy, generators)
-    chosen = (logits.gather(1, tokens[:, None]) - norm)[:, 0]
+    chosen = logp.gather(1, tokens[:, None])[:, 0]
     alts = [[] for _ in range(len(tokens))]
     if alternatives:
-        top = torch.topk(logits, alternatives, dim=-1)
-        alts = [list(zip(i, lp)) for i, lp in zip(top.indices.tolist(), (top.values - norm).tolist())]
+        top = torch.topk(logits, alternatives, dim=-1).indices
+        alts = [list(zip(i, lp)) for i, lp in zip(top.tolist(), logp.gather(1, top).tolist())]
     ent = sampled_entropy(processed, rows_cfg.greedy).tolist() if entropy else None
     return tokens, Draw(tokens.tolist(), chosen.tolist(), alts, ent)
 
@@ -252,7 +254,8 @@ def generate(
 def sampled_entropy(logits: torch.Tensor, greedy: torch.Tensor) -> torch.Tensor:
     """Entropy (nats) of softmax(logits) per row; 0 for greedy rows, which draw nothing."""
     logp = logits.log_softmax(-1)
-    h = -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
+    terms = logp.exp() * logp.nan_to_num(neginf=0.0)
+    h = -torch.stack([row.sum() for row in terms])  # a sum per row: one over (B, V) splits rows by the batch's threads
     return torch.where(greedy, torch.zeros_like(h), h)
 
 
