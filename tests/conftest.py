@@ -113,12 +113,27 @@ def reference():
     return load
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a container's share, not the host's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def pytest_xdist_auto_num_workers(config):
-    """Workers for `-n auto` (pyproject's addopts): one per CPU this process may run on (a container's share, not
-    the host's), at most 8: each worker imports torch and loads the models its tests use (the embedded one
-    ~0.6 GB), and past 8 the start-up outweighs what is left to share out."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(cpus, 8))
+    """Workers for `-n auto` (pyproject's addopts): one per usable CPU, at most 8: each worker imports torch and
+    loads the models its tests use (the embedded one ~0.6 GB), and past 8 the start-up outweighs what is left to
+    share out."""
+    return max(1, min(usable_cpus(), 8))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def worker_threads():
+    """Under xdist, torch in each worker gets its share of the CPUs (one each with `-n auto`), not all of them:
+    two workers with two OpenMP threads each on two cores wait on each other. A test about threads sets its own."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, usable_cpus() // workers))
 
 
 def pytest_collection_modifyitems(items):

@@ -688,7 +688,7 @@ def test_accuracy_versus_fp32(backends, mode, top_tol, mean_tol):
 # ---- 7. the CLI and what is refused ---------------------------------------------------------------------
 
 def test_q4_through_the_cli(tiny_dirs):
-    r = run_cli("complete", "Hello", "-n", "4", "-t", "0", "-m", str(tiny_dirs["llama"]), env={"BASECLI_QUANTIZE": "q4"})
+    r = invoke("complete", "Hello", "-n", "4", "-t", "0", "-m", str(tiny_dirs["llama"]), env={"BASECLI_QUANTIZE": "q4"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() and "Traceback" not in r.stderr
 

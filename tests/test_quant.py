@@ -15,7 +15,7 @@ from basecli.backends.local import LocalBackend
 from basecli.config import SamplingParams
 from basecli.engine import quant
 from basecli.errors import UsageError
-from conftest import run_cli
+from conftest import invoke
 
 PROMPTS = ["The quick brown fox", "Hello world! 안녕", "def add(a, b):\n"]
 
@@ -111,8 +111,8 @@ def test_bad_settings_are_usage_errors(tiny_dirs, kw, message):
 
 
 def test_environment_variable_reaches_the_cli(tiny_dirs):
-    ok = run_cli("complete", "Hello", "-n", "3", "-t", "0", "-m", str(tiny_dirs["llama"]),
+    ok = invoke("complete", "Hello", "-n", "3", "-t", "0", "-m", str(tiny_dirs["llama"]),
                      env={"BASECLI_ENGINE": "lean", "BASECLI_QUANTIZE": "int8"})
     assert ok.returncode == 0, ok.stderr
-    bad = run_cli("complete", "Hello", "-n", "3", "-m", str(tiny_dirs["llama"]), env={"BASECLI_ENGINE": "lean", "BASECLI_QUANTIZE": "int3"})
+    bad = invoke("complete", "Hello", "-n", "3", "-m", str(tiny_dirs["llama"]), env={"BASECLI_ENGINE": "lean", "BASECLI_QUANTIZE": "int3"})
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "BASECLI_QUANTIZE" in bad.stderr

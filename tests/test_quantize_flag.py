@@ -231,7 +231,7 @@ def test_auto_device_and_dtype_mean_cpu_and_float32_with_quantised_weights(tiny_
 
 @needs_cc
 def test_complete_runs_on_4_bit_weights(tiny_dirs, shared_home):
-    r = run_cli("complete", "Hello", "-m", str(tiny_dirs["llama"]), "-n", "2", "-t", "0", "--quantize", "q4", "--json",
+    r = invoke("complete", "Hello", "-m", str(tiny_dirs["llama"]), "-n", "2", "-t", "0", "--quantize", "q4", "--json",
                 env={"BASECLI_HOME": shared_home, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr
     assert len(json.loads(r.stdout)["tokens"]) >= 1

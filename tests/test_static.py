@@ -175,11 +175,11 @@ def test_which_path_runs_where(lean_backend, tiny_backends, monkeypatch):
 
 
 def test_complete_cli_forced_static_prints_what_plain_prints(tiny_dirs):
-    from tests.conftest import run_cli
+    from tests.conftest import invoke
 
     args = ("complete", "The quick", "-m", str(tiny_dirs["llama"]), "-n", "12", "-t", "0", "--ignore-eos", "--dtype", "float32")
-    plain = run_cli(*args, env={"BASECLI_DECODE": "plain"})
-    static = run_cli(*args, env={"BASECLI_DECODE": "static"})
+    plain = invoke(*args, env={"BASECLI_DECODE": "plain"})
+    static = invoke(*args, env={"BASECLI_DECODE": "static"})
     assert plain.returncode == 0 and static.returncode == 0, static.stderr
     assert static.stdout == plain.stdout and plain.stdout.strip()
 
