@@ -146,6 +146,11 @@ def config_dir() -> Path:
     return Path(xdg) / "basecli"
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity (a container's or taskset's share), not the host's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_model() -> str:
     return os.environ.get("BASECLI_MODEL") or DEFAULT_MODEL
 

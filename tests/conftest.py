@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from basecli.config import usable_cpus
+
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. " * 3,
     "Here's my top-10 list of the top landmarks to see in Paris: the Eiffel Tower, the Louvre, Notre-Dame.",
@@ -113,15 +115,10 @@ def reference():
     return load
 
 
-def usable_cpus() -> int:
-    """The CPUs this process may run on (a container's share, not the host's)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def pytest_xdist_auto_num_workers(config):
-    """Workers for `-n auto` (pyproject's addopts): one per usable CPU, at most 8: each worker imports torch and
-    loads the models its tests use (the embedded one ~0.6 GB), and past 8 the start-up outweighs what is left to
-    share out."""
+    """Workers for `-n auto` (pyproject's addopts): one per usable CPU (basecli's own count), at most 8: each worker
+    imports torch and loads the models its tests use (the embedded one ~0.6 GB), and past 8 the start-up
+    outweighs what is left to share out."""
     return max(1, min(usable_cpus(), 8))
 
 

@@ -11,7 +11,7 @@ from typing import Iterator, Sequence
 from basecli.backends import Backend
 from basecli.weights import models
 from basecli.weights.integrity import cache_hint, check_folder
-from basecli.config import FILE_MODE, NATIVE_MODES, SamplingParams, env_number, quantize_mode
+from basecli.config import FILE_MODE, NATIVE_MODES, SamplingParams, env_number, quantize_mode, usable_cpus
 from basecli.errors import UsageError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -67,7 +67,7 @@ def pick_threads() -> int | None:
         return env_number("BASECLI_THREADS")
     if os.environ.get("OMP_NUM_THREADS"):
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cpus()
     busy = others_running()
     if busy is None:
         try:
