@@ -54,13 +54,18 @@ def test_offline_hub_is_one_clear_error():
         models.model_dir(models.resolve("some-org/some-model"))
 
 
-def test_a_cached_hub_model_opens_without_touching_the_network(tmp_path, monkeypatch):
+@pytest.mark.parametrize("entry", ["from_hub", "remote tokenizer"])
+def test_a_cached_hub_model_opens_without_touching_the_network(entry, tiny_dirs, tmp_path, monkeypatch):
     """huggingface_hub builds its headers even for a local_files_only call, and 2.x then fetches an agent
-    registry (3 s on a network that drops packets, once a run while it fails): basecli turns that off."""
+    registry (3 s on a network that drops packets, once a run while it fails): basecli turns that off on both
+    of its ways into the hub (models.from_hub, and the remote backend's tokenizer download)."""
     import socket
 
+    import huggingface_hub
     from huggingface_hub import constants
     from huggingface_hub.utils import build_hf_headers
+
+    from basecli.backends.remote_tokenizer import local_tokenizer
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("HF_HUB_DISABLE_TELEMETRY", raising=False)
@@ -81,11 +86,15 @@ def test_a_cached_hub_model_opens_without_touching_the_network(tmp_path, monkeyp
 
     monkeypatch.setattr(socket, "create_connection", no_network)
 
-    def cached(local_files_only):
-        build_hf_headers()  # what hf_hub_download does first
-        return str(tmp_path)
+    def cached(*args, **kw):
+        build_hf_headers()  # what hf_hub_download and snapshot_download do first
+        return str(tiny_dirs["llama"])
 
-    assert models.from_hub(cached) == (tmp_path, None)
+    if entry == "from_hub":
+        assert models.from_hub(cached) == (tiny_dirs["llama"], None)
+    else:
+        monkeypatch.setattr(huggingface_hub, "snapshot_download", cached)
+        assert local_tokenizer("some-org/some-model").encode("hello")
     assert calls == []
 
 

@@ -142,6 +142,7 @@ def local_tokenizer(spec: str):
         return models.tokenizer_for(models.model_dir(source), spec)
     from huggingface_hub import snapshot_download
 
+    models.no_agent_lookup()
     try:
         folder = snapshot_download(source.location, allow_patterns=["tokenizer.json", "config.json", "generation_config.json"])
     except Exception as e:  # hub errors come in many classes

@@ -309,16 +309,23 @@ def _convert_with_transformers(gguf: Path, tmp: Path) -> None:
 # --- the hub ----------------------------------------------------------------------------------
 
 
+def no_agent_lookup() -> None:
+    """Before a call into huggingface_hub: 2.x builds its user-agent first, even for a local_files_only call, and
+    fetches an "agent" registry from the hub to do it (3 s more on a network that drops packets, every run while
+    that fails). Telemetry off, unless the user chose HF_HUB_DISABLE_TELEMETRY themselves."""
+    from huggingface_hub import constants
+
+    if "HF_HUB_DISABLE_TELEMETRY" not in os.environ:
+        constants.HF_HUB_DISABLE_TELEMETRY = True
+
+
 def from_hub(get) -> tuple[Path | None, str | None]:
     """`get(local_files_only=...)` from the cache, else from the hub: (its path, None), or (None, why it failed)."""
     from huggingface_hub import constants
 
     from basecli.text.encodings import reachable
 
-    if "HF_HUB_DISABLE_TELEMETRY" not in os.environ:
-        # huggingface_hub (2.x) would fetch an "agent" registry for its user-agent before every first call, even
-        # a local_files_only one: 3 s more on a network that drops packets. The user's own setting is kept.
-        constants.HF_HUB_DISABLE_TELEMETRY = True
+    no_agent_lookup()
     try:
         return Path(get(local_files_only=True)), None
     except Exception:  # not cached (completely): go to the hub
