@@ -4,7 +4,6 @@ No network: everything is built here."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -215,6 +214,14 @@ def sigint_default() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def stream_rows(backend, prompts, params, **kw) -> list[list]:
+    """backend.stream's Events, each row's in order, rows in the order of `prompts`."""
+    rows: dict[int, list] = {}
+    for ev in backend.stream(prompts, params, **kw):
+        rows.setdefault(ev.row, []).append(ev)
+    return [rows[i] for i in range(len(prompts))]
 
 
 class Result:

@@ -65,10 +65,9 @@ def threads(request, monkeypatch):
     logsumexp over (B, vocab) once gave a row other bits than over its row alone (2e-6 in log-prob): a lone
     row's reduction is split between the threads, a batch's rows are not. engine/loop.py's draw now takes
     log_softmax, which works a row at a time."""
-    import torch
-
     before = torch.get_num_threads()
-    monkeypatch.setenv("BASECLI_THREADS", str(request.param))
+    monkeypatch.setenv("BASECLI_THREADS", str(request.param))  # what a backend opened in the test takes
+    torch.set_num_threads(request.param)  # and what torch has without one
     yield request.param
     torch.set_num_threads(before)
 
@@ -90,7 +89,6 @@ def test_a_rows_log_probs_and_entropy_are_the_same_bits_in_any_batch(threads):
     from basecli.engine.loop import draw, make_generator
     from basecli.engine.processors import RowParams
 
-    torch.set_num_threads(threads)
     logits = torch.randn(4, 49152, generator=torch.Generator().manual_seed(4)) * 3  # logsumexp parts here at 2 threads
     params = [SamplingParams(temperature=t) for t in (0.0, 0.8, 1.0, 1.3)]
 
@@ -106,4 +104,3 @@ def test_a_rows_log_probs_and_entropy_are_the_same_bits_in_any_batch(threads):
     # and the log-probs are log_softmax's: what the definition gives, to fp32's last bits
     want = torch.log_softmax(logits.double(), -1)
     assert max(abs(lp - float(want[i, t])) for i, (t, lp) in enumerate(zip(batch.tokens, batch.logprobs))) < 1e-5
-

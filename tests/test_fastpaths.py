@@ -13,7 +13,7 @@ import torch
 from basecli.backends.local import LocalBackend
 from basecli.config import SamplingParams
 from basecli.engine import attention, forwards, lean, mapped_weights
-from basecli.engine.loop import generate
+from conftest import stream_rows
 
 PROMPTS = ["The quick brown fox", "Hello world! 안녕", "def add(a, b):\n"]
 
@@ -32,10 +32,7 @@ def pair(tiny_dirs):
 
 
 def tokens(backend, prompts, params, **kw):
-    rows = {}
-    for ev in backend.stream(prompts, params, **kw):
-        rows.setdefault(ev.row, []).append(ev)
-    return [[e.token_id for e in rows[i]] for i in range(len(prompts))]
+    return [[e.token_id for e in row] for row in stream_rows(backend, prompts, params, **kw)]
 
 
 def test_lean_logits_equal_transformers(pair):

@@ -15,7 +15,7 @@ from basecli.backends.local import LocalBackend
 from basecli.config import SamplingParams
 from basecli.engine import forwards, lean
 from basecli.engine.gpt2 import LeanGPT2
-from tests.conftest import run_cli
+from tests.conftest import run_cli, stream_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PROMPTS = ["The quick brown fox", "Hello world! 안녕", "def add(a, b):\n"]
@@ -29,13 +29,6 @@ def pair(tiny_dirs):
     fast = LocalBackend(str(d), device="cpu", dtype="float32")
     assert isinstance(fast.model, LeanGPT2) and fast.engine == "lean"
     return plain, fast
-
-
-def rows(backend, prompts, params, **kw):
-    out = {}
-    for ev in backend.stream(prompts, params, **kw):
-        out.setdefault(ev.row, []).append(ev)
-    return [out[i] for i in range(len(prompts))]
 
 
 def ids_of(events):
@@ -78,7 +71,7 @@ def test_tiny_greedy_through_the_loop_equals_transformers(pair):
     for prompt in PROMPTS:
         ids = plain.encode(prompt)
         want, _ = reference_greedy(plain.model, ids, 20)
-        got = ids_of(rows(fast, [prompt], [SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)]))[0]
+        got = ids_of(stream_rows(fast, [prompt], [SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)]))[0]
         assert got == want
 
 
@@ -86,9 +79,9 @@ def test_batch_rows_equal_single_rows(pair):
     """Left-padded rows of different lengths, rows leaving mid-way: each row as it is alone."""
     _, fast = pair
     params = [SamplingParams(max_tokens=n, temperature=t, seed=s, ignore_eos=True) for n, t, s in [(6, 0, None), (15, 1.0, 3), (10, 0.7, 4)]]
-    batch = rows(fast, PROMPTS, params, alternatives=2)
+    batch = stream_rows(fast, PROMPTS, params, alternatives=2)
     for i, p in enumerate(params):
-        single = rows(fast, [PROMPTS[i]], [p], alternatives=2)[0]
+        single = stream_rows(fast, [PROMPTS[i]], [p], alternatives=2)[0]
         assert [e.token_id for e in batch[i]] == [e.token_id for e in single]
         assert [e.logprob for e in batch[i]] == pytest.approx([e.logprob for e in single], abs=1e-5)
 
@@ -96,8 +89,8 @@ def test_batch_rows_equal_single_rows(pair):
 def test_shared_prefix_resample_equals_separate_runs(pair):
     _, fast = pair
     params = [SamplingParams(max_tokens=n, temperature=1.0, seed=s, ignore_eos=True) for s, n in [(1, 25), (2, 7), (3, 16)]]
-    shared = rows(fast, [PROMPTS[2]] * 3, params)
-    single = [rows(fast, [PROMPTS[2]], [p])[0] for p in params]
+    shared = stream_rows(fast, [PROMPTS[2]] * 3, params)
+    single = [stream_rows(fast, [PROMPTS[2]], [p])[0] for p in params]
     assert ids_of(shared) == ids_of(single)
     assert len({tuple(r) for r in ids_of(shared)}) > 1
     for a, b in zip(shared, single):
@@ -199,7 +192,7 @@ def test_quantised_tiny_runs_the_loop_and_keeps_the_argmax(tiny_dirs, pair):
     assert isinstance(q8.model, LeanGPT2) and q8.model.layers[0].qkv.format == "Q8_0"
     ids = plain.encode(PROMPTS[0])
     want, _ = reference_greedy(plain.model, ids, 8)
-    got = ids_of(rows(q8, [PROMPTS[0]], [SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)]))[0]
+    got = ids_of(stream_rows(q8, [PROMPTS[0]], [SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)]))[0]
     assert got == want  # the tiny model's head is scaled x8: its argmax is far ahead of the runner-up
 
 

@@ -2,46 +2,38 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
 
 from basecli.config import SamplingParams
 from basecli.engine.loop import TextStream, cache_keyword, generate
+from conftest import stream_rows
 
 PROMPTS = ["The quick brown fox", "Hello world! 안녕", "def add(a, b):\n"]
-
-
-def run(backend, prompts, params, **kw):
-    events = list(backend.stream(prompts, params, **kw))
-    rows = {}
-    for ev in events:
-        rows.setdefault(ev.row, []).append(ev)
-    return [rows[i] for i in range(len(prompts))]
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_greedy_equals_transformers_generate(tiny_backend, reference, prompt):
     b = tiny_backend
     ids = b.encode(prompt)
-    (events,) = run(b, [prompt], [SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)])
+    (events,) = stream_rows(b, [prompt], [SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)])
     want = reference(b.folder).generate(torch.tensor([ids]), max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
     assert [e.token_id for e in events] == want[0, len(ids):].tolist()
 
 
 def test_batched_left_padded_greedy_equals_single_runs(tiny_backend):
     params = [SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)] * len(PROMPTS)
-    batched = run(tiny_backend, PROMPTS, params)
+    batched = stream_rows(tiny_backend, PROMPTS, params)
     for prompt, rows in zip(PROMPTS, batched):
-        (single,) = run(tiny_backend, [prompt], params[:1])
+        (single,) = stream_rows(tiny_backend, [prompt], params[:1])
         assert [e.token_id for e in rows] == [e.token_id for e in single]
 
 
 def test_logprobs_equal_a_direct_forward_pass(tiny_backend, reference):
     b = tiny_backend
     prompt = PROMPTS[0]
-    (events,) = run(b, [prompt], [SamplingParams(max_tokens=10, temperature=1.0, seed=3, ignore_eos=True)], alternatives=3)
+    (events,) = stream_rows(b, [prompt], [SamplingParams(max_tokens=10, temperature=1.0, seed=3, ignore_eos=True)], alternatives=3)
     ids = b.encode(prompt) + [e.token_id for e in events]
     with torch.no_grad():
         logp = reference(b.folder)(torch.tensor([ids])).logits[0].float().log_softmax(-1)
@@ -56,24 +48,24 @@ def test_logprobs_equal_a_direct_forward_pass(tiny_backend, reference):
 
 def test_seed_reproducible_and_rows_independent_of_batch(tiny_backend):
     p = SamplingParams(max_tokens=15, temperature=1.0, seed=7, ignore_eos=True)
-    (a,) = run(tiny_backend, [PROMPTS[0]], [p])
-    (b,) = run(tiny_backend, [PROMPTS[0]], [p])
+    (a,) = stream_rows(tiny_backend, [PROMPTS[0]], [p])
+    (b,) = stream_rows(tiny_backend, [PROMPTS[0]], [p])
     assert [e.token_id for e in a] == [e.token_id for e in b]
     # the same row inside a batch of differently seeded rows draws the same tokens
-    batch = run(tiny_backend, [PROMPTS[1], PROMPTS[0]], [p.with_(seed=99), p])
+    batch = stream_rows(tiny_backend, [PROMPTS[1], PROMPTS[0]], [p.with_(seed=99), p])
     assert [e.token_id for e in batch[1]] == [e.token_id for e in a]
-    other = run(tiny_backend, [PROMPTS[0]] * 4, [p.with_(seed=s) for s in range(4)])
+    other = stream_rows(tiny_backend, [PROMPTS[0]] * 4, [p.with_(seed=s) for s in range(4)])
     assert len({tuple(e.token_id for e in r) for r in other}) > 1, "different seeds should give different samples"
 
 
 def test_top_k_1_equals_greedy(tiny_backend):
-    (g,) = run(tiny_backend, [PROMPTS[2]], [SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)])
-    (k,) = run(tiny_backend, [PROMPTS[2]], [SamplingParams(max_tokens=12, temperature=1.5, top_k=1, seed=5, ignore_eos=True)])
+    (g,) = stream_rows(tiny_backend, [PROMPTS[2]], [SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)])
+    (k,) = stream_rows(tiny_backend, [PROMPTS[2]], [SamplingParams(max_tokens=12, temperature=1.5, top_k=1, seed=5, ignore_eos=True)])
     assert [e.token_id for e in g] == [e.token_id for e in k]
 
 
 def test_max_tokens_and_finish_reasons(tiny_backend):
-    (rows,) = run(tiny_backend, [PROMPTS[0]], [SamplingParams(max_tokens=5, temperature=0, ignore_eos=True)])
+    (rows,) = stream_rows(tiny_backend, [PROMPTS[0]], [SamplingParams(max_tokens=5, temperature=0, ignore_eos=True)])
     assert len(rows) == 5 and rows[-1].finish_reason == "length"
     assert all(e.finish_reason is None for e in rows[:-1])
 
@@ -150,9 +142,9 @@ def test_stop_strings_across_token_boundaries(tokens, stops, printed, stopped):
 
 
 def test_stop_string_ends_generation(tiny_backend):
-    (free,) = run(tiny_backend, [PROMPTS[0]], [SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)])
+    (free,) = stream_rows(tiny_backend, [PROMPTS[0]], [SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)])
     text = "".join(e.text for e in free)
     stop = text[5:8]
-    (rows,) = run(tiny_backend, [PROMPTS[0]], [SamplingParams(max_tokens=20, temperature=0, ignore_eos=True, stop=(stop,))])
+    (rows,) = stream_rows(tiny_backend, [PROMPTS[0]], [SamplingParams(max_tokens=20, temperature=0, ignore_eos=True, stop=(stop,))])
     assert rows[-1].finish_reason == "stop"
     assert "".join(e.text for e in rows) == text[: text.index(stop)]

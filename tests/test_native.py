@@ -49,7 +49,7 @@ from basecli.backends.local import LocalBackend
 from basecli.config import SamplingParams
 from basecli.engine import native
 from basecli.errors import UsageError
-from conftest import REAL_HOME, invoke, run_cli, share_kernels
+from conftest import REAL_HOME, invoke, run_cli, share_kernels, stream_rows
 
 pytestmark = [pytest.mark.skipif(shutil.which(os.environ.get("CC") or "cc") is None, reason="no C compiler to build native.c"),
               pytest.mark.usefixtures("one_thread")]
@@ -559,13 +559,6 @@ def test_shared_prefix_rows_equal_the_prompt_alone_on_the_embedded_model(real_mo
     assert_shared_rows_equal_alone(LocalBackend(None, quantize="q4"), "The best thing about Paris is")
 
 
-def events(backend, prompts, params, **kw):
-    rows = {}
-    for ev in backend.stream(prompts, params, **kw):
-        rows.setdefault(ev.row, []).append(ev)
-    return [rows[i] for i in range(len(prompts))]
-
-
 class Plain:
     """The same model on the plain path for a while."""
 
@@ -606,14 +599,14 @@ def test_greedy_tokens_equal_the_plain_path(backends, mode):
     p = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
     calls = spy_steps(b.model)
     try:
-        alone = [events(b, [q], [p])[0] for q in PROMPTS]
-        batch = events(b, PROMPTS, [p] * 3)
+        alone = [stream_rows(b, [q], [p])[0] for q in PROMPTS]
+        batch = stream_rows(b, PROMPTS, [p] * 3)
     finally:
         del b.model.native.step
     assert calls and all(shared == 0 for _, shared in calls) and (3, 0) in calls  # the native step ran, batched
     with Plain(b):
-        plain_alone = [events(b, [q], [p])[0] for q in PROMPTS]
-        plain_batch = events(b, PROMPTS, [p] * 3)
+        plain_alone = [stream_rows(b, [q], [p])[0] for q in PROMPTS]
+        plain_batch = stream_rows(b, PROMPTS, [p] * 3)
     want = tokens(plain_alone)
     assert tokens(alone) == want and tokens(batch) == want and tokens(plain_batch) == want
     for got in (logprobs(alone), logprobs(batch)):
@@ -627,7 +620,7 @@ def test_resample_rows_equal_their_seeded_runs_alone(backends, mode):
     within float rounding (the kernels may sum a batch of rows in another order than one row)."""
     b = backends[mode]
     base = SamplingParams(max_tokens=14, temperature=1.0, seed=0)
-    probe = events(b, [PROMPTS[0]], [base.with_(seed=13, ignore_eos=True)])[0]
+    probe = stream_rows(b, [PROMPTS[0]], [base.with_(seed=13, ignore_eos=True)])[0]
     pieces = [e.token_text for e in probe]
     at = next(k for k in range(3, len(pieces)) if pieces[k].strip() and "\ufffd" not in pieces[k]
               and ("".join(pieces[:k]) + pieces[k]).find(pieces[k]) == len("".join(pieces[:k])))  # first seen at step k
@@ -636,7 +629,7 @@ def test_resample_rows_equal_their_seeded_runs_alone(backends, mode):
               base.with_(seed=13, stop=(stop,), ignore_eos=True), base.with_(seed=14, max_tokens=9), base.with_(seed=15)]
     calls = spy_steps(b.model)
     try:
-        together = events(b, [PROMPTS[0]] * len(params), params)
+        together = stream_rows(b, [PROMPTS[0]] * len(params), params)
     finally:
         del b.model.native.step
     assert calls[0] == (len(params), len(b.encode(PROMPTS[0])))  # every row read the prompt from the shared prefix
@@ -645,7 +638,7 @@ def test_resample_rows_equal_their_seeded_runs_alone(backends, mode):
     assert together[2][-1].finish_reason == "stop" and len(together[2]) == at + 1
     diffs = []
     for p, row in zip(params, together):
-        (alone,) = events(b, [PROMPTS[0]], [p])
+        (alone,) = stream_rows(b, [PROMPTS[0]], [p])
         assert [e.token_id for e in row] == [e.token_id for e in alone]
         assert row[-1].finish_reason == alone[-1].finish_reason
         diffs += [abs(e.logprob - a.logprob) for e, a in zip(row, alone)]
@@ -674,7 +667,7 @@ def test_accuracy_versus_fp32(backends, mode, top_tol, mean_tol):
     p = [SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)]
     for prompt in PROMPTS:
         prompt_ids = ref.encode(prompt)
-        ids = prompt_ids + [e.token_id for e in events(ref, [prompt], p)[0]]
+        ids = prompt_ids + [e.token_id for e in stream_rows(ref, [prompt], p)[0]]
         with torch.inference_mode():
             want = ref.model(torch.tensor([ids])).logits[0].log_softmax(-1)
             whole = b.model(torch.tensor([ids])).logits[0].log_softmax(-1)
@@ -741,7 +734,7 @@ def test_a_tied_head_is_quantised_once_and_counted_once(tiny_dirs, module_home):
     assert b.model.head.kind == native.Q8_0 and b.model.embed.dtype == torch.float32
     assert_blocks_match_reference(b.model.head.blocks, b.model.embed.numpy(), native.Q8_0)
     p = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
-    assert len(events(b, [PROMPTS[0]], [p])[0]) == 4
+    assert len(stream_rows(b, [PROMPTS[0]], [p])[0]) == 4
 
 
 def test_memory_accounting_counts_the_block_bytes(backends):

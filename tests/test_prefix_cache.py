@@ -9,6 +9,7 @@ import os
 import pytest
 
 from basecli.config import SamplingParams
+from conftest import stream_rows
 
 PROMPTS = [
     "The quick brown fox",
@@ -21,10 +22,7 @@ PROMPTS = [
 
 def run(backend, prompt: str, n: int, seed: int, temperature: float):
     params = [SamplingParams(max_tokens=6, temperature=temperature, seed=seed + i) for i in range(n)]
-    rows: dict[int, list] = {}
-    for ev in backend.stream([prompt] * n, params, alternatives=3):
-        rows.setdefault(ev.row, []).append(ev)
-    return [rows[i] for i in range(n)]
+    return stream_rows(backend, [prompt] * n, params, alternatives=3)
 
 
 @pytest.mark.parametrize("n,temperature", [(1, 0.0), (4, 0.0), (3, 1.0)])
@@ -98,9 +96,7 @@ def test_a_row_that_ends_on_its_first_token_after_a_shared_read(tiny_backend, on
     for cache in (None, PrefixCache()):
         tiny_backend.prefix_cache = cache
         try:
-            rows: dict[int, list] = {}
-            for ev in tiny_backend.stream([prompt] * 3, params):
-                rows.setdefault(ev.row, []).append(ev)
+            rows = stream_rows(tiny_backend, [prompt] * 3, params)
         finally:
             tiny_backend.prefix_cache = None
         assert rows[0][-1].finish_reason == "stop" and len(rows[0]) == 1

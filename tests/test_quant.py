@@ -15,7 +15,7 @@ from basecli.backends.local import LocalBackend
 from basecli.config import SamplingParams
 from basecli.engine import quant
 from basecli.errors import UsageError
-from conftest import invoke
+from conftest import invoke, stream_rows
 
 PROMPTS = ["The quick brown fox", "Hello world! 안녕", "def add(a, b):\n"]
 
@@ -27,13 +27,6 @@ pytestmark = [pytest.mark.skipif("fbgemm" not in torch.backends.quantized.suppor
 def backends(tiny_dirs):
     d = str(tiny_dirs["llama"])
     return {q: LocalBackend(d, device="cpu", dtype="float32", engine="lean", quantize=q) for q in (None, "fp16", "int8")}
-
-
-def events(backend, prompts, params, **kw):
-    rows = {}
-    for ev in backend.stream(prompts, params, **kw):
-        rows.setdefault(ev.row, []).append(ev)
-    return [rows[i] for i in range(len(prompts))]
 
 
 def test_every_matrix_but_the_embedding_is_packed(backends):
@@ -58,7 +51,7 @@ def test_logprobs_close_to_fp32(backends, mode, top_tol, mean_tol):
     the most likely token's within top_tol nats, and |difference| averaged under the fp32 distribution within mean_tol."""
     p = [SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)]
     for prompt in PROMPTS:
-        ids = backends[None].encode(prompt) + [e.token_id for e in events(backends[None], [prompt], p)[0]]
+        ids = backends[None].encode(prompt) + [e.token_id for e in stream_rows(backends[None], [prompt], p)[0]]
         with torch.inference_mode():
             want = backends[None].model(torch.tensor([ids])).logits.log_softmax(-1)
             got = backends[mode].model(torch.tensor([ids])).logits.log_softmax(-1)
@@ -70,8 +63,8 @@ def test_logprobs_close_to_fp32(backends, mode, top_tol, mean_tol):
 def test_fp16_greedy_tokens_equal_fp32(backends):
     p = [SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)]
     for prompt in PROMPTS:
-        want = [e.token_id for e in events(backends[None], [prompt], p)[0]]
-        assert [e.token_id for e in events(backends["fp16"], [prompt], p)[0]] == want
+        want = [e.token_id for e in stream_rows(backends[None], [prompt], p)[0]]
+        assert [e.token_id for e in stream_rows(backends["fp16"], [prompt], p)[0]] == want
 
 
 @pytest.mark.parametrize("mode", ["fp16", "int8"])
@@ -79,8 +72,8 @@ def test_a_row_does_not_depend_on_its_batch(backends, mode):
     """int8 inputs are quantised row by row, so resample's row i is still complete --seed s+i."""
     b = backends[mode]
     p = SamplingParams(max_tokens=16, temperature=1.0, seed=5, ignore_eos=True)
-    (alone,) = events(b, [PROMPTS[0]], [p])
-    batch = events(b, [PROMPTS[2], PROMPTS[0], PROMPTS[1]], [p.with_(seed=1), p, p.with_(seed=2)])
+    (alone,) = stream_rows(b, [PROMPTS[0]], [p])
+    batch = stream_rows(b, [PROMPTS[2], PROMPTS[0], PROMPTS[1]], [p.with_(seed=1), p, p.with_(seed=2)])
     assert [e.token_id for e in batch[1]] == [e.token_id for e in alone]
     assert [e.logprob for e in batch[1]] == pytest.approx([e.logprob for e in alone], abs=1e-5)
 
